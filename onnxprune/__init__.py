@@ -1,0 +1,10 @@
+"""onnxprune: structured pruning of exported ONNX vision models."""
+
+from .analyze import Analysis, CoupledGroup, FrozenGroup, Slot
+from .api import Costs, PruneResult, analyze, measure_costs, prune
+from .errors import ModelError, OnnxPruneError, UsageError
+
+__version__ = "0.1.0"
+
+__all__ = ["Analysis", "CoupledGroup", "Costs", "FrozenGroup", "ModelError", "OnnxPruneError",
+           "PruneResult", "Slot", "UsageError", "analyze", "measure_costs", "prune", "__version__"]

@@ -1,0 +1,337 @@
+"""Analyse stage: find coupled-channel groups in an ONNX graph.
+
+Every static (tensor, axis) that an op rule touches becomes a *slot*; each of its indices is an
+element. Op rules (see ``rules.py``) tie elements that must be removed together. Connected
+components of the tie graph are *atoms*: the smallest sets of channels that can be removed at
+once. An atom is frozen when any of its elements sits on an axis some touching op has no rule
+for (or a graph input/output). Atoms touching the same slots the same way form a
+``CoupledGroup``; groups of the same structure form an isomorphic class.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .capture import Capture
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One axis of one tensor that carries channels."""
+
+    tensor: str
+    axis: int
+
+
+@dataclass
+class CoupledGroup:
+    """Channels that are removed together: ``members[slot][i]`` are atom i's indices in slot."""
+
+    members: dict[Slot, np.ndarray]
+    structure: tuple
+    weights: list[Slot]
+    iso_class: int = -1
+
+    @property
+    def size(self) -> int:
+        """Number of atoms (removable units) in the group."""
+        return len(next(iter(self.members.values())))
+
+    @property
+    def width(self) -> int:
+        """Channels per atom in the first weight slot (1 for a plain channel, head_dim for a head)."""
+        return self.members[self.weights[0]].shape[1] if self.weights else 1
+
+
+@dataclass
+class FrozenGroup:
+    """Channels that carry weights but cannot be removed, and the ops that froze them."""
+
+    slots: list[Slot]
+    channels: int
+    reasons: list[str]
+
+
+@dataclass
+class Analysis:
+    """Everything the later stages need about the graph's channel structure."""
+
+    graph: gs.Graph
+    capture: Capture
+    groups: list[CoupledGroup]
+    frozen: list[FrozenGroup]
+    slot_sizes: dict[Slot, int]
+    weight_slots: set[Slot] = field(default_factory=set)
+    factor_choice: dict[str, int] = field(default_factory=dict)
+    no_rule_ops: dict[str, int] = field(default_factory=dict)
+
+
+class SlotGraph:
+    """The tie graph the op rules write into; one per analysis pass."""
+
+    def __init__(self, graph: gs.Graph, capture: Capture, factor_choice: dict[str, int]):
+        self.graph = graph
+        self.capture = capture
+        self.factor_choice = factor_choice
+        self.offsets: dict[Slot, int] = {}
+        self.sizes: dict[Slot, int] = {}
+        self.total = 0
+        self.edges_a: list[np.ndarray] = []
+        self.edges_b: list[np.ndarray] = []
+        self.claims: dict[Slot, set[int]] = defaultdict(set)
+        self.frozen_elems: list[tuple[np.ndarray, str]] = []
+        self.weights: set[Slot] = set()
+        self.factor_slots: dict[str, list[Slot]] = defaultdict(list)
+        self.node_id: dict[int, int] = {}
+        self.current: gs.Node | None = None
+
+    # --- what rules read -------------------------------------------------------------------
+    def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
+        """The real shape at batch 1 (None when the tensor was never seen)."""
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.shape)
+        return self.capture.shapes.get(tensor.name)
+
+    def static(self, tensor: gs.Tensor, axis: int) -> bool:
+        return isinstance(tensor, gs.Constant) or self.capture.is_static(tensor.name, axis)
+
+    @staticmethod
+    def const(tensor: gs.Tensor) -> np.ndarray | None:
+        """The value of a constant input, or None when it is computed at run time."""
+        return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
+
+    # --- what rules write ------------------------------------------------------------------
+    def _slot(self, tensor: gs.Tensor, axis: int) -> Slot | None:
+        shape = self.shape(tensor)
+        if shape is None or not tensor.name or axis >= len(shape) or not self.static(tensor, axis):
+            return None
+        slot = Slot(tensor.name, axis)
+        if slot not in self.offsets:
+            self.offsets[slot] = self.total
+            self.sizes[slot] = shape[axis]
+            self.total += shape[axis]
+        return slot
+
+    def claim(self, tensor: gs.Tensor, axis: int) -> Slot | None:
+        """Say the current op copes with this axis shrinking, without tying it to anything."""
+        slot = self._slot(tensor, axis)
+        if slot is not None:
+            self.claims[slot].add(id(self.current))
+        return slot
+
+    def tie(self, a: gs.Tensor, axis_a: int, b: gs.Tensor, axis_b: int,
+            idx_a: np.ndarray | None = None, idx_b: np.ndarray | None = None) -> bool:
+        """Tie element idx_a[i] of (a, axis_a) to idx_b[i] of (b, axis_b); identity by default."""
+        sa, sb = self.claim(a, axis_a), self.claim(b, axis_b)
+        if sa is None or sb is None:
+            return False
+        if idx_a is None and idx_b is None and self.sizes[sa] != self.sizes[sb]:
+            self.freeze(a, axis_a, f"{self.current.op} (size mismatch)")
+            self.freeze(b, axis_b, f"{self.current.op} (size mismatch)")
+            return False
+        idx_a = np.arange(self.sizes[sa]) if idx_a is None else np.asarray(idx_a, dtype=np.int64)
+        idx_b = np.arange(self.sizes[sb]) if idx_b is None else np.asarray(idx_b, dtype=np.int64)
+        self.edges_a.append(idx_a + self.offsets[sa])
+        self.edges_b.append(idx_b + self.offsets[sb])
+        return True
+
+    def weight(self, tensor: gs.Tensor, axis: int) -> None:
+        """Mark a parameter axis whose magnitude scores channels (Conv/Gemm/MatMul/norm weights)."""
+        if isinstance(tensor, gs.Constant):
+            slot = self._slot(tensor, axis)
+            if slot is not None:
+                self.weights.add(slot)
+
+    def freeze(self, tensor: gs.Tensor, axis: int, reason: str, idx: np.ndarray | None = None) -> None:
+        """Forbid removing these elements (all of the axis by default)."""
+        slot = self._slot(tensor, axis)
+        if slot is None:
+            return
+        idx = np.arange(self.sizes[slot]) if idx is None else np.asarray(idx, dtype=np.int64)
+        self.frozen_elems.append((idx + self.offsets[slot], reason))
+
+    def choice(self, options: int) -> int:
+        """Which of ``options`` ways to factor a Reshape this pass tries (see analyze())."""
+        return min(self.factor_choice.get(self.current.name, 0), options - 1)
+
+    def factor_slot(self, slot_tensor: gs.Tensor, axis: int) -> None:
+        """Record the slot a Reshape's factor choice tied, to check after the pass."""
+        self.factor_slots[self.current.name].append(Slot(slot_tensor.name, axis))
+
+
+def _freeze_unclaimed(sg: SlotGraph, graph: gs.Graph) -> None:
+    """Freeze every slot axis that a touching op (or the graph boundary) did not claim."""
+    producers: dict[str, list[gs.Node]] = defaultdict(list)
+    consumers: dict[str, list[gs.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        for t in node.inputs:
+            if t.name:
+                consumers[t.name].append(node)
+        for t in node.outputs:
+            producers[t.name].append(node)
+    boundary = {t.name: "graph input" for t in graph.inputs}
+    boundary.update({t.name: "graph output" for t in graph.outputs})
+    for slot in list(sg.offsets):
+        touching = producers[slot.tensor] + consumers[slot.tensor]
+        reasons = [n.op for n in touching if id(n) not in sg.claims[slot]]
+        if slot.tensor in boundary:
+            reasons.append(boundary[slot.tensor])
+        if reasons:
+            start = sg.offsets[slot]
+            sg.frozen_elems.append((np.arange(start, start + sg.sizes[slot]), reasons[0]))
+
+
+def _components(sg: SlotGraph) -> tuple[int, np.ndarray]:
+    if sg.edges_a:
+        a = np.concatenate(sg.edges_a)
+        b = np.concatenate(sg.edges_b)
+    else:
+        a = b = np.zeros(0, dtype=np.int64)
+    adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(sg.total, sg.total))
+    return connected_components(adj, directed=False)
+
+
+def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int]) -> tuple[SlotGraph, dict]:
+    """Apply every op's rule once; returns the tie graph and ops without a rule (counted)."""
+    from .rules import RULES  # late import: rules import SlotGraph for type hints only
+
+    sg = SlotGraph(graph, capture, factor_choice)
+    no_rule: dict[str, int] = defaultdict(int)
+    for node in graph.nodes:
+        sg.current = node
+        rule = RULES.get(node.op) if node.domain in (None, "", "ai.onnx") else None
+        if rule is None:
+            no_rule[f"{node.domain + '.' if node.domain else ''}{node.op}"] += 1
+            continue
+        rule(node, sg)
+    sg.current = None
+    _freeze_unclaimed(sg, graph)
+    return sg, dict(no_rule)
+
+
+def analyze_graph(graph: gs.Graph, capture: Capture, max_passes: int = 4) -> Analysis:
+    """Find the coupled groups. Reshapes that factor a channel axis may pick the wrong factor
+    (qkv's 3 vs heads, a shuffle's groups vs channels); a pass that leaves a choice frozen
+    retries that Reshape with its next factor."""
+    choice: dict[str, int] = {}
+    for _ in range(max_passes):
+        sg, no_rule = run_rules(graph, capture, choice)
+        ncomp, labels = _components(sg)
+        frozen = np.zeros(ncomp, dtype=bool)
+        for idx, _reason in sg.frozen_elems:
+            frozen[labels[idx]] = True
+        changed = False
+        for node_name, slots in sg.factor_slots.items():
+            dead = all(frozen[labels[sg.offsets[s]:sg.offsets[s] + sg.sizes[s]]].all()
+                       for s in slots if s in sg.offsets)
+            if dead and choice.get(node_name, 0) < 4:
+                choice[node_name] = choice.get(node_name, 0) + 1
+                changed = True
+        if not changed:
+            break
+    return _collect(graph, capture, sg, ncomp, labels, frozen, choice, no_rule)
+
+
+def _topo_index(graph: gs.Graph) -> dict[str, int]:
+    order: dict[str, int] = {}
+    for i, node in enumerate(graph.nodes):
+        for t in node.inputs:
+            order.setdefault(t.name, i)  # constants: first consumer
+        for t in node.outputs:
+            order[t.name] = i
+    return order
+
+
+def _describe(graph: gs.Graph) -> dict[str, str]:
+    """A structural name for each tensor: producing op (or param of consuming op and port)."""
+    desc: dict[str, str] = {}
+    for node in graph.nodes:
+        for port, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant):
+                desc.setdefault(t.name, f"{node.op}:in{port}")
+        for port, t in enumerate(node.outputs):
+            desc[t.name] = f"{node.op}:out{port}"
+    for t in graph.inputs:
+        desc[t.name] = "input"
+    return desc
+
+
+def _collect(graph, capture, sg: SlotGraph, ncomp, labels, frozen, choice, no_rule) -> Analysis:
+    slots = list(sg.offsets)
+    slot_of_elem = np.empty(sg.total, dtype=np.int64)
+    local = np.empty(sg.total, dtype=np.int64)
+    for i, s in enumerate(slots):
+        start, size = sg.offsets[s], sg.sizes[s]
+        slot_of_elem[start:start + size] = i
+        local[start:start + size] = np.arange(size)
+    tensors = graph.tensors()
+    is_param = np.array([isinstance(tensors.get(s.tensor), gs.Constant) for s in slots], dtype=bool)
+    has_param = np.zeros(ncomp, dtype=bool)
+    if len(slots):
+        has_param[labels[is_param[slot_of_elem]]] = True
+
+    order = _topo_index(graph)
+    desc = _describe(graph)
+    groups = _atoms_to_groups(slots, slot_of_elem, local, labels, has_param & ~frozen, sg.weights,
+                              order, desc)
+    frozen_groups = _frozen_groups(sg, slots, slot_of_elem, labels, has_param & frozen)
+    sizes = {s: sg.sizes[s] for s in slots}
+    return Analysis(graph, capture, groups, frozen_groups, sizes, set(sg.weights), dict(choice), no_rule)
+
+
+def _atoms_to_groups(slots, slot_of_elem, local, labels, keep, weights, order, desc) -> list[CoupledGroup]:
+    elems = np.nonzero(keep[labels])[0]
+    if not len(elems):
+        return []
+    key = np.lexsort((local[elems], slot_of_elem[elems], labels[elems]))
+    elems = elems[key]
+    lab = labels[elems]
+    bounds = np.flatnonzero(np.diff(lab)) + 1
+    by_signature: dict[tuple, list[np.ndarray]] = defaultdict(list)
+    for atom in np.split(elems, bounds):
+        s_ids, counts = np.unique(slot_of_elem[atom], return_counts=True)
+        by_signature[tuple(zip(s_ids.tolist(), counts.tolist(), strict=True))].append(atom)
+    groups = []
+    for signature, atoms in by_signature.items():
+        stacked = np.stack([local[a] for a in atoms])  # atoms sorted by (slot, index)
+        members, col = {}, 0
+        for s_id, count in signature:
+            members[slots[s_id]] = stacked[:, col:col + count]
+            col += count
+        ordered = sorted(members, key=lambda s: (order.get(s.tensor, 0), s.tensor, s.axis))
+        structure = tuple((desc.get(s.tensor, "?"), s.axis if s.tensor in weights else -1,
+                           members[s].shape[1]) for s in ordered)
+        wslots = [s for s in ordered if s in weights] or [s for s in ordered if desc.get(s.tensor, "").find(":in") > 0]
+        groups.append(CoupledGroup({s: members[s] for s in ordered}, structure, wslots))
+    groups.sort(key=lambda g: order.get(next(iter(g.members)).tensor, 0))
+    classes: dict[tuple, int] = {}
+    for g in groups:
+        g.iso_class = classes.setdefault(g.structure, len(classes))
+    return groups
+
+
+def _frozen_groups(sg, slots, slot_of_elem, labels, frozen_param) -> list[FrozenGroup]:
+    reasons: dict[int, set[str]] = defaultdict(set)
+    for idx, reason in sg.frozen_elems:
+        labs = np.unique(labels[idx])
+        for lab in labs[frozen_param[labs]].tolist():
+            reasons[lab].add(reason)
+    elems = np.nonzero(frozen_param[labels])[0]
+    elems = elems[np.lexsort((slot_of_elem[elems], labels[elems]))]
+    bounds = np.flatnonzero(np.diff(labels[elems])) + 1
+    by_slots: dict[tuple, FrozenGroup] = {}
+    for atom in np.split(elems, bounds) if len(elems) else []:
+        key = tuple(np.unique(slot_of_elem[atom]).tolist())
+        entry = by_slots.setdefault(key, FrozenGroup([slots[i] for i in key], 0, []))
+        entry.channels += 1
+        entry.reasons = sorted(set(entry.reasons) | reasons[int(labels[atom[0]])])
+    return list(by_slots.values())

@@ -1,0 +1,177 @@
+"""The Python API; the command line is a thin shell over these functions."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import capture as capture_mod
+from .analyze import Analysis, analyze_graph
+from .cost import flops_terms, param_terms, total
+from .errors import UsageError
+from .load import read_model, save_model, to_graph, to_model
+from .rewrite import apply_plan
+from .score import magnitude_scores
+from .select import Plan, select
+from .verify import verify
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Costs:
+    """Cost figures of one model: FLOPs (multiply-add = 2, batch 1) and float parameters."""
+
+    flops: float
+    params: float
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` returns: the pruned model, its plan and the figures before/after."""
+
+    model: onnx.ModelProto
+    dense: Costs
+    pruned: Costs
+    plan: dict[str, dict[int, list[int]]]
+    groups_found: int
+    groups_pruned: int
+    frozen: list[dict]
+    ratio: float
+    external_data: bool = False
+    channels: list[dict] = field(default_factory=list)
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.pruned.flops / self.dense.flops if self.dense.flops else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.pruned.params / self.dense.params if self.dense.params else 1.0
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the pruned model atomically, keeping external data if the input used it."""
+        save_model(self.model, path, external=self.external_data or None)
+
+
+def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    if isinstance(model, onnx.ModelProto):
+        return model, False
+    return read_model(model)
+
+
+def analyze(model: str | os.PathLike | onnx.ModelProto, progress: Progress | None = None) -> Analysis:
+    """Find the coupled-channel groups of a model (path or ModelProto)."""
+    proto, _ = _load(model)
+    return _analyze(proto, progress)
+
+
+def _analyze(proto: onnx.ModelProto, progress: Progress | None) -> Analysis:
+    step = progress or (lambda _msg: None)
+    step("folding constants")
+    graph = to_graph(proto)
+    step("running the model once to read every shape")
+    cap = capture_mod.capture(graph)
+    step("finding coupled channel groups")
+    return analyze_graph(graph, cap)
+
+
+def model_costs(analysis: Analysis) -> Costs:
+    shape = _shape_fn(analysis)
+    return Costs(total(flops_terms(analysis.graph, shape)), total(param_terms(analysis.graph)))
+
+
+def _shape_fn(analysis: Analysis):
+    import onnx_graphsurgeon as gs
+
+    def shape(t):
+        return tuple(t.shape) if isinstance(t, gs.Constant) else analysis.capture.shapes.get(t.name)
+    return shape
+
+
+def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = None,
+          params: float | None = None, scope: str = "isomorphic", criterion: str = "l2",
+          round_to: int = 1, progress: Progress | None = None) -> PruneResult:
+    """Prune channels so the model keeps at most ``flops`` (or ``params``) of its dense cost.
+
+    Returns a PruneResult whose ``model`` has passed onnx.checker and run in onnxruntime with
+    the same input/output names, ranks and non-channel dims as the input.
+    """
+    if (flops is None) == (params is None):
+        raise UsageError("give exactly one target: flops or params")
+    target = flops if flops is not None else params
+    if not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise UsageError(f"target must be a fraction in (0, 1], got {target}")
+    step = progress or (lambda _msg: None)
+    proto, external = _load(model)
+    analysis = _analyze(proto, progress)
+    dense = model_costs(analysis)
+    step("scoring channels")
+    scores = magnitude_scores(analysis, criterion)
+    terms = (flops_terms(analysis.graph, _shape_fn(analysis)) if flops is not None
+             else param_terms(analysis.graph))
+    step("selecting channels to remove")
+    plan = select(analysis, scores, terms, target, scope=scope, round_to=round_to,
+                  what="FLOPs" if flops is not None else "params")
+    step("rewriting the graph")
+    graph, kept = apply_plan(analysis, plan)
+    pruned_proto = to_model(graph, proto)
+    step("verifying with onnx.checker and onnxruntime")
+    feed = capture_mod.input_feed(analysis.graph)
+    verify(proto, pruned_proto, feed)
+    step("measuring the pruned model")
+    after = measure_costs(pruned_proto)
+    return PruneResult(
+        model=pruned_proto, dense=dense, pruned=after, plan=_plan_report(analysis, kept),
+        groups_found=len(analysis.groups), groups_pruned=int(sum(len(r) > 0 for r in plan.removed)),
+        frozen=[{"channels": f.channels, "reasons": f.reasons,
+                 "slots": [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]]} for f in analysis.frozen],
+        ratio=plan.ratio, external_data=external, channels=_channel_table(analysis, plan),
+    )
+
+
+def measure_costs(proto: onnx.ModelProto) -> Costs:
+    """FLOPs and params read from the model itself (shapes from a real onnxruntime run)."""
+    graph = to_graph(proto)
+    cap = capture_mod.capture(graph)
+    from .analyze import Analysis as _A
+
+    fake = _A(graph, cap, [], [], {})
+    return model_costs(fake)
+
+
+def _plan_report(analysis: Analysis, kept) -> dict[str, dict[int, list[int]]]:
+    """Kept channel indices of every pruned initializer: {name: {axis: [indices]}}."""
+    tensors = analysis.graph.tensors()
+    import onnx_graphsurgeon as gs
+
+    out: dict[str, dict[int, list[int]]] = {}
+    for slot, idx in kept.items():
+        if isinstance(tensors.get(slot.tensor), gs.Constant):
+            out.setdefault(slot.tensor, {})[slot.axis] = idx.tolist()
+    return out
+
+
+def _channel_table(analysis: Analysis, plan: Plan) -> list[dict]:
+    rows = []
+    for group, removed in zip(analysis.groups, plan.removed, strict=True):
+        first = group.weights[0] if group.weights else next(iter(group.members))
+        rows.append({"group": first.tensor, "class": group.iso_class, "atoms": group.size,
+                     "width": group.width, "removed": int(len(removed))})
+    return rows
+
+
+def default_output(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.with_name(p.name[:-5] + ".pruned.onnx" if p.name.endswith(".onnx") else p.name + ".pruned.onnx")
+
+
+__all__ = ["analyze", "prune", "PruneResult", "Costs", "measure_costs", "default_output", "np"]

@@ -1,0 +1,130 @@
+"""Read the real shape of every tensor by running the model in onnxruntime.
+
+ONNX shape inference gives up on many real exports (shapes computed at run time by
+Shape/Gather/Concat), so the analysis runs the graph twice with every tensor marked as an
+output: once at batch 1 and once at batch 2 (other free dims +32 where the model allows).
+Axes whose size differs between the runs are dynamic and never carry prunable channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Capture:
+    """Shapes of every tensor at the first run, which axes are dynamic, and small int values."""
+
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    shapes2: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    dynamic: dict[str, set[int]] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def is_static(self, name: str, axis: int) -> bool:
+        return axis not in self.dynamic.get(name, set())
+
+
+def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs: free dims take batch 1 (axis 0) or 224; ``grow`` enlarges the free dims."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for tensor in graph.inputs:
+        shape = []
+        for axis, dim in enumerate(tensor.shape or []):
+            if isinstance(dim, int) and dim >= 0:
+                shape.append(dim)
+            elif axis == 0:
+                shape.append(1 + (1 if grow else 0))
+            else:
+                shape.append(224 + grow)
+        dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feed[tensor.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feed[tensor.name] = np.ones(shape, dtype=dtype)
+        else:
+            feed[tensor.name] = np.zeros(shape, dtype=dtype)
+    return feed
+
+
+def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
+    """A CPU onnxruntime session; unoptimised when every intermediate tensor must stay visible."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    data = model.SerializeToString()
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, list[str]]:
+    model = gs.export_onnx(graph, do_type_check=False)
+    present = {o.name for o in model.graph.output}
+    names = []
+    for node in graph.nodes:
+        for out in node.outputs:
+            if out.name and out.name not in present and not isinstance(out, gs.Constant):
+                names.append(out.name)
+                present.add(out.name)
+    for name in names:
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    return model, [o.name for o in model.graph.output]
+
+
+def capture(graph: gs.Graph) -> Capture:
+    """Run the graph twice with every tensor as an output; record shapes and dynamic axes."""
+    model, names = _all_outputs_model(graph)
+    try:
+        sess = session(model, optimize=False)
+        feed1 = input_feed(graph)
+        first = dict(zip(names, sess.run(names, feed1), strict=True))
+        first.update(feed1)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot run the model: {first_line}") from None
+    second = None
+    for grow in (32, 0):  # try growing every free dim, then batch only
+        feed = input_feed(graph, grow=grow)
+        if grow == 0:
+            feed = {k: np.concatenate([v, v]) if v.ndim and _free_batch(graph, k) else v
+                    for k, v in feed.items()}
+        try:
+            second = dict(zip(names, sess.run(names, feed), strict=True))
+            second.update(feed)
+            break
+        except Exception:  # the model does not allow those sizes; fall back
+            continue
+    result = Capture()
+    for name, value in first.items():
+        value = np.asarray(value)
+        result.shapes[name] = tuple(value.shape)
+        other = np.asarray(second[name]) if second is not None else value
+        result.shapes2[name] = tuple(other.shape)
+        result.dynamic[name] = {a for a in range(value.ndim)
+                                if other.ndim != value.ndim or other.shape[a] != value.shape[a]}
+        if np.issubdtype(value.dtype, np.integer) and value.size <= 64:
+            result.values[name] = value
+    for tensor in graph.inputs:
+        dims = tensor.shape or []
+        result.dynamic.setdefault(tensor.name, set()).update(
+            a for a, d in enumerate(dims) if not (isinstance(d, int) and d >= 0))
+    return result
+
+
+def _free_batch(graph: gs.Graph, name: str) -> bool:
+    tensor = next(t for t in graph.inputs if t.name == name)
+    dims = tensor.shape or []
+    return bool(dims) and not (isinstance(dims[0], int) and dims[0] >= 0)

@@ -1,0 +1,151 @@
+"""Load stage: read an ONNX file (or proto), check it, fold constants, import into graphsurgeon."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# Protobuf cannot serialise a single message over 2 GiB; above this we keep weights external.
+PROTO_LIMIT = 2**31 - 1
+
+
+def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
+    """Read and check an ONNX file, weights included; raise ModelError with one clear line.
+
+    Returns the model and whether the file kept its weights as external data (so the pruned
+    model can keep the same layout).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, expected an .onnx file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node and not model.graph.output:
+        raise ModelError(f"{path}: not an ONNX model (no graph inside; truncated or another format?)")
+    external = uses_external_data(model)
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
+    check_model(model, path)
+    return model, external
+
+
+def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
+    """Run onnx.checker; large models are checked without their weights (the checker's own limit)."""
+    try:
+        if model.ByteSize() < PROTO_LIMIT:
+            onnx.checker.check_model(model)
+        else:
+            onnx.checker.check_model(strip_weights(model))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{name}: invalid ONNX model ({first})") from None
+
+
+def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model whose initializers are empty external references (for checks only)."""
+    light = onnx.ModelProto()
+    light.CopyFrom(model)
+    for init in light.graph.initializer:
+        init.ClearField("raw_data")
+        for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            init.ClearField(field)
+        init.data_location = onnx.TensorProto.EXTERNAL
+        entry = init.external_data.add()
+        entry.key, entry.value = "location", "stripped"
+    return light
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import into graphsurgeon with constants folded, so weights are plain initializers.
+
+    Folding turns ``Constant`` nodes (paddle2onnx) and constant subgraphs (a Transpose of a
+    weight, ``Shape`` of a static dim) into values the analysis can read.
+    """
+    graph = gs.import_onnx(model)
+    try:
+        graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=None)
+    except Exception as exc:  # folding is an optimisation; the analysis copes without it
+        log.warning("constant folding failed, continuing unfolded: %s", exc)
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    for node in graph.nodes:
+        if node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+            # fold_constants leaves some Constant nodes; make them plain initializers.
+            const = node.attrs["value"]
+            out = node.outputs[0]
+            out.to_constant(np.asarray(const.values))
+            node.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export a graph back to a ModelProto keeping the original's opset, IR version and metadata."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = like.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(like.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(like, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    del model.functions[:]
+    model.functions.extend(like.functions)
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> None:
+    """Write atomically: a temp file (and temp data file) renamed into place only when complete.
+
+    ``external`` None keeps weights inline unless the model is too big for one protobuf.
+    """
+    path = Path(path)
+    if external is None:
+        external = model.ByteSize() >= PROTO_LIMIT
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data_name = f"{path.name}.data"
+    tmp_data = path.with_name(f".{data_name}.tmp-{os.getpid()}")
+    try:
+        if external:
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            # The location recorded inside the model must be the final data file name.
+            _relocate_external(tmp, tmp_data.name, data_name)
+            os.replace(tmp_data, path.with_name(data_name))
+        else:
+            onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp_data):
+            leftover.unlink(missing_ok=True)
+        raise
+
+
+def _relocate_external(model_path: Path, old: str, new: str) -> None:
+    model = onnx.load(str(model_path), load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location" and entry.value == old:
+                entry.value = new
+    onnx.save_model(model, str(model_path))
+
+
+def uses_external_data(model: onnx.ModelProto) -> bool:
+    """Whether the file this model came from keeps (some) weights outside the .onnx file."""
+    return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)

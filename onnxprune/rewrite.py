@@ -1,0 +1,86 @@
+"""Rewrite stage: apply a plan to a copy of the graph.
+
+Initializers are sliced along every pruned axis; ops that store channel counts (Conv group,
+Reshape targets, Split sizes, Slice bounds, Gather indices) are fixed by their rule in
+``rules.FIXES``; intermediate shapes are cleared so onnxruntime infers the new ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analyze import Analysis, Slot
+from .rules import FIXES
+from .select import Plan
+
+
+class RewriteContext:
+    """What fix rules may ask: old/new shapes and the kept indices of a tensor's axis."""
+
+    def __init__(self, analysis: Analysis, kept: dict[Slot, np.ndarray]):
+        self.capture = analysis.capture
+        self._kept = kept
+        self._changed = {s.tensor for s in kept}
+
+    def old_shape(self, t: gs.Tensor) -> tuple[int, ...]:
+        return tuple(t.shape) if isinstance(t, gs.Constant) else self.capture.shapes[t.name]
+
+    def old_shape2(self, t: gs.Tensor) -> tuple[int, ...]:
+        return self.capture.shapes2.get(t.name, self.old_shape(t))
+
+    def static(self, t: gs.Tensor, axis: int) -> bool:
+        return self.capture.is_static(t.name, axis)
+
+    def kept(self, t: gs.Tensor, axis: int) -> np.ndarray | None:
+        return self._kept.get(Slot(t.name, axis))
+
+    def changed(self, t: gs.Tensor) -> bool:
+        return t.name in self._changed
+
+    def new_shape(self, t: gs.Tensor) -> list[int]:
+        shape = list(self.old_shape(t))
+        for axis in range(len(shape)):
+            kept = self.kept(t, axis)
+            if kept is not None:
+                shape[axis] = len(kept)
+        return shape
+
+
+def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
+    """Kept indices of every slot that loses channels."""
+    kept = {}
+    for slot, removed in plan.removed_channels(analysis).items():
+        kept[slot] = np.setdiff1d(np.arange(analysis.slot_sizes[slot]), removed)
+    return kept
+
+
+def apply_plan(analysis: Analysis, plan: Plan) -> tuple[gs.Graph, dict[Slot, np.ndarray]]:
+    """A pruned copy of the analysed graph, and the kept indices per changed slot."""
+    kept = kept_indices(analysis, plan)
+    graph = analysis.graph.copy()
+    ctx = RewriteContext(analysis, kept)
+    tensors = graph.tensors()
+    by_tensor: dict[str, list[Slot]] = {}
+    for slot in kept:
+        by_tensor.setdefault(slot.tensor, []).append(slot)
+    for name, slots in by_tensor.items():
+        tensor = tensors[name]
+        if isinstance(tensor, gs.Constant):
+            values = np.asarray(tensor.values)
+            for slot in slots:
+                values = np.take(values, kept[slot], axis=slot.axis)
+            tensor.values = np.ascontiguousarray(values)
+    for node in graph.nodes:
+        fix = FIXES.get(node.op)
+        if fix is not None and node.domain in (None, "", "ai.onnx"):
+            fix(node, ctx)
+    boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in boundary and tensor.name in ctx._changed:
+            tensor.shape = None
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in boundary and tensor.shape is not None:
+            tensor.shape = None  # stale shapes downstream of a pruned tensor; ORT re-infers them
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return graph, kept

@@ -1,0 +1,544 @@
+"""Per-op channel rules: one small function per op type.
+
+A *tie* rule says which channel elements of a node's inputs and outputs must be removed
+together (``SlotGraph.tie``) and which axes may shrink freely (``claim``). Any axis of a
+tensor that a touching op does not tie or claim is frozen, so an op without a rule freezes
+what it touches and can never be broken by pruning.
+
+A *fix* rule updates what the node itself stores about channel counts after the tensors
+shrink (Conv ``group``, Reshape/Split/Slice/Gather constants). Adding an op is adding a tie
+rule, a fix rule when it stores sizes, and a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analyze import SlotGraph
+
+TieRule = Callable[[gs.Node, SlotGraph], None]
+RULES: dict[str, TieRule] = {}
+FIXES: dict[str, Callable] = {}
+
+
+def ties(*ops: str) -> Callable[[TieRule], TieRule]:
+    def register(fn: TieRule) -> TieRule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return register
+
+
+def fixes(*ops: str) -> Callable:
+    def register(fn):
+        for op in ops:
+            FIXES[op] = fn
+        return fn
+    return register
+
+
+def _rank(sg: SlotGraph, t: gs.Tensor) -> int:
+    shape = sg.shape(t)
+    return -1 if shape is None else len(shape)
+
+
+def _identity(sg: SlotGraph, a: gs.Tensor, b: gs.Tensor, axes: range | list[int] | None = None) -> None:
+    shape_a, shape_b = sg.shape(a), sg.shape(b)
+    if shape_a is None or shape_b is None or len(shape_a) != len(shape_b):
+        return
+    for axis in axes if axes is not None else range(len(shape_a)):
+        if shape_a[axis] == shape_b[axis]:
+            sg.tie(a, axis, b, axis)
+
+
+# --- elementwise -------------------------------------------------------------------------------
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Gelu", "Erf", "Exp", "Log",
+    "Sqrt", "Reciprocal", "Neg", "Abs", "Cast", "Identity", "Softplus", "Softsign", "Elu", "Selu",
+    "Celu", "Mish", "Floor", "Ceil", "Round", "Sign", "Not", "IsNaN", "IsInf", "Sin", "Cos",
+    "Softmax", "LogSoftmax", "Dropout", "ThresholdedRelu", "Shrink",
+)
+
+
+@ties(*UNARY)
+def unary(node: gs.Node, sg: SlotGraph) -> None:
+    # Extra inputs (Clip min/max, Dropout ratio) are scalars; every output has the input's shape.
+    for out in node.outputs:
+        _identity(sg, node.inputs[0], out)
+
+
+BROADCAST = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "Equal",
+             "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "PRelu",
+             "Clip", "BitwiseAnd", "BitwiseOr")
+
+
+@ties(*BROADCAST)
+def broadcast(node: gs.Node, sg: SlotGraph) -> None:
+    out = node.outputs[0]
+    out_shape = sg.shape(out)
+    if out_shape is None:
+        return
+    for x in node.inputs:
+        shape = sg.shape(x) if x.name else None
+        if shape is None:
+            continue
+        shift = len(out_shape) - len(shape)
+        for axis, dim in enumerate(shape):
+            if dim == out_shape[axis + shift]:
+                sg.tie(x, axis, out, axis + shift)
+
+
+# --- normalisation ---------------------------------------------------------------------------------
+
+@ties("BatchNormalization", "InstanceNormalization")
+def batch_norm(node: gs.Node, sg: SlotGraph) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    _identity(sg, x, y)
+    for param in node.inputs[1:]:
+        if param.name and _rank(sg, param) == 1:
+            sg.tie(param, 0, y, 1)
+    sg.weight(node.inputs[1], 0)
+    for extra in node.outputs[1:]:  # training-mode running stats
+        if extra.name and _rank(sg, extra) == 1:
+            sg.tie(extra, 0, y, 1)
+
+
+@ties("LayerNormalization")
+def layer_norm(node: gs.Node, sg: SlotGraph) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    rank = _rank(sg, x)
+    start = node.attrs.get("axis", -1) % rank
+    _identity(sg, x, y)
+    for param in node.inputs[1:3]:
+        if param.name:
+            prank = _rank(sg, param)
+            for axis in range(prank):
+                sg.tie(param, axis, y, rank - prank + axis)
+    sg.weight(node.inputs[1], _rank(sg, node.inputs[1]) - 1)
+    for stat in node.outputs[1:]:  # Mean / InvStdDev: normalised axes are 1
+        if stat.name:
+            _identity(sg, x, stat, range(start))
+
+
+# --- convolution and linear layers ---------------------------------------------------------------
+
+@ties("Conv")
+def conv(node: gs.Node, sg: SlotGraph) -> None:
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    groups = node.attrs.get("group", 1)
+    wshape, xshape = sg.shape(w), sg.shape(x)
+    if wshape is None or xshape is None:
+        return
+    sg.tie(x, 0, y, 0)
+    sg.tie(w, 0, y, 1)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        sg.tie(node.inputs[2], 0, y, 1)
+    sg.weight(w, 0)
+    if groups == 1:
+        sg.tie(x, 1, w, 1)
+        sg.weight(w, 1)
+        return
+    # Grouped / depthwise: remove whole groups, so every kept group keeps its shape and
+    # only the ``group`` attribute changes. Tie each group's inputs and outputs into one atom.
+    per_in, per_out = xshape[1] // groups, wshape[0] // groups
+    gid_in, gid_out = np.arange(xshape[1]) // per_in, np.arange(wshape[0]) // per_out
+    sg.tie(x, 1, y, 1, np.arange(xshape[1]), gid_in * per_out)
+    sg.tie(y, 1, y, 1, np.arange(wshape[0]), gid_out * per_out)
+
+
+@fixes("Conv")
+def conv_fix(node: gs.Node, ctx) -> None:
+    groups = node.attrs.get("group", 1)
+    if groups > 1:
+        old_out = ctx.old_shape(node.outputs[0])[1]
+        new_out = ctx.new_shape(node.outputs[0])[1]
+        node.attrs["group"] = groups * new_out // old_out
+
+
+@ties("ConvTranspose")
+def conv_transpose(node: gs.Node, sg: SlotGraph) -> None:
+    if node.attrs.get("group", 1) != 1:
+        return
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    sg.tie(x, 0, y, 0)
+    sg.tie(x, 1, w, 0)
+    sg.tie(w, 1, y, 1)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        sg.tie(node.inputs[2], 0, y, 1)
+    sg.weight(w, 0)
+    sg.weight(w, 1)
+
+
+@ties("Gemm")
+def gemm(node: gs.Node, sg: SlotGraph) -> None:
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
+    a_m, a_k = (1, 0) if ta else (0, 1)
+    b_k, b_n = (1, 0) if tb else (0, 1)
+    sg.tie(a, a_m, y, 0)
+    sg.tie(a, a_k, b, b_k)
+    sg.tie(b, b_n, y, 1)
+    for t in (a, b):
+        sg.weight(t, 0)
+        sg.weight(t, 1)
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        broadcast(gs.Node("Add", inputs=[node.inputs[2]], outputs=[y]), sg)
+
+
+@ties("MatMul")
+def matmul(node: gs.Node, sg: SlotGraph) -> None:
+    a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    ra, rb, ry = _rank(sg, a), _rank(sg, b), _rank(sg, y)
+    if min(ra, rb) < 2:
+        return  # vector products: leave frozen
+    sg.tie(a, ra - 1, b, rb - 2)
+    sg.tie(a, ra - 2, y, ry - 2)
+    sg.tie(b, rb - 1, y, ry - 1)
+    ya = sg.shape(y)
+    for t, r in ((a, ra), (b, rb)):
+        shape = sg.shape(t)
+        for axis in range(r - 2):
+            if shape[axis] == ya[axis + ry - r]:
+                sg.tie(t, axis, y, axis + ry - r)
+        sg.weight(t, r - 1)
+        sg.weight(t, r - 2)
+
+
+# --- pooling and reductions ----------------------------------------------------------------------
+
+@ties("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+def pool(node: gs.Node, sg: SlotGraph) -> None:
+    for out in node.outputs:
+        if out.name:
+            _identity(sg, node.inputs[0], out, [0, 1])
+
+
+REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+          "ReduceSumSquare", "ReduceLogSumExp")
+
+
+@ties(*REDUCE)
+def reduce(node: gs.Node, sg: SlotGraph) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    rank = _rank(sg, x)
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        axes = sg.const(node.inputs[1])
+        if axes is None:
+            return
+    else:
+        axes = node.attrs.get("axes")
+    axes = sorted({int(a) % rank for a in axes}) if axes is not None and len(axes) else list(range(rank))
+    keep = node.attrs.get("keepdims", 1)
+    out_axis = 0
+    for axis in range(rank):
+        if axis in axes:
+            sg.claim(x, axis)  # a mean over fewer channels is still a mean: the axis may shrink
+            out_axis += keep
+        else:
+            sg.tie(x, axis, y, out_axis)
+            out_axis += 1
+
+
+# --- layout ops ----------------------------------------------------------------------------------
+
+@ties("Transpose")
+def transpose(node: gs.Node, sg: SlotGraph) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    rank = _rank(sg, x)
+    perm = node.attrs.get("perm") or list(reversed(range(rank)))
+    for out_axis, in_axis in enumerate(perm):
+        sg.tie(x, in_axis, y, out_axis)
+
+
+def _axes_input(node: gs.Node, sg: SlotGraph, rank: int) -> list[int] | None:
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        axes = sg.const(node.inputs[1])
+        return None if axes is None else [int(a) % rank for a in np.ravel(axes)]
+    axes = node.attrs.get("axes")
+    return None if axes is None else [int(a) % rank for a in axes]
+
+
+@ties("Squeeze", "Unsqueeze", "Flatten", "Reshape")
+def reshape(node: gs.Node, sg: SlotGraph) -> None:
+    """Align input and output dims into blocks of equal product; a block that splits or merges
+    a channel axis ties it to one factor (heads, not head_dim), chosen by ``sg.choice``."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = sg.shape(x), sg.shape(y)
+    if xs is None or ys is None:
+        return
+    if node.op == "Reshape" and not _can_write_shape(node, sg):
+        return
+    dyn_x = [not sg.static(x, a) for a in range(len(xs))]
+    dyn_y = [not sg.static(y, a) for a in range(len(ys))]
+    for in_axes, out_axes in _blocks(xs, ys):
+        if any(dyn_x[a] for a in in_axes) or any(dyn_y[a] for a in out_axes):
+            if len(in_axes) == len(out_axes) == 1:
+                sg.tie(x, in_axes[0], y, out_axes[0])
+            continue
+        if len(in_axes) == 1 and len(out_axes) == 1:
+            sg.tie(x, in_axes[0], y, out_axes[0])
+        elif len(in_axes) == 1 or len(out_axes) == 1:
+            whole, factors, whole_t, parts_t = ((in_axes[0], out_axes, x, y) if len(in_axes) == 1
+                                                else (out_axes[0], in_axes, y, x))
+            dims = [sg.shape(parts_t)[a] for a in factors]
+            pick = sg.choice(len(factors))
+            stride = int(np.prod(dims[pick + 1:]))
+            idx = np.arange(int(np.prod(dims)))
+            sg.tie(whole_t, whole, parts_t, factors[pick], idx, (idx // stride) % dims[pick])
+            sg.factor_slot(parts_t, factors[pick])
+
+
+def _blocks(xs: tuple[int, ...], ys: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+    """Pair up runs of input and output axes whose sizes multiply to the same number.
+    Size-1 axes are skipped (they carry no channels)."""
+    xi = [a for a, d in enumerate(xs) if d != 1]
+    yi = [a for a, d in enumerate(ys) if d != 1]
+    blocks, i, j = [], 0, 0
+    while i < len(xi) and j < len(yi):
+        ins, outs = [xi[i]], [yi[j]]
+        px, py = xs[xi[i]], ys[yi[j]]
+        i, j = i + 1, j + 1
+        while px != py:
+            if px < py and i < len(xi):
+                px *= xs[xi[i]]
+                ins.append(xi[i])
+                i += 1
+            elif py < px and j < len(yi):
+                py *= ys[yi[j]]
+                outs.append(yi[j])
+                j += 1
+            else:
+                return blocks
+        blocks.append((ins, outs))
+    return blocks
+
+
+def synth_shape(node: gs.Node, new_out: list[int], static: list[bool], old_in: tuple[int, ...],
+                old_in2: tuple[int, ...], old_out: tuple[int, ...], old_out2: tuple[int, ...],
+                new_in: list[int]) -> list[int] | None:
+    """A constant Reshape target giving ``new_out``: static axes literal, a dynamic axis as 0
+    (copy the input's dim at that index) where that holds in both captured runs, else -1 once."""
+    allow_zero = node.attrs.get("allowzero", 0)
+    shape, free = [], 0
+    for axis, dim in enumerate(new_out):
+        if static[axis]:
+            shape.append(dim)
+        elif (not allow_zero and axis < len(old_in) and old_in[axis] == old_out[axis]
+              and old_in2[axis] == old_out2[axis] and new_in[axis] == dim):
+            shape.append(0)
+        else:
+            shape.append(-1)
+            free += 1
+    return shape if free <= 1 else None
+
+
+def _can_write_shape(node: gs.Node, sg: SlotGraph) -> bool:
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = sg.shape(x), sg.shape(y)
+    cap = sg.capture
+    xs2, ys2 = cap.shapes2.get(x.name, xs), cap.shapes2.get(y.name, ys)
+    static = [sg.static(y, a) for a in range(len(ys))]
+    return synth_shape(node, list(ys), static, xs, xs2, ys, ys2, list(xs)) is not None
+
+
+@fixes("Reshape")
+def reshape_fix(node: gs.Node, ctx) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    if not ctx.changed(y) and isinstance(node.inputs[1], gs.Constant):
+        return
+    static = [ctx.static(y, a) for a in range(len(ctx.old_shape(y)))]
+    shape = synth_shape(node, ctx.new_shape(y), static, ctx.old_shape(x), ctx.old_shape2(x),
+                        ctx.old_shape(y), ctx.old_shape2(y), ctx.new_shape(x))
+    if shape is None:  # the tie rule froze this Reshape, so its sizes did not change
+        return
+    node.inputs[1] = gs.Constant(f"{y.name}_pruned_shape", np.array(shape, dtype=np.int64))
+
+
+@ties("Concat")
+def concat(node: gs.Node, sg: SlotGraph) -> None:
+    y = node.outputs[0]
+    rank = _rank(sg, y)
+    axis = node.attrs["axis"] % rank
+    offset = 0
+    for x in node.inputs:
+        xs = sg.shape(x)
+        _identity(sg, x, y, [a for a in range(rank) if a != axis])
+        sg.tie(x, axis, y, axis, np.arange(xs[axis]), offset + np.arange(xs[axis]))
+        offset += xs[axis]
+
+
+@ties("Split")
+def split(node: gs.Node, sg: SlotGraph) -> None:
+    x = node.inputs[0]
+    rank = _rank(sg, x)
+    axis = node.attrs.get("axis", 0) % rank
+    offset = 0
+    for y in node.outputs:
+        ys = sg.shape(y)
+        _identity(sg, x, y, [a for a in range(rank) if a != axis])
+        sg.tie(x, axis, y, axis, offset + np.arange(ys[axis]), np.arange(ys[axis]))
+        offset += ys[axis]
+
+
+@fixes("Split")
+def split_fix(node: gs.Node, ctx) -> None:
+    rank = len(ctx.old_shape(node.inputs[0]))
+    axis = node.attrs.get("axis", 0) % rank
+    sizes = np.array([ctx.new_shape(y)[axis] for y in node.outputs], dtype=np.int64)
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_pruned_split", sizes)
+    elif "split" in node.attrs:
+        node.attrs["split"] = sizes.tolist()
+    elif ctx.changed(node.inputs[0]):
+        node.attrs.pop("num_outputs", None)  # opset 18: equal parts no longer; give sizes
+        node.inputs.append(gs.Constant(f"{node.outputs[0].name}_pruned_split", sizes))
+
+
+def _slice_params(node: gs.Node, sg_or_ctx, rank: int):
+    """Constant (starts, ends, axes, steps) of a Slice, or None when any is computed."""
+    if len(node.inputs) == 1:  # opset < 10: attributes
+        starts, ends = node.attrs["starts"], node.attrs["ends"]
+        axes = node.attrs.get("axes", list(range(len(starts))))
+        return list(starts), list(ends), [a % rank for a in axes], [1] * len(starts)
+    vals = []
+    for i in range(1, 5):
+        t = node.inputs[i] if len(node.inputs) > i and node.inputs[i].name else None
+        if t is None:
+            vals.append(None)
+            continue
+        if not isinstance(t, gs.Constant):
+            return None
+        vals.append([int(v) for v in np.ravel(t.values)])
+    starts, ends, axes, steps = vals
+    axes = [a % rank for a in axes] if axes is not None else list(range(len(starts)))
+    return starts, ends, axes, steps or [1] * len(starts)
+
+
+@ties("Slice")
+def slice_(node: gs.Node, sg: SlotGraph) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = sg.shape(x), sg.shape(y)
+    params = _slice_params(node, sg, len(xs))
+    if params is None:
+        return
+    starts, ends, axes, steps = params
+    _identity(sg, x, y, [a for a in range(len(xs)) if a not in axes])
+    for start, axis, step in zip(starts, axes, steps, strict=True):
+        if step != 1 or ys[axis] == xs[axis] and start in (0, -xs[axis]):
+            if ys[axis] == xs[axis] and step == 1:
+                sg.tie(x, axis, y, axis)
+            continue
+        first = min(max(start + xs[axis] if start < 0 else start, 0), xs[axis])
+        sg.tie(x, axis, y, axis, first + np.arange(ys[axis]), np.arange(ys[axis]))
+
+
+@fixes("Slice")
+def slice_fix(node: gs.Node, ctx) -> None:
+    x = node.inputs[0]
+    if not ctx.changed(x):
+        return
+    xs = ctx.old_shape(x)
+    starts, ends, axes, steps = _slice_params(node, ctx, len(xs))
+    for i, axis in enumerate(axes):
+        kept = ctx.kept(x, axis)
+        if kept is None:
+            continue
+        first = min(max(starts[i] + xs[axis] if starts[i] < 0 else starts[i], 0), xs[axis])
+        new_start = int(np.searchsorted(kept, first))
+        starts[i], ends[i] = new_start, new_start + ctx.new_shape(node.outputs[0])[axis]
+    if len(node.inputs) == 1:
+        node.attrs["starts"], node.attrs["ends"] = starts, ends
+    else:
+        name = node.outputs[0].name
+        node.inputs[1] = gs.Constant(f"{name}_pruned_starts", np.array(starts, dtype=np.int64))
+        node.inputs[2] = gs.Constant(f"{name}_pruned_ends", np.array(ends, dtype=np.int64))
+
+
+@ties("Gather")
+def gather(node: gs.Node, sg: SlotGraph) -> None:
+    x, idx_t, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    xs = sg.shape(x)
+    idx = sg.const(idx_t)
+    if xs is None or idx is None or idx.ndim > 1:
+        return
+    axis = node.attrs.get("axis", 0) % len(xs)
+    idx = np.where(idx < 0, idx + xs[axis], idx).astype(np.int64)
+    out_axis = 0
+    for a in range(len(xs)):
+        if a == axis:
+            if idx.ndim == 1:
+                sg.tie(x, axis, y, out_axis, idx, np.arange(len(idx)))
+                out_axis += 1
+            else:  # a scalar index drops the axis: the picked element itself must stay
+                sg.claim(x, axis)
+                sg.freeze(x, axis, "Gather (scalar index)", np.atleast_1d(idx))
+        else:
+            sg.tie(x, a, y, out_axis)
+            out_axis += 1
+
+
+@fixes("Gather")
+def gather_fix(node: gs.Node, ctx) -> None:
+    x = node.inputs[0]
+    axis = node.attrs.get("axis", 0) % len(ctx.old_shape(x))
+    kept = ctx.kept(x, axis)
+    if kept is None:
+        return
+    idx = np.asarray(node.inputs[1].values)
+    idx = np.where(idx < 0, idx + ctx.old_shape(x)[axis], idx)
+    new_idx = np.searchsorted(kept, idx).astype(idx.dtype)
+    if idx.ndim == 1:
+        new_idx = new_idx[np.isin(idx, kept)]
+    node.inputs[1] = gs.Constant(f"{node.outputs[0].name}_pruned_idx", new_idx)
+
+
+@ties("Expand")
+def expand(node: gs.Node, sg: SlotGraph) -> None:
+    if isinstance(node.inputs[1], gs.Constant):
+        broadcast(node, sg)
+
+
+@fixes("Expand")
+def expand_fix(node: gs.Node, ctx) -> None:
+    y = node.outputs[0]
+    if not ctx.changed(y):
+        return
+    shape = np.asarray(node.inputs[1].values).copy()
+    new = ctx.new_shape(y)
+    for axis in range(len(shape)):
+        target = axis + len(new) - len(shape)
+        if shape[axis] not in (1, -1) and ctx.kept(y, target) is not None:
+            shape[axis] = new[target]
+    node.inputs[1] = gs.Constant(f"{y.name}_pruned_shape", shape)
+
+
+@ties("Shape")
+def shape_(node: gs.Node, sg: SlotGraph) -> None:
+    """Shape reads sizes. It may see channels shrink only when every use of what it reads ends
+    in a Reshape target, because the rewrite replaces those targets with constants."""
+    if not _only_feeds_reshape_targets(node.outputs[0], sg):
+        return
+    rank = _rank(sg, node.inputs[0])
+    for axis in range(rank):
+        sg.claim(node.inputs[0], axis)
+
+
+SHAPE_MATH = {"Gather", "Slice", "Concat", "Div", "Mul", "Add", "Sub", "Cast", "Squeeze", "Unsqueeze",
+              "Floor", "Ceil", "Identity", "Reshape"}
+
+
+def _only_feeds_reshape_targets(tensor: gs.Tensor, sg: SlotGraph, depth: int = 0) -> bool:
+    if depth > 12 or not tensor.outputs:
+        return False
+    for user in tensor.outputs:
+        if user.op == "Reshape" and user.inputs[1] is tensor and _can_write_shape(user, sg):
+            continue
+        if user.op not in SHAPE_MATH or user.op == "Reshape":
+            return False
+        if not all(_only_feeds_reshape_targets(out, sg, depth + 1) for out in user.outputs):
+            return False
+    return True

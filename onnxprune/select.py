@@ -1,0 +1,129 @@
+"""Select stage: choose which atoms to remove so the cost meets the target.
+
+Isomorphic ranking (Fang et al. 2024): each group's scores are divided by the group's mean,
+then atoms are ranked only against atoms of groups with the same structure (an isomorphic
+class), and one pruning ratio ``r`` is shared by every class. Instead of hand-tuning ``r``,
+bisection finds the smallest ``r`` whose plan meets the FLOPs/params target on the cost model.
+``global`` ranks all groups together; ``uniform`` prunes every group by the same ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analyze import Analysis, Slot
+from .cost import CostTerm, total
+from .errors import ModelError, UsageError
+
+SCOPES = ("isomorphic", "global", "uniform")
+
+
+@dataclass
+class Plan:
+    """Atoms removed from each group (indices into the group's atoms), and the predicted cost."""
+
+    removed: list[np.ndarray]
+    ratio: float
+    predicted: float
+
+    def removed_channels(self, analysis: Analysis) -> dict[Slot, np.ndarray]:
+        """Indices removed from each slot."""
+        out: dict[Slot, list[np.ndarray]] = {}
+        for group, atoms in zip(analysis.groups, self.removed, strict=True):
+            if len(atoms):
+                for slot, members in group.members.items():
+                    out.setdefault(slot, []).append(members[atoms].ravel())
+        return {slot: np.unique(np.concatenate(parts)) for slot, parts in out.items()}
+
+
+class Selector:
+    """Precomputes rankings once; ``plan_at(r)`` is then cheap enough to bisect on."""
+
+    def __init__(self, analysis: Analysis, scores: list[np.ndarray], scope: str = "isomorphic",
+                 round_to: int = 1):
+        if scope not in SCOPES:
+            raise UsageError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+        if round_to < 1:
+            raise UsageError("--round-to must be a positive integer")
+        self.analysis = analysis
+        self.round_to = round_to
+        groups = analysis.groups
+        self.order = [np.argsort(s, kind="stable") for s in scores]  # least important first
+        normalised = [s / (s.mean() if s.mean() > 0 else 1.0) for s in scores]
+        if scope == "isomorphic":
+            keys = [g.iso_class for g in groups]
+        elif scope == "global":
+            keys = [0] * len(groups)
+        else:
+            keys = list(range(len(groups)))
+        self.classes: list[tuple[np.ndarray, np.ndarray]] = []  # (group id per ranked atom) per class
+        for key in sorted(set(keys)):
+            ids = [i for i, k in enumerate(keys) if k == key]
+            owner = np.concatenate([np.full(groups[i].size, i) for i in ids])
+            value = np.concatenate([normalised[i] for i in ids])
+            self.classes.append(owner[np.argsort(value, kind="stable")])
+        # Slot sizes shrink by count * removed atoms of every group touching the slot.
+        self.touch: dict[Slot, list[tuple[int, int]]] = {}
+        for gi, group in enumerate(groups):
+            for slot, members in group.members.items():
+                self.touch.setdefault(slot, []).append((gi, members.shape[1]))
+
+    def counts_at(self, ratio: float) -> np.ndarray:
+        """Atoms removed per group at the shared ratio, after caps and channel rounding."""
+        groups = self.analysis.groups
+        counts = np.zeros(len(groups), dtype=np.int64)
+        for owners in self.classes:
+            k = int(np.floor(ratio * len(owners) + 1e-9))
+            counts += np.bincount(owners[:k], minlength=len(groups))
+        for gi, group in enumerate(groups):
+            keep = group.size - counts[gi]
+            step = self.round_to if group.width == 1 else 1
+            if step > 1:
+                keep = int(round(keep / step) * step)
+            keep = min(max(keep, min(step, group.size), 1), group.size)
+            counts[gi] = group.size - keep
+        return counts
+
+    def kept_fraction(self, counts: np.ndarray) -> dict[Slot, float]:
+        sizes = self.analysis.slot_sizes
+        return {slot: 1.0 - sum(int(counts[g]) * c for g, c in users) / sizes[slot]
+                for slot, users in self.touch.items()}
+
+    def plan(self, counts: np.ndarray, ratio: float, predicted: float) -> Plan:
+        return Plan([self.order[g][:c] for g, c in enumerate(counts)], ratio, predicted)
+
+
+def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], target: float,
+           scope: str = "isomorphic", round_to: int = 1, what: str = "FLOPs") -> Plan:
+    """The plan with the least pruning whose cost is at most ``target`` times the dense cost."""
+    if not 0 < target <= 1:
+        raise UsageError(f"target {what} ratio must be in (0, 1], got {target}")
+    selector = Selector(analysis, scores, scope, round_to)
+    dense = total(terms)
+
+    def cost(r: float) -> tuple[float, np.ndarray]:
+        counts = selector.counts_at(r)
+        return total(terms, selector.kept_fraction(counts)) / dense, counts
+
+    if target >= 1:
+        counts = np.zeros(len(analysis.groups), dtype=np.int64)
+        return selector.plan(counts, 0.0, 1.0)
+    floor, counts_hi = cost(1.0)
+    if floor > target:
+        frozen_ops = sorted({r for f in analysis.frozen for r in f.reasons})
+        why = f"; frozen by: {', '.join(frozen_ops[:8])}" if frozen_ops else ""
+        raise ModelError(f"{what} target {target:g} is unreachable: pruning every prunable group as far "
+                         f"as possible still leaves {floor:.3f} of the dense {what}{why}")
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        value, counts = cost(mid)
+        if value <= target:
+            hi, counts_hi, floor = mid, counts, value
+        else:
+            lo = mid
+        if hi - lo < 1e-7:
+            break
+    return selector.plan(counts_hi, hi, floor)

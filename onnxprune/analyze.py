@@ -73,6 +73,7 @@ class Analysis:
     weight_slots: set[Slot] = field(default_factory=set)
     factor_choice: dict[str, int] = field(default_factory=dict)
     no_rule_ops: dict[str, int] = field(default_factory=dict)
+    shared: dict[str, str] = field(default_factory=dict)  # unshared initializer copy -> original
 
 
 class SlotGraph:
@@ -93,6 +94,7 @@ class SlotGraph:
         self.factor_slots: dict[str, list[Slot]] = defaultdict(list)
         self.node_id: dict[int, int] = {}
         self.current: gs.Node | None = None
+        self.probe = False
 
     # --- what rules read -------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
@@ -112,7 +114,10 @@ class SlotGraph:
     # --- what rules write ------------------------------------------------------------------
     def _slot(self, tensor: gs.Tensor, axis: int) -> Slot | None:
         shape = self.shape(tensor)
-        if shape is None or not tensor.name or axis >= len(shape) or not self.static(tensor, axis):
+        # Dynamic axes are slots too: at batch 1 a merged (batch x heads) axis has the heads'
+        # size, which keeps heads coupled through reshape round trips; Reshape targets are
+        # rewritten with 0/-1 for them (rules.synth_shape).
+        if shape is None or not tensor.name or axis >= len(shape):
             return None
         slot = Slot(tensor.name, axis)
         if slot not in self.offsets:
@@ -164,7 +169,7 @@ class SlotGraph:
         return min(self.factor_choice.get(self.current.name, 0), options - 1)
 
     def factor_slot(self, slot_tensor: gs.Tensor, axis: int) -> None:
-        """Record the slot a Reshape's factor choice tied, to check after the pass."""
+        """Record a factor a split Reshape could tie to (probe pass), in factor order."""
         self.factor_slots[self.current.name].append(Slot(slot_tensor.name, axis))
 
 
@@ -200,11 +205,13 @@ def _components(sg: SlotGraph) -> tuple[int, np.ndarray]:
     return connected_components(adj, directed=False)
 
 
-def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int]) -> tuple[SlotGraph, dict]:
+def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int],
+              probe: bool = False) -> tuple[SlotGraph, dict]:
     """Apply every op's rule once; returns the tie graph and ops without a rule (counted)."""
     from .rules import RULES  # late import: rules import SlotGraph for type hints only
 
     sg = SlotGraph(graph, capture, factor_choice)
+    sg.probe = probe
     no_rule: dict[str, int] = defaultdict(int)
     for node in graph.nodes:
         sg.current = node
@@ -218,27 +225,40 @@ def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int]) 
     return sg, dict(no_rule)
 
 
-def analyze_graph(graph: gs.Graph, capture: Capture, max_passes: int = 4) -> Analysis:
-    """Find the coupled groups. Reshapes that factor a channel axis may pick the wrong factor
-    (qkv's 3 vs heads, a shuffle's groups vs channels); a pass that leaves a choice frozen
-    retries that Reshape with its next factor."""
+def analyze_graph(graph: gs.Graph, capture: Capture) -> Analysis:
+    """Find the coupled groups.
+
+    A Reshape that splits a channel axis into factors ([3, heads, head_dim] for qkv, [groups,
+    channels] for a shuffle) must tie it to one factor. A probe pass, where splits only claim
+    their axes, shows which factors their consumers leave free; the real pass ties each split
+    to the outermost free factor.
+    """
+    sg, _ = run_rules(graph, capture, {}, probe=True)
+    ncomp, labels = _components(sg)
+    frozen = _frozen_components(sg, ncomp, labels)
     choice: dict[str, int] = {}
-    for _ in range(max_passes):
-        sg, no_rule = run_rules(graph, capture, choice)
-        ncomp, labels = _components(sg)
-        frozen = np.zeros(ncomp, dtype=bool)
-        for idx, _reason in sg.frozen_elems:
-            frozen[labels[idx]] = True
-        changed = False
-        for node_name, slots in sg.factor_slots.items():
-            dead = all(frozen[labels[sg.offsets[s]:sg.offsets[s] + sg.sizes[s]]].all()
-                       for s in slots if s in sg.offsets)
-            if dead and choice.get(node_name, 0) < 4:
-                choice[node_name] = choice.get(node_name, 0) + 1
-                changed = True
-        if not changed:
-            break
+    for node_name, slots in sg.factor_slots.items():
+        for i, s in enumerate(slots):
+            if not frozen[labels[sg.offsets[s]:sg.offsets[s] + sg.sizes[s]]].all():
+                choice[node_name] = i
+                break
+    sg, no_rule = run_rules(graph, capture, choice)
+    ncomp, labels = _components(sg)
+    frozen = _frozen_components(sg, ncomp, labels)
     return _collect(graph, capture, sg, ncomp, labels, frozen, choice, no_rule)
+
+
+def _frozen_components(sg: SlotGraph, ncomp: int, labels: np.ndarray) -> np.ndarray:
+    frozen = np.zeros(ncomp, dtype=bool)
+    for idx, _reason in sg.frozen_elems:
+        frozen[labels[idx]] = True
+    return frozen
+
+
+def _is_weight(tensor: gs.Tensor | None) -> bool:
+    """Float initializers are weights; int constants (shapes, indices) are not."""
+    return (isinstance(tensor, gs.Constant) and len(tensor.shape) > 0
+            and np.issubdtype(np.dtype(tensor.dtype), np.floating))
 
 
 def _topo_index(graph: gs.Graph) -> dict[str, int]:
@@ -274,7 +294,7 @@ def _collect(graph, capture, sg: SlotGraph, ncomp, labels, frozen, choice, no_ru
         slot_of_elem[start:start + size] = i
         local[start:start + size] = np.arange(size)
     tensors = graph.tensors()
-    is_param = np.array([isinstance(tensors.get(s.tensor), gs.Constant) for s in slots], dtype=bool)
+    is_param = np.array([_is_weight(tensors.get(s.tensor)) for s in slots], dtype=bool)
     has_param = np.zeros(ncomp, dtype=bool)
     if len(slots):
         has_param[labels[is_param[slot_of_elem]]] = True

@@ -8,14 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from . import capture as capture_mod
 from .analyze import Analysis, analyze_graph
 from .cost import flops_terms, param_terms, total
 from .errors import UsageError
-from .load import read_model, save_model, to_graph, to_model
+from .load import read_model, save_model, to_graph, to_model, unshare_constants
 from .rewrite import apply_plan
 from .score import magnitude_scores
 from .select import Plan, select
@@ -78,10 +77,13 @@ def _analyze(proto: onnx.ModelProto, progress: Progress | None) -> Analysis:
     step = progress or (lambda _msg: None)
     step("folding constants")
     graph = to_graph(proto)
+    shared = unshare_constants(graph)
     step("running the model once to read every shape")
     cap = capture_mod.capture(graph)
     step("finding coupled channel groups")
-    return analyze_graph(graph, cap)
+    analysis = analyze_graph(graph, cap)
+    analysis.shared = shared
+    return analysis
 
 
 def model_costs(analysis: Analysis) -> Costs:
@@ -105,28 +107,18 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     Returns a PruneResult whose ``model`` has passed onnx.checker and run in onnxruntime with
     the same input/output names, ranks and non-channel dims as the input.
     """
-    if (flops is None) == (params is None):
-        raise UsageError("give exactly one target: flops or params")
-    target = flops if flops is not None else params
-    if not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise UsageError(f"target must be a fraction in (0, 1], got {target}")
+    _check_target(flops, params)
     step = progress or (lambda _msg: None)
     proto, external = _load(model)
     analysis = _analyze(proto, progress)
     dense = model_costs(analysis)
-    step("scoring channels")
-    scores = magnitude_scores(analysis, criterion)
-    terms = (flops_terms(analysis.graph, _shape_fn(analysis)) if flops is not None
-             else param_terms(analysis.graph))
-    step("selecting channels to remove")
-    plan = select(analysis, scores, terms, target, scope=scope, round_to=round_to,
-                  what="FLOPs" if flops is not None else "params")
+    step("scoring and selecting channels")
+    plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion,
+                     round_to=round_to)
     step("rewriting the graph")
-    graph, kept = apply_plan(analysis, plan)
-    pruned_proto = to_model(graph, proto)
+    pruned_proto, kept = apply(analysis, plan, proto)
     step("verifying with onnx.checker and onnxruntime")
-    feed = capture_mod.input_feed(analysis.graph)
-    verify(proto, pruned_proto, feed)
+    verify(proto, pruned_proto, capture_mod.input_feed(analysis.graph))
     step("measuring the pruned model")
     after = measure_costs(pruned_proto)
     return PruneResult(
@@ -136,6 +128,31 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
                  "slots": [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]]} for f in analysis.frozen],
         ratio=plan.ratio, external_data=external, channels=_channel_table(analysis, plan),
     )
+
+
+def _check_target(flops: float | None, params: float | None) -> None:
+    if (flops is None) == (params is None):
+        raise UsageError("give exactly one target: flops or params")
+    target = flops if flops is not None else params
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+        raise UsageError(f"target must be a fraction in (0, 1], got {target}")
+
+
+def make_plan(analysis: Analysis, *, flops: float | None = None, params: float | None = None,
+              scope: str = "isomorphic", criterion: str = "l2", round_to: int = 1) -> Plan:
+    """Score every group and choose the atoms to remove to meet the FLOPs or params target."""
+    _check_target(flops, params)
+    scores = magnitude_scores(analysis, criterion)
+    terms = (flops_terms(analysis.graph, _shape_fn(analysis)) if flops is not None
+             else param_terms(analysis.graph))
+    return select(analysis, scores, terms, flops if flops is not None else params, scope=scope,
+                  round_to=round_to, what="FLOPs" if flops is not None else "params")
+
+
+def apply(analysis: Analysis, plan: Plan, like: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """The pruned ModelProto (opset, IR version, metadata of ``like``) and kept indices per slot."""
+    graph, kept = apply_plan(analysis, plan)
+    return to_model(graph, like), kept
 
 
 def measure_costs(proto: onnx.ModelProto) -> Costs:
@@ -174,4 +191,15 @@ def default_output(path: str | os.PathLike) -> Path:
     return p.with_name(p.name[:-5] + ".pruned.onnx" if p.name.endswith(".onnx") else p.name + ".pruned.onnx")
 
 
-__all__ = ["analyze", "prune", "PruneResult", "Costs", "measure_costs", "default_output", "np"]
+__all__ = ["analyze", "apply", "make_plan", "prune", "PruneResult", "Costs", "measure_costs", "default_output"]
+
+
+def group_flops_share(analysis: Analysis) -> list[float]:
+    """For each group, the share of dense FLOPs in nodes whose cost scales with the group."""
+    terms = flops_terms(analysis.graph, _shape_fn(analysis))
+    dense = total(terms) or 1.0
+    shares = []
+    for group in analysis.groups:
+        slots = set(group.members)
+        shares.append(sum(t.dense for t in terms if slots.intersection(t.slots)) / dense)
+    return shares

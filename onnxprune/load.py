@@ -149,3 +149,31 @@ def _relocate_external(model_path: Path, old: str, new: str) -> None:
 def uses_external_data(model: onnx.ModelProto) -> bool:
     """Whether the file this model came from keeps (some) weights outside the .onnx file."""
     return any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def unshare_constants(graph: gs.Graph) -> dict[str, str]:
+    """Give every use of a shared initializer its own Constant (same array, no copy).
+
+    Exporters de-duplicate equal tensors (all-zero biases, LayerNorm weights), which would
+    couple unrelated layers into one channel group. Returns {copy name: original name} so the
+    rewrite can merge untouched copies back into one initializer.
+    """
+    copies: dict[str, str] = {}
+    used: set[str] = set()
+    names = set(graph.tensors())
+    for node in graph.nodes:
+        for port, tensor in enumerate(node.inputs):
+            if not isinstance(tensor, gs.Constant):
+                continue
+            if tensor.name not in used:
+                used.add(tensor.name)
+                continue
+            i = 1
+            while f"{tensor.name}__{i}" in names:
+                i += 1
+            name = f"{tensor.name}__{i}"
+            names.add(name)
+            node.inputs[port] = gs.Constant(name, getattr(tensor, "_values", tensor.values),
+                                            data_location=tensor.data_location)
+            copies[name] = tensor.name
+    return copies

@@ -272,24 +272,27 @@ def reshape(node: gs.Node, sg: SlotGraph) -> None:
         return
     if node.op == "Reshape" and not _can_write_shape(node, sg):
         return
-    dyn_x = [not sg.static(x, a) for a in range(len(xs))]
-    dyn_y = [not sg.static(y, a) for a in range(len(ys))]
     for in_axes, out_axes in _blocks(xs, ys):
-        if any(dyn_x[a] for a in in_axes) or any(dyn_y[a] for a in out_axes):
-            if len(in_axes) == len(out_axes) == 1:
-                sg.tie(x, in_axes[0], y, out_axes[0])
-            continue
         if len(in_axes) == 1 and len(out_axes) == 1:
             sg.tie(x, in_axes[0], y, out_axes[0])
         elif len(in_axes) == 1 or len(out_axes) == 1:
             whole, factors, whole_t, parts_t = ((in_axes[0], out_axes, x, y) if len(in_axes) == 1
                                                 else (out_axes[0], in_axes, y, x))
             dims = [sg.shape(parts_t)[a] for a in factors]
-            pick = sg.choice(len(factors))
+            # A merge keeps its outer factor (heads before head_dim, channels before a
+            # shuffle's groups). A split keeps the outermost factor that its consumers do
+            # not freeze (qkv's 3 and a shuffle's groups are frozen): analyze() finds it in a
+            # probe pass where splits tie nothing and only claim their axes.
+            if parts_t is y and sg.probe:
+                sg.claim(whole_t, whole)
+                for factor in factors:
+                    sg.claim(parts_t, factor)
+                    sg.factor_slot(parts_t, factor)
+                continue
+            pick = sg.choice(len(factors)) if parts_t is y else 0
             stride = int(np.prod(dims[pick + 1:]))
             idx = np.arange(int(np.prod(dims)))
             sg.tie(whole_t, whole, parts_t, factors[pick], idx, (idx // stride) % dims[pick])
-            sg.factor_slot(parts_t, factors[pick])
 
 
 def _blocks(xs: tuple[int, ...], ys: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
@@ -498,15 +501,29 @@ def gather_fix(node: gs.Node, ctx) -> None:
 
 @ties("Expand")
 def expand(node: gs.Node, sg: SlotGraph) -> None:
-    if isinstance(node.inputs[1], gs.Constant):
-        broadcast(node, sg)
+    """Tie axes the target shape does not pin: entry 1 (keep the input's size), or a constant
+    entry the fix rule can rewrite."""
+    x, target, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    xs, ys = sg.shape(x), sg.shape(y)
+    values = sg.const(target)
+    if values is None:
+        values = sg.capture.values.get(target.name)
+    if xs is None or ys is None or values is None:
+        return
+    constant = isinstance(target, gs.Constant)
+    shift = len(ys) - len(xs)
+    for axis, dim in enumerate(xs):
+        entry_axis = axis + shift - (len(ys) - len(values))
+        entry = values[entry_axis] if 0 <= entry_axis < len(values) else 1
+        if dim == ys[axis + shift] and (entry == 1 or constant):
+            sg.tie(x, axis, y, axis + shift)
 
 
 @fixes("Expand")
 def expand_fix(node: gs.Node, ctx) -> None:
     y = node.outputs[0]
-    if not ctx.changed(y):
-        return
+    if not ctx.changed(y) or not isinstance(node.inputs[1], gs.Constant):
+        return  # a computed target only holds 1 (keep the input's size) on tied axes
     shape = np.asarray(node.inputs[1].values).copy()
     new = ctx.new_shape(y)
     for axis in range(len(shape)):
@@ -518,27 +535,71 @@ def expand_fix(node: gs.Node, ctx) -> None:
 
 @ties("Shape")
 def shape_(node: gs.Node, sg: SlotGraph) -> None:
-    """Shape reads sizes. It may see channels shrink only when every use of what it reads ends
-    in a Reshape target, because the rewrite replaces those targets with constants."""
-    if not _only_feeds_reshape_targets(node.outputs[0], sg):
+    """Shape reads sizes. An axis may shrink when its size only flows into Reshape targets
+    (the rewrite replaces those with constants); an axis whose size escapes anywhere else
+    (a Range, a float scale, an output) stays frozen."""
+    x = node.inputs[0]
+    rank = _rank(sg, x)
+    if rank < 0:
         return
-    rank = _rank(sg, node.inputs[0])
+    start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
+    start = max(start + rank if start < 0 else start, 0)
+    end = min(end + rank if end < 0 else end, rank)
+    read = _escaping_axes(node.outputs[0], [{a} for a in range(start, end)], sg)
     for axis in range(rank):
-        sg.claim(node.inputs[0], axis)
+        if axis not in read:
+            sg.claim(x, axis)
 
 
 SHAPE_MATH = {"Gather", "Slice", "Concat", "Div", "Mul", "Add", "Sub", "Cast", "Squeeze", "Unsqueeze",
-              "Floor", "Ceil", "Identity", "Reshape"}
+              "Floor", "Ceil", "Identity"}
 
 
-def _only_feeds_reshape_targets(tensor: gs.Tensor, sg: SlotGraph, depth: int = 0) -> bool:
-    if depth > 12 or not tensor.outputs:
-        return False
+def _escaping_axes(tensor: gs.Tensor, sources: list[set[int]], sg: SlotGraph, depth: int = 0) -> set[int]:
+    """Axes (of the tensor a Shape read) whose sizes reach anything but a rewritable Reshape
+    target. ``sources[i]`` holds the axes element i of this int vector was computed from."""
+    everything = set().union(*sources) if sources else set()
+    if depth > 16 or not tensor.outputs:
+        return everything if tensor in sg.graph.outputs else set()
+    read: set[int] = set()
     for user in tensor.outputs:
         if user.op == "Reshape" and user.inputs[1] is tensor and _can_write_shape(user, sg):
             continue
-        if user.op not in SHAPE_MATH or user.op == "Reshape":
-            return False
-        if not all(_only_feeds_reshape_targets(out, sg, depth + 1) for out in user.outputs):
-            return False
-    return True
+        out_sources = _propagate_sources(user, tensor, sources, sg) if user.op in SHAPE_MATH else None
+        if out_sources is None:
+            read |= everything
+            continue
+        for out in user.outputs:
+            read |= _escaping_axes(out, out_sources, sg, depth + 1)
+    return read
+
+
+def _propagate_sources(node: gs.Node, tensor: gs.Tensor, sources: list[set[int]],
+                       sg: SlotGraph) -> list[set[int]] | None:
+    """Which source axes each element of the node's output depends on (None: unknown)."""
+    everything = set().union(*sources) if sources else set()
+    if node.op in ("Gather", "Slice") and node.inputs[0] is not tensor:
+        return [everything]  # the vector is used as indices
+    if node.op == "Gather":
+        idx = sg.const(node.inputs[1])
+        if idx is None or node.attrs.get("axis", 0) != 0:
+            return None
+        return [sources[int(i)] for i in np.atleast_1d(idx).ravel()]
+    if node.op == "Slice":
+        params = _slice_params(node, sg, 1)
+        if params is None or params[2] != [0]:
+            return None
+        (start,), (end,), _, (step,) = params
+        return sources[slice(start, end, step)]
+    if node.op == "Concat":
+        out: list[set[int]] = []
+        for t in node.inputs:
+            if t is tensor:
+                out.extend(sources)
+            else:
+                size = int(np.prod(sg.shape(t) or (1,)))
+                out.extend([set()] * size)
+        return out
+    if node.op in ("Cast", "Squeeze", "Unsqueeze", "Identity", "Floor", "Ceil"):
+        return sources
+    return [everything] * max(len(sources), 1)  # elementwise arithmetic with other sizes

@@ -1,0 +1,186 @@
+"""Command line: parses arguments and calls the Python API. Exit codes: 0 ok, 1 model problem,
+2 usage problem, 130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+from .errors import OnnxPruneError, UsageError
+
+EPILOG_PRUNE = """examples:
+  onnxprune model.onnx --flops 0.5                 # half the FLOPs -> model.pruned.onnx
+  onnxprune model.onnx --params 0.6 -o small.onnx --report plan.json
+  onnxprune model.onnx --flops 0.5 --round-to 8    # channel counts multiples of 8 (GPUs)
+  onnxprune analyze model.onnx                     # list coupled groups and frozen channels
+
+exit codes: 0 ok, 1 model problem, 2 usage problem
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, like every other usage problem
+        raise UsageError(message)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
+    return value
+
+
+def _prune_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune", description="Structured pruning of an exported ONNX vision model.",
+                epilog=EPILOG_PRUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="input .onnx file (never modified)")
+    p.add_argument("-o", "--output", help="output file (default: <input>.pruned.onnx)")
+    p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    target = p.add_argument_group("target (exactly one)")
+    target.add_argument("--flops", type=_fraction, help="keep at most this fraction of the dense FLOPs")
+    target.add_argument("--params", type=_fraction, help="keep at most this fraction of the parameters")
+    rank = p.add_argument_group("ranking")
+    rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
+                      help="rank channels within isomorphic classes (default), all together, or per group")
+    rank.add_argument("--criterion", choices=("l1", "l2"), default="l2", help="weight magnitude norm")
+    rank.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts multiples of N")
+    out = p.add_argument_group("output")
+    out.add_argument("--report", metavar="JSON", help="write the summary and the kept channel indices")
+    out.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    out.add_argument("--no-latency", action="store_true", help="skip the before/after latency measurement")
+    out.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
+    out.add_argument("-q", "--quiet", action="store_true", help="no summary, no progress")
+    out.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return p
+
+
+def _analyze_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune analyze", description="List coupled channel groups, isomorphic classes, "
+                "FLOPs shares and frozen channels.")
+    p.add_argument("model")
+    p.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def _check_output(args: argparse.Namespace) -> Path:
+    from .api import default_output
+
+    src = Path(args.model)
+    dst = Path(args.output) if args.output else default_output(src)
+    if src.exists() and dst.exists() and dst.resolve() == src.resolve():
+        raise UsageError(f"output {dst} is the input file; choose another -o")
+    if dst.exists() and not args.force:
+        raise UsageError(f"output {dst} exists; use --force to overwrite")
+    folder = dst.parent if str(dst.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"output folder {folder} is not writable")
+    return dst
+
+
+def _run_prune(args: argparse.Namespace, console: Console) -> None:
+    from .api import prune
+    from .bench import measure
+    from .capture import input_feed
+    from .report import file_size, print_summary, summary_dict, write_json
+
+    if (args.flops is None) == (args.params is None):
+        raise UsageError("give exactly one target: --flops R or --params R")
+    dst = _check_output(args)
+    with console.status("pruning", spinner="dots") if not args.quiet else _null() as status:
+        def progress(msg: str) -> None:
+            if status is not None:
+                status.update(msg)
+        result = prune(args.model, flops=args.flops, params=args.params, scope=args.scope,
+                       criterion=args.criterion, round_to=args.round_to, progress=progress)
+        progress("writing the pruned model")
+        result.save(dst)
+        latency = None
+        if not args.no_latency:
+            progress("measuring onnxruntime CPU latency, dense and pruned alternating")
+            import onnx_graphsurgeon as gs
+
+            from .load import read_model
+            dense, _ = read_model(args.model)
+            feed = input_feed(gs.import_onnx(dense))
+            latency = tuple(measure([dense, result.model], feed, threads=args.threads))
+    summary = summary_dict(result, (file_size(args.model), file_size(dst)), latency)
+    summary["output"] = str(dst)
+    summary["command"] = sys.argv
+    if args.report:
+        write_json(args.report, {**summary, "plan": result.plan})
+    if not args.quiet:
+        print_summary(console, summary)
+        console.print(f"wrote {dst}")
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _run_analyze(args: argparse.Namespace, console: Console) -> None:
+    from .api import analyze, group_flops_share
+    from .report import print_analysis, write_json
+
+    with console.status("analysing", spinner="dots") as status:
+        analysis = analyze(args.model, progress=status.update)
+    shares = group_flops_share(analysis)
+    print_analysis(console, analysis, shares)
+    if args.json:
+        write_json(args.json, {
+            "groups": [{"class": g.iso_class, "channels": g.size, "width": g.width, "flops_share": s,
+                        "members": [f"{m.tensor}[{m.axis}]" for m in g.members]}
+                       for g, s in zip(analysis.groups, shares, strict=True)],
+            "frozen": [{"channels": f.channels, "reasons": f.reasons,
+                        "members": [f"{m.tensor}[{m.axis}]" for m in f.slots]} for f in analysis.frozen],
+            "ops_without_rule": analysis.no_rule_ops,
+        })
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(message)s")
+    console = Console(stderr=False, no_color=bool(os.environ.get("NO_COLOR")))
+    err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+    try:
+        if argv and argv[0] == "analyze":
+            args = _analyze_parser().parse_args(argv[1:])
+            _run_analyze(args, console)
+        else:
+            args = _prune_parser().parse_args(argv)
+            _run_prune(args, console)
+        return 0
+    except OnnxPruneError as exc:
+        if debug:
+            raise
+        err.print(f"onnxprune: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("onnxprune: interrupted; nothing was written", highlight=False)
+        return 130
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        err.print(f"onnxprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                  highlight=False, markup=False, soft_wrap=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Report stage: the terminal summary (rich) and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .analyze import Analysis
+from .api import PruneResult
+from .bench import Latency
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes of a model file plus its external data files, if any."""
+    p = Path(path)
+    size = p.stat().st_size
+    data = p.with_name(p.name + ".data")
+    return size + (data.stat().st_size if data.exists() else 0)
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{suffix}{unit}"
+        n /= 1000
+    return f"{n:.3g}P{unit}"
+
+
+def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
+                 latency: tuple[Latency, Latency] | None) -> dict[str, Any]:
+    """Everything the summary shows, as plain data (the JSON report adds the plan)."""
+    out: dict[str, Any] = {
+        "flops": {"dense": result.dense.flops, "pruned": result.pruned.flops, "ratio": result.flops_ratio},
+        "params": {"dense": result.dense.params, "pruned": result.pruned.params, "ratio": result.params_ratio},
+        "groups": {"found": result.groups_found, "pruned": result.groups_pruned,
+                   "frozen": len(result.frozen)},
+        "frozen": result.frozen,
+        "shared_ratio": result.ratio,
+        "channels": result.channels,
+    }
+    if sizes:
+        out["file_bytes"] = {"dense": sizes[0], "pruned": sizes[1], "ratio": sizes[1] / sizes[0]}
+    if latency:
+        dense, pruned = latency
+        out["latency_ms"] = {"dense": dense.median_ms, "pruned": pruned.median_ms,
+                             "speedup": dense.median_ms / pruned.median_ms, "runs": dense.runs,
+                             "backend": "onnxruntime CPU"}
+    return out
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    table = Table(title="onnxprune summary", show_lines=False)
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("ratio", justify="right")
+    for key, label, unit in (("params", "params", ""), ("flops", "FLOPs", ""), ("file_bytes", "file size", "B")):
+        if key in summary:
+            row = summary[key]
+            table.add_row(label, _human(row["dense"], unit), _human(row["pruned"], unit), f"{row['ratio']:.3f}")
+    if "latency_ms" in summary:
+        lat = summary["latency_ms"]
+        table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",
+                      f"{lat['speedup']:.2f}x faster")
+    console.print(table)
+    groups = summary["groups"]
+    console.print(f"groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen")
+    for frozen in summary["frozen"]:
+        console.print(f"  frozen: {frozen['channels']} channel set(s) at {', '.join(frozen['slots'][:2])}"
+                      f" because of {', '.join(frozen['reasons'])}")
+
+
+def print_analysis(console: Console, analysis: Analysis, flops_share: list[float]) -> None:
+    table = Table(title="coupled channel groups")
+    for col in ("#", "class", "channels", "width", "FLOPs share", "first member", "members"):
+        table.add_column(col, justify="right" if col not in ("first member",) else "left")
+    for i, (group, share) in enumerate(zip(analysis.groups, flops_share, strict=True)):
+        first = next(iter(group.members))
+        table.add_row(str(i), str(group.iso_class), str(group.size), str(group.width), f"{share:.1%}",
+                      f"{first.tensor}[{first.axis}]", str(len(group.members)))
+    console.print(table)
+    classes = len({g.iso_class for g in analysis.groups})
+    console.print(f"{len(analysis.groups)} prunable groups in {classes} isomorphic classes; "
+                  f"{len(analysis.frozen)} frozen")
+    for frozen in analysis.frozen:
+        where = ", ".join(f"{s.tensor}[{s.axis}]" for s in frozen.slots[:2])
+        console.print(f"  frozen: {frozen.channels} channel set(s) at {where} because of {', '.join(frozen.reasons)}")
+    if analysis.no_rule_ops:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(analysis.no_rule_ops.items()))
+        console.print(f"ops without a channel rule (their channels are frozen): {ops}")

@@ -1,0 +1,40 @@
+"""The mask-equivalence oracle: a dense model whose removed channels are zeroed where they
+are consumed (the input-channel axis of Conv/Gemm/MatMul weights) must compute exactly what
+the pruned model computes, when no op normalises across channels."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxprune.analyze import Analysis, Slot
+from onnxprune.load import to_model
+
+
+def reduction_axes(node: gs.Node) -> list[tuple[gs.Tensor, int]]:
+    """(weight, axis) pairs that sum over the node's input channels."""
+    if node.op == "Conv" and node.attrs.get("group", 1) == 1:
+        return [(node.inputs[1], 1)]
+    if node.op == "Gemm":
+        return [(node.inputs[1], 1 if node.attrs.get("transB", 0) else 0)]
+    if node.op == "MatMul" and isinstance(node.inputs[1], gs.Constant):
+        return [(node.inputs[1], len(node.inputs[1].shape) - 2)]
+    return []
+
+
+def masked_dense(analysis: Analysis, kept: dict[Slot, np.ndarray], like: onnx.ModelProto) -> onnx.ModelProto:
+    graph = analysis.graph.copy()
+    for node in graph.nodes:
+        for weight, axis in reduction_axes(node):
+            keep = kept.get(Slot(weight.name, axis))
+            if keep is None or not isinstance(weight, gs.Constant):
+                continue
+            values = np.array(weight.values, copy=True)
+            mask = np.ones(values.shape[axis], dtype=bool)
+            mask[keep] = False
+            index = [slice(None)] * values.ndim
+            index[axis] = mask
+            values[tuple(index)] = 0
+            weight.values = values
+    return to_model(graph, like)

@@ -1,0 +1,54 @@
+"""Every model the structured-pruning issue lists, from both exporters, pruned to half the FLOPs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.capture import input_feed, session
+
+CNNS = ["resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "densenet121",
+        "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn"]
+TRANSFORMERS = ["vit_b_16", "swin_t", "deit_tiny_patch16_224", "vit_small_patch16_224"]
+HYBRIDS = ["convnext_tiny", "efficientvit_b0", "mobilevit_xs"]
+EXPORTERS = ["legacy", "dynamo"]
+
+
+def _run(model: onnx.ModelProto, batch: int = 1) -> dict[str, np.ndarray]:
+    import onnx_graphsurgeon as gs
+
+    feed = input_feed(gs.import_onnx(model))
+    feed = {k: np.concatenate([v] * batch) for k, v in feed.items()}
+    sess = session(model)
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", CNNS + TRANSFORMERS + HYBRIDS)
+def test_half_flops(name: str, exporter: str, export) -> None:
+    path = export(name, exporter)
+    before = path.read_bytes()
+    result = onnxprune.prune(path, flops=0.5)
+    assert path.read_bytes() == before, "the input file must never change"
+    assert 0.48 <= result.flops_ratio <= 0.5 + 1e-9, result.flops_ratio
+    assert result.params_ratio < 0.9
+    dense = onnx.load(str(path))
+    pruned = result.model
+    assert [i.name for i in pruned.graph.input] == [i.name for i in dense.graph.input]
+    assert [o.name for o in pruned.graph.output] == [o.name for o in dense.graph.output]
+    assert pruned.opset_import == dense.opset_import
+    assert pruned.ir_version == dense.ir_version
+    for dense_in, pruned_in in zip(dense.graph.input, pruned.graph.input, strict=True):
+        assert dense_in.type == pruned_in.type, "inputs keep their dtype and (dynamic) dims"
+    want, got = _run(dense), _run(pruned)
+    for key in want:
+        assert got[key].shape == want[key].shape
+        assert np.isfinite(got[key]).all()
+    dyn = dense.graph.input[0].type.tensor_type.shape.dim[0]
+    if dyn.dim_param or not dyn.HasField("dim_value"):
+        got2 = _run(pruned, batch=2)  # dynamic batch survives pruning
+        for key in want:
+            assert got2[key].shape[0] == 2 * want[key].shape[0]

@@ -87,8 +87,16 @@ def _analyze(proto: onnx.ModelProto, progress: Progress | None) -> Analysis:
 
 
 def model_costs(analysis: Analysis) -> Costs:
-    shape = _shape_fn(analysis)
-    return Costs(total(flops_terms(analysis.graph, shape)), total(param_terms(analysis.graph)))
+    """Dense FLOPs and params of an analysed model."""
+    return _costs(analysis.graph, analysis.capture)
+
+
+def _costs(graph, cap: capture_mod.Capture) -> Costs:
+    import onnx_graphsurgeon as gs
+
+    def shape(t):
+        return tuple(t.shape) if isinstance(t, gs.Constant) else cap.shapes.get(t.name)
+    return Costs(total(flops_terms(graph, shape)), total(param_terms(graph)))
 
 
 def _shape_fn(analysis: Analysis):
@@ -118,9 +126,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     step("rewriting the graph")
     pruned_proto, kept = apply(analysis, plan, proto)
     step("verifying with onnx.checker and onnxruntime")
-    verify(proto, pruned_proto, capture_mod.input_feed(analysis.graph))
-    step("measuring the pruned model")
-    after = measure_costs(pruned_proto)
+    pruned_graph, pruned_capture = verify(pruned_proto, analysis.capture, [t.name for t in analysis.graph.outputs])
+    after = _costs(pruned_graph, pruned_capture)
     return PruneResult(
         model=pruned_proto, dense=dense, pruned=after, plan=_plan_report(analysis, kept),
         groups_found=len(analysis.groups), groups_pruned=int(sum(len(r) > 0 for r in plan.removed)),
@@ -155,14 +162,13 @@ def apply(analysis: Analysis, plan: Plan, like: onnx.ModelProto) -> tuple[onnx.M
     return to_model(graph, like), kept
 
 
-def measure_costs(proto: onnx.ModelProto) -> Costs:
-    """FLOPs and params read from the model itself (shapes from a real onnxruntime run)."""
-    graph = to_graph(proto)
-    cap = capture_mod.capture(graph)
-    from .analyze import Analysis as _A
+def measure_costs(model: str | os.PathLike | onnx.ModelProto) -> Costs:
+    """FLOPs and params read from a model itself (every shape from a real onnxruntime run)."""
+    import onnx_graphsurgeon as gs
 
-    fake = _A(graph, cap, [], [], {})
-    return model_costs(fake)
+    proto, _ = _load(model)
+    graph = gs.import_onnx(proto)
+    return _costs(graph, capture_mod.capture(graph))
 
 
 def _plan_report(analysis: Analysis, kept) -> dict[str, dict[int, list[int]]]:

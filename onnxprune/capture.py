@@ -29,6 +29,7 @@ class Capture:
     shapes2: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dynamic: dict[str, set[int]] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    finite: dict[str, bool] = field(default_factory=dict)  # graph outputs only
 
     def is_static(self, name: str, axis: int) -> bool:
         return axis not in self.dynamic.get(name, set())
@@ -117,6 +118,9 @@ def capture(graph: gs.Graph) -> Capture:
                                 if other.ndim != value.ndim or other.shape[a] != value.shape[a]}
         if np.issubdtype(value.dtype, np.integer) and value.size <= 64:
             result.values[name] = value
+    for tensor in graph.outputs:
+        value = np.asarray(first[tensor.name])
+        result.finite[tensor.name] = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all())
     for tensor in graph.inputs:
         dims = tensor.shape or []
         result.dynamic.setdefault(tensor.name, set()).update(

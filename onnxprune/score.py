@@ -17,8 +17,12 @@ CRITERIA = ("l1", "l2")
 
 
 def _per_channel(values: np.ndarray, axis: int, criterion: str) -> np.ndarray:
-    moved = np.moveaxis(values.astype(np.float64, copy=False), axis, 0).reshape(values.shape[axis], -1)
-    return np.abs(moved).sum(1) if criterion == "l1" else np.square(moved).sum(1)
+    moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+    if not np.issubdtype(moved.dtype, np.floating) or moved.dtype.itemsize < 4:
+        moved = moved.astype(np.float32)
+    if criterion == "l1":
+        return np.abs(moved).sum(1, dtype=np.float64)
+    return np.einsum("ij,ij->i", moved, moved, dtype=np.float64)
 
 
 def magnitude_scores(analysis: Analysis, criterion: str = "l2") -> list[np.ndarray]:

@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Capture:
-    """Shapes of every tensor at the first run, which axes are dynamic, and small int values."""
+    """Shapes of every tensor at the first run, which axes are dynamic, and small int values
+    that do not depend on the free dims."""
 
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     shapes2: dict[str, tuple[int, ...]] = field(default_factory=dict)
     dynamic: dict[str, set[int]] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    stable: set[str] = field(default_factory=set)
     finite: dict[str, bool] = field(default_factory=dict)  # graph outputs only
 
     def is_static(self, name: str, axis: int) -> bool:
@@ -116,8 +118,12 @@ def capture(graph: gs.Graph) -> Capture:
         result.shapes2[name] = tuple(other.shape)
         result.dynamic[name] = {a for a in range(value.ndim)
                                 if other.ndim != value.ndim or other.shape[a] != value.shape[a]}
+        # Small int tensors computed at run time (shape arithmetic, slice bounds), and whether
+        # both runs agree (then the value does not depend on the batch or other free dims).
         if np.issubdtype(value.dtype, np.integer) and value.size <= 64:
             result.values[name] = value
+            if other.shape == value.shape and np.array_equal(other, value):
+                result.stable.add(name)
     for tensor in graph.outputs:
         value = np.asarray(first[tensor.name])
         result.finite[tensor.name] = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all())

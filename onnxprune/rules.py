@@ -401,8 +401,9 @@ def split_fix(node: gs.Node, ctx) -> None:
         node.inputs.append(gs.Constant(f"{node.outputs[0].name}_pruned_split", sizes))
 
 
-def _slice_params(node: gs.Node, sg_or_ctx, rank: int):
-    """Constant (starts, ends, axes, steps) of a Slice, or None when any is computed."""
+def _slice_params(node: gs.Node, value_of: Callable, rank: int):
+    """(starts, ends, axes, steps) of a Slice, read from constants or batch-independent
+    computed values (``value_of``); None when any of them depends on the batch."""
     if len(node.inputs) == 1:  # opset < 10: attributes
         starts, ends = node.attrs["starts"], node.attrs["ends"]
         axes = node.attrs.get("axes", list(range(len(starts))))
@@ -413,52 +414,112 @@ def _slice_params(node: gs.Node, sg_or_ctx, rank: int):
         if t is None:
             vals.append(None)
             continue
-        if not isinstance(t, gs.Constant):
+        value = value_of(t)
+        if value is None:
             return None
-        vals.append([int(v) for v in np.ravel(t.values)])
+        vals.append([int(v) for v in np.ravel(value)])
     starts, ends, axes, steps = vals
     axes = [a % rank for a in axes] if axes is not None else list(range(len(starts)))
     return starts, ends, axes, steps or [1] * len(starts)
+
+
+def _clamp(index: int, size: int) -> int:
+    return min(max(index + size if index < 0 else index, 0), size)
 
 
 @ties("Slice")
 def slice_(node: gs.Node, sg: SlotGraph) -> None:
     x, y = node.inputs[0], node.outputs[0]
     xs, ys = sg.shape(x), sg.shape(y)
-    params = _slice_params(node, sg, len(xs))
+    params = _slice_params(node, sg.fixed, len(xs))
     if params is None:
         return
     starts, ends, axes, steps = params
     _identity(sg, x, y, [a for a in range(len(xs)) if a not in axes])
     for start, axis, step in zip(starts, axes, steps, strict=True):
-        if step != 1 or ys[axis] == xs[axis] and start in (0, -xs[axis]):
-            if ys[axis] == xs[axis] and step == 1:
-                sg.tie(x, axis, y, axis)
-            continue
-        first = min(max(start + xs[axis] if start < 0 else start, 0), xs[axis])
-        sg.tie(x, axis, y, axis, first + np.arange(ys[axis]), np.arange(ys[axis]))
+        if step == 1:  # other steps stay frozen: the kept set would have to stay strided
+            first = _clamp(start, xs[axis])
+            sg.tie(x, axis, y, axis, first + np.arange(ys[axis]), np.arange(ys[axis]))
 
 
 @fixes("Slice")
 def slice_fix(node: gs.Node, ctx) -> None:
+    """Recompute bounds on pruned axes; computed bounds become constants (their values did
+    not depend on the batch, and may have been computed from a pruned size)."""
     x = node.inputs[0]
-    if not ctx.changed(x):
+    computed = any(t.name and not isinstance(t, gs.Constant) for t in node.inputs[1:])
+    if not ctx.changed(x) and not computed:
         return
     xs = ctx.old_shape(x)
-    starts, ends, axes, steps = _slice_params(node, ctx, len(xs))
+    params = _slice_params(node, ctx.fixed, len(xs))
+    if params is None:
+        return
+    starts, ends, axes, steps = params
     for i, axis in enumerate(axes):
         kept = ctx.kept(x, axis)
         if kept is None:
             continue
-        first = min(max(starts[i] + xs[axis] if starts[i] < 0 else starts[i], 0), xs[axis])
-        new_start = int(np.searchsorted(kept, first))
+        new_start = int(np.searchsorted(kept, _clamp(starts[i], xs[axis])))
         starts[i], ends[i] = new_start, new_start + ctx.new_shape(node.outputs[0])[axis]
     if len(node.inputs) == 1:
         node.attrs["starts"], node.attrs["ends"] = starts, ends
-    else:
-        name = node.outputs[0].name
-        node.inputs[1] = gs.Constant(f"{name}_pruned_starts", np.array(starts, dtype=np.int64))
-        node.inputs[2] = gs.Constant(f"{name}_pruned_ends", np.array(ends, dtype=np.int64))
+        return
+    name = node.outputs[0].name
+    for port, values in ((1, starts), (2, ends), (3, axes), (4, steps)):
+        if port < len(node.inputs) and node.inputs[port].name:
+            node.inputs[port] = gs.Constant(f"{name}_pruned_{port}", np.array(values, dtype=np.int64))
+
+
+@ties("Pad")
+def pad(node: gs.Node, sg: SlotGraph) -> None:
+    """Axes padded by zero on both sides keep their channels one to one."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = _rank(sg, x)
+    pads = node.attrs.get("pads") if len(node.inputs) < 2 else sg.fixed(node.inputs[1])
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3].name:
+        given = sg.fixed(node.inputs[3])
+        axes = None if given is None else [int(a) % rank for a in np.ravel(given)]
+    if pads is None or axes is None:
+        return
+    pads = [int(p) for p in np.ravel(pads)]
+    for i, axis in enumerate(axes):
+        if pads[i] == 0 and pads[i + len(axes)] == 0:
+            sg.tie(x, axis, y, axis)
+
+
+@fixes("Pad")
+def pad_fix(node: gs.Node, ctx) -> None:
+    for port in (1, 3):  # computed pads/axes: freeze their (batch-independent) values
+        if port < len(node.inputs) and node.inputs[port].name and not isinstance(node.inputs[port], gs.Constant):
+            value = ctx.fixed(node.inputs[port])
+            if value is not None:
+                node.inputs[port] = gs.Constant(f"{node.outputs[0].name}_pruned_{port}", np.asarray(value))
+
+
+@ties("Resize", "Upsample")
+def resize(node: gs.Node, sg: SlotGraph) -> None:
+    """Batch and channel axes pass through a resize whose scale on them is 1 (given as
+    scales, or as sizes equal to the input's)."""
+    x, y = node.inputs[0], node.outputs[0]
+    xs, ys = sg.shape(x), sg.shape(y)
+    if xs is None or ys is None:
+        return
+    sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
+    if sizes is not None and sg.fixed(sizes) is None:
+        return
+    for axis in range(len(xs)):
+        if xs[axis] == ys[axis]:
+            sg.tie(x, axis, y, axis)
+
+
+@fixes("Resize")
+def resize_fix(node: gs.Node, ctx) -> None:
+    sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
+    y = node.outputs[0]
+    if sizes is None or not ctx.changed(y):
+        return
+    node.inputs[3] = gs.Constant(f"{y.name}_pruned_sizes", np.array(ctx.new_shape(y), dtype=np.int64))
 
 
 @ties("Gather")
@@ -565,6 +626,10 @@ def _escaping_axes(tensor: gs.Tensor, sources: list[set[int]], sg: SlotGraph, de
     for user in tensor.outputs:
         if user.op == "Reshape" and user.inputs[1] is tensor and _can_write_shape(user, sg):
             continue
+        if user.op == "Slice" and tensor in user.inputs[1:] and user.inputs[0] is not tensor:
+            rank = _rank(sg, user.inputs[0])
+            if rank > 0 and _slice_params(user, sg.fixed, rank) is not None:
+                continue  # the fix rule turns these bounds into constants
         out_sources = _propagate_sources(user, tensor, sources, sg) if user.op in SHAPE_MATH else None
         if out_sources is None:
             read |= everything
@@ -586,7 +651,7 @@ def _propagate_sources(node: gs.Node, tensor: gs.Tensor, sources: list[set[int]]
             return None
         return [sources[int(i)] for i in np.atleast_1d(idx).ravel()]
     if node.op == "Slice":
-        params = _slice_params(node, sg, 1)
+        params = _slice_params(node, sg.fixed, 1)
         if params is None or params[2] != [0]:
             return None
         (start,), (end,), _, (step,) = params

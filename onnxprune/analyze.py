@@ -310,7 +310,13 @@ def _collect(graph, capture, sg: SlotGraph, ncomp, labels, frozen, choice, no_ru
     desc = _describe(graph)
     groups = _atoms_to_groups(slots, slot_of_elem, local, labels, has_param & ~frozen, sg.weights,
                               order, desc)
-    frozen_groups = _frozen_groups(sg, slots, slot_of_elem, labels, has_param & frozen)
+    # Report frozen channels of layers (Conv/Gemm/MatMul/norm weights), not frozen token or
+    # spatial axes of other constants such as position embeddings.
+    is_layer = np.array([s in sg.weights for s in slots], dtype=bool)
+    has_layer = np.zeros(ncomp, dtype=bool)
+    if len(slots):
+        has_layer[labels[is_layer[slot_of_elem]]] = True
+    frozen_groups = _frozen_groups(sg, slots, slot_of_elem, labels, has_layer & frozen)
     sizes = {s: sg.sizes[s] for s in slots}
     return Analysis(graph, capture, groups, frozen_groups, sizes, set(sg.weights), dict(choice), no_rule)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,39 +113,37 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> None:
-    """Write atomically: a temp file (and temp data file) renamed into place only when complete.
+    """Write atomically: into a private folder beside the target, then renamed into place (the
+    data file first, the .onnx last), so a crash never leaves a partial model.
 
-    ``external`` None keeps weights inline unless the model is too big for one protobuf.
+    ``external`` None keeps weights inline unless the model is too big for one protobuf; with
+    external data the weights go to ``<name>.data`` beside the model. ``model`` is not changed.
     """
     path = Path(path)
     if external is None:
         external = model.ByteSize() >= PROTO_LIMIT
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    data_name = f"{path.name}.data"
-    tmp_data = path.with_name(f".{data_name}.tmp-{os.getpid()}")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        tmp = tmp_dir / path.name
         if external:
-            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            # The location recorded inside the model must be the final data file name.
-            _relocate_external(tmp, tmp_data.name, data_name)
-            os.replace(tmp_data, path.with_name(data_name))
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # onnx.save_model rewrites tensors to external references in place
+            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data", size_threshold=1024)
+            data = tmp_dir / f"{path.name}.data"
+            _publish(data, path.with_name(data.name))
         else:
             onnx.save_model(model, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (tmp, tmp_data):
-            leftover.unlink(missing_ok=True)
-        raise
+        _publish(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _relocate_external(model_path: Path, old: str, new: str) -> None:
-    model = onnx.load(str(model_path), load_external_data=False)
-    for init in model.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
-    onnx.save_model(model, str(model_path))
+def _publish(src: Path, dst: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(src, 0o666 & ~umask)
+    os.replace(src, dst)
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:

@@ -9,7 +9,9 @@ Axes whose size differs between the runs are dynamic and never carry prunable ch
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,6 +19,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from .errors import ModelError
+from .load import PROTO_LIMIT, save_model
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,10 @@ def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0) -> dict[str, np.nd
 
 
 def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
-    """A CPU onnxruntime session; unoptimised when every intermediate tensor must stay visible."""
+    """A CPU onnxruntime session; unoptimised when every intermediate tensor must stay visible.
+
+    Models over protobuf's 2 GiB limit go through a temporary file with external data.
+    """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if not optimize:
@@ -69,8 +75,14 @@ def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> 
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    data = model.SerializeToString()
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    if model.ByteSize() < PROTO_LIMIT:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
+    path = Path(tmp.name) / "model.onnx"
+    save_model(model, path, external=True)
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess._onnxprune_weights = tmp  # the folder lives as long as the session (it may map the file)
+    return sess
 
 
 def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, list[str]]:

@@ -103,9 +103,12 @@ def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], 
     selector = Selector(analysis, scores, scope, round_to)
     dense = total(terms)
 
+    def cost_of(counts: np.ndarray) -> float:
+        return total(terms, selector.kept_fraction(counts)) / dense
+
     def cost(r: float) -> tuple[float, np.ndarray]:
         counts = selector.counts_at(r)
-        return total(terms, selector.kept_fraction(counts)) / dense, counts
+        return cost_of(counts), counts
 
     if target >= 1:
         counts = np.zeros(len(analysis.groups), dtype=np.int64)
@@ -126,4 +129,35 @@ def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], 
             lo = mid
         if hi - lo < 1e-7:
             break
+    counts_hi, floor = _fill(selector, scores, counts_hi, floor, target, cost_of)
     return selector.plan(counts_hi, hi, floor)
+
+
+def _fill(selector: Selector, scores: list[np.ndarray], counts: np.ndarray, value: float, target: float,
+          cost_of) -> tuple[np.ndarray, float]:
+    """Give back the most important removed units while the target still holds.
+
+    The shared ratio moves in steps of whole units per class; where the last step overshoots
+    the target by more than half a percent, this closes the gap one unit at a time.
+    """
+    step = selector.round_to
+    for _ in range(50):
+        if target - value < 0.005:
+            break
+        candidates = []
+        for g, group in enumerate(selector.analysis.groups):
+            back = step if group.width == 1 and step > 1 else 1
+            if counts[g] >= back:
+                last = selector.order[g][counts[g] - 1]
+                candidates.append((scores[g][last] / (scores[g].mean() or 1.0), g, back))
+        changed = False
+        for _, g, back in sorted(candidates, reverse=True):
+            counts[g] -= back
+            trial = cost_of(counts)
+            if trial <= target:
+                value, changed = trial, True
+            else:
+                counts[g] += back
+        if not changed:
+            break
+    return counts, value

@@ -79,7 +79,7 @@ class Analysis:
 class SlotGraph:
     """The tie graph the op rules write into; one per analysis pass."""
 
-    def __init__(self, graph: gs.Graph, capture: Capture, factor_choice: dict[str, int]):
+    def __init__(self, graph: gs.Graph, capture: Capture, factor_choice: dict[str, int], probe: bool = False):
         self.graph = graph
         self.capture = capture
         self.factor_choice = factor_choice
@@ -92,9 +92,8 @@ class SlotGraph:
         self.frozen_elems: list[tuple[np.ndarray, str]] = []
         self.weights: set[Slot] = set()
         self.factor_slots: dict[str, list[Slot]] = defaultdict(list)
-        self.node_id: dict[int, int] = {}
         self.current: gs.Node | None = None
-        self.probe = False
+        self.probe = probe  # splits only claim their factors (see analyze_graph)
 
     # --- what rules read -------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
@@ -217,8 +216,7 @@ def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int],
     """Apply every op's rule once; returns the tie graph and ops without a rule (counted)."""
     from .rules import RULES  # late import: rules import SlotGraph for type hints only
 
-    sg = SlotGraph(graph, capture, factor_choice)
-    sg.probe = probe
+    sg = SlotGraph(graph, capture, factor_choice, probe)
     no_rule: dict[str, int] = defaultdict(int)
     for node in graph.nodes:
         sg.current = node

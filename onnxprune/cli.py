@@ -77,16 +77,28 @@ def _check_output(args: argparse.Namespace) -> Path:
 
     src = Path(args.model)
     dst = Path(args.output) if args.output else default_output(src)
-    if src.exists() and dst.exists() and dst.resolve() == src.resolve():
-        raise UsageError(f"output {dst} is the input file; choose another -o")
-    if dst.exists() and not args.force:
-        raise UsageError(f"output {dst} exists; use --force to overwrite")
+    _check_writable(dst, "output", args.force, src)
+    if getattr(args, "report", None):
+        _check_writable(Path(args.report), "report", True, src, dst)
+    return dst
+
+
+def _check_writable(dst: Path, what: str, force: bool, *inputs: Path) -> None:
+    """Refuse, before any work, to write over an input, a folder, or an existing file without --force."""
+    for other in inputs:
+        if other.exists() and dst.exists() and dst.resolve() == other.resolve():
+            raise UsageError(f"{what} {dst} is the {'input' if other == inputs[0] else 'output'} file; choose another")
+        if other.exists() and dst.resolve() == other.resolve().with_name(other.name + ".data"):
+            raise UsageError(f"{what} {dst} is the weights file of {other}; choose another")
+    if dst.is_dir():
+        raise UsageError(f"{what} {dst} is a directory")
+    if dst.exists() and not force:
+        raise UsageError(f"{what} {dst} exists; use --force to overwrite")
     folder = dst.parent if str(dst.parent) else Path(".")
     if not folder.is_dir():
-        raise UsageError(f"output folder {folder} does not exist")
+        raise UsageError(f"{what} folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"output folder {folder} is not writable")
-    return dst
+        raise UsageError(f"{what} folder {folder} is not writable")
 
 
 def _run_prune(args: argparse.Namespace, console: Console) -> None:
@@ -136,6 +148,9 @@ class _null:
 def _run_analyze(args: argparse.Namespace, console: Console) -> None:
     from .api import analyze, group_flops_share
     from .report import print_analysis, write_json
+
+    if args.json:
+        _check_writable(Path(args.json), "JSON", True, Path(args.model))
 
     with console.status("analysing", spinner="dots") as status:
         analysis = analyze(args.model, progress=status.update)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import external_data_helper
 
 from .errors import ModelError
 
@@ -41,7 +42,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         raise ModelError(f"{path}: not an ONNX model (no graph inside; truncated or another format?)")
     external = uses_external_data(model)
     try:
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
     check_model(model, path)
@@ -127,11 +128,18 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: boo
         tmp = tmp_dir / path.name
         if external:
             copy = onnx.ModelProto()
-            copy.CopyFrom(model)  # onnx.save_model rewrites tensors to external references in place
-            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data", size_threshold=1024)
-            data = tmp_dir / f"{path.name}.data"
-            _publish(data, path.with_name(data.name))
+            copy.CopyFrom(model)  # converting to external data rewrites tensors in place
+            # No location here: onnx checks a given location against the *current* folder.
+            external_data_helper.convert_model_to_external_data(copy, all_tensors_to_one_file=True,
+                                                                size_threshold=1024)
+            data_name = f"{path.name}.data"
+            for tensor in external_data_helper._get_all_tensors(copy):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save_model(copy, str(tmp))
+            if (tmp_dir / data_name).exists():  # absent when every weight is tiny
+                _publish(tmp_dir / data_name, path.with_name(data_name))
         else:
             onnx.save_model(model, str(tmp))
         _publish(tmp, path)

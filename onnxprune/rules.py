@@ -483,8 +483,9 @@ def pad(node: gs.Node, sg: SlotGraph) -> None:
     if pads is None or axes is None:
         return
     pads = [int(p) for p in np.ravel(pads)]
-    for i, axis in enumerate(axes):
-        if pads[i] == 0 and pads[i + len(axes)] == 0:
+    padded = {axis for i, axis in enumerate(axes) if pads[i] != 0 or pads[i + len(axes)] != 0}
+    for axis in range(rank):  # axes not listed (opset 18 ``axes``) are not padded
+        if axis not in padded:
             sg.tie(x, axis, y, axis)
 
 
@@ -519,7 +520,10 @@ def resize_fix(node: gs.Node, ctx) -> None:
     y = node.outputs[0]
     if sizes is None or not ctx.changed(y):
         return
-    node.inputs[3] = gs.Constant(f"{y.name}_pruned_sizes", np.array(ctx.new_shape(y), dtype=np.int64))
+    new = ctx.new_shape(y)
+    axes = node.attrs.get("axes")  # opset 18: sizes lists only these axes
+    values = [new[a % len(new)] for a in axes] if axes else new
+    node.inputs[3] = gs.Constant(f"{y.name}_pruned_sizes", np.array(values, dtype=np.int64))
 
 
 @ties("Gather")

@@ -270,11 +270,9 @@ def test_external_data_model_keeps_external_data(tmp_path: Path):
     assert (tmp_path / "wide.pruned.onnx.data").stat().st_size < (tmp_path / "wide.onnx.data").stat().st_size
 
 
-# --- bugs found while writing these tests (strict xfail: they start passing when fixed) ------
+# --- regressions: bugs found while writing these tests ------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="--report equal to the input path overwrites the input model with JSON "
-                   "(exit 0); the input must never be modified")
 def test_report_path_equal_to_input_is_refused(small: Path, tmp_path: Path):
     before = small.read_bytes()
     proc = cli(small, "--flops", "0.5", "-o", tmp_path / "out.onnx", "--report", small, "-q", "--no-latency",
@@ -283,8 +281,6 @@ def test_report_path_equal_to_input_is_refused(small: Path, tmp_path: Path):
     assert_one_line_error(proc, USAGE)
 
 
-@pytest.mark.xfail(strict=True, reason="analyze --json equal to the input path overwrites the input model "
-                   "with JSON (exit 0)")
 def test_analyze_json_path_equal_to_input_is_refused(small: Path, tmp_path: Path):
     before = small.read_bytes()
     proc = cli("analyze", small, "--json", small, cwd=tmp_path)
@@ -292,8 +288,6 @@ def test_analyze_json_path_equal_to_input_is_refused(small: Path, tmp_path: Path
     assert_one_line_error(proc, USAGE)
 
 
-@pytest.mark.xfail(strict=True, reason="--report in a folder that does not exist is only noticed after the "
-                   "pruned model was written: 'internal error: FileNotFoundError', exit 1, output left behind")
 def test_report_folder_missing_is_a_usage_error_and_writes_nothing(small: Path, tmp_path: Path):
     before = snapshot(tmp_path)
     proc = cli(small, "--flops", "0.5", "-o", "out.onnx", "--report", "nowhere/r.json", "--no-latency",
@@ -302,8 +296,6 @@ def test_report_folder_missing_is_a_usage_error_and_writes_nothing(small: Path, 
     assert_one_line_error(proc, USAGE)
 
 
-@pytest.mark.xfail(strict=True, reason="-o naming an existing directory with --force is reported as "
-                   "'internal error: IsADirectoryError' instead of a usage error")
 def test_output_is_a_directory(small: Path, tmp_path: Path):
     (tmp_path / "outdir").mkdir()
     before = snapshot(tmp_path)
@@ -312,9 +304,6 @@ def test_output_is_a_directory(small: Path, tmp_path: Path):
     assert_one_line_error(proc, USAGE)
 
 
-@pytest.mark.xfail(strict=True, reason="re-running with --force over an output that has external data fails: "
-                   "onnx.save_model refuses when '<output>.data' exists relative to the current directory -> "
-                   "'internal error: FileExistsError: External data file exists in wide.pruned.onnx.data'")
 def test_force_over_an_external_data_output(tmp_path: Path):
     save_external(wide_model(), tmp_path / "wide.onnx")
     first = cli("wide.onnx", "--flops", "0.5", "-q", "--no-latency", cwd=tmp_path)
@@ -325,9 +314,6 @@ def test_force_over_an_external_data_output(tmp_path: Path):
     assert run(pruned, feed_of(wide_model()))["y"].shape == (1, 10)
 
 
-@pytest.mark.xfail(strict=True, reason="an external-data input whose pruned weights are all under 1 KiB: save_model "
-                   "asks onnx for external data (size_threshold=1024), onnx writes no data file, and publishing "
-                   "the missing '<output>.data' fails: 'internal error: FileNotFoundError', exit 1")
 def test_external_data_model_whose_pruned_weights_are_small(tmp_path: Path):
     save_external(small_model(), tmp_path / "ext.onnx")
     proc = cli("ext.onnx", "--flops", "0.5", "-o", "out.onnx", "-q", "--no-latency", cwd=tmp_path)

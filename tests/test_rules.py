@@ -650,9 +650,6 @@ def test_resize_with_sizes_gets_the_new_channel_count():
     np.testing.assert_array_equal(const_input(pruned, node_of(pruned, "up"), 3), [1, k, 16, 16])
 
 
-@pytest.mark.xfail(strict=True, reason="Resize (opset 18) with an `axes` attribute and `sizes`: resize_fix writes "
-                   "the full-rank new shape into `sizes` (4 values for 2 axes), so the pruned model does not run "
-                   "and prune raises 'internal error: the pruned model does not run'")
 def test_resize_opset18_sizes_for_listed_axes_only():
     model = _resize_sizes(18, [2, 3])
     result = prune_checked(model, 0.5)

@@ -185,3 +185,17 @@ def unshare_constants(graph: gs.Graph) -> dict[str, str]:
                                             data_location=tensor.data_location)
             copies[name] = tensor.name
     return copies
+
+
+def reshare_constants(graph: gs.Graph, shared: dict[str, str], changed: set[str]) -> None:
+    """Point uses of unchanged initializer copies back at the one original (see unshare_constants)."""
+    tensors = graph.tensors()
+    for copy, original in shared.items():
+        if copy not in tensors or original not in tensors:
+            continue  # a fix rule replaced this constant
+        if copy in changed or original in changed:
+            continue
+        for node in list(tensors[copy].outputs):
+            for port, t in enumerate(node.inputs):
+                if t.name == copy:
+                    node.inputs[port] = tensors[original]

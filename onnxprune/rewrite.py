@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analyze import Analysis, Slot
+from .load import reshare_constants
 from .rules import FIXES
 from .select import Plan
 
@@ -81,27 +82,10 @@ def apply_plan(analysis: Analysis, plan: Plan) -> tuple[gs.Graph, dict[Slot, np.
         fix = FIXES.get(node.op)
         if fix is not None and node.domain in (None, "", "ai.onnx"):
             fix(node, ctx)
-    _reshare(graph, analysis.shared, ctx)
+    reshare_constants(graph, analysis.shared, {s.tensor for s in kept})
     boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor.name not in boundary and tensor.name in ctx._changed:
-            tensor.shape = None
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor.name not in boundary and tensor.shape is not None:
-            tensor.shape = None  # stale shapes downstream of a pruned tensor; ORT re-infers them
+        if isinstance(tensor, gs.Variable) and tensor.name not in boundary:
+            tensor.shape = None  # stale intermediate shapes; onnxruntime infers the new ones
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph, kept
-
-
-def _reshare(graph: gs.Graph, shared: dict[str, str], ctx: RewriteContext) -> None:
-    """Point uses of untouched initializer copies back at the one original (see unshare_constants)."""
-    tensors = graph.tensors()
-    for copy, original in shared.items():
-        if copy not in tensors or original not in tensors:
-            continue  # a fix rule replaced this constant
-        if ctx.changed(tensors[copy]) or ctx.changed(tensors[original]):
-            continue
-        for node in list(tensors[copy].outputs):
-            for port, t in enumerate(node.inputs):
-                if t.name == copy:
-                    node.inputs[port] = tensors[original]

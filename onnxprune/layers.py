@@ -1,0 +1,113 @@
+"""Layers with constant weights seen as matrices ``Y = X @ W.T``, for calibration-based solvers.
+
+Conv inputs are unfolded (im2col) with the layer's real pads, strides, dilations and groups;
+columns run (kh, kw, cin) with cin fastest, so 4 consecutive columns are 4 input channels at one
+kernel position: the axis TensorRT's 2:4 sparsity runs along. MatMul/Gemm columns are K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+@dataclass
+class Layer:
+    """A Conv (group 1), Gemm or MatMul whose weight is a constant; ``x`` is its input tensor."""
+
+    node: gs.Node
+    weight: gs.Constant
+    x: gs.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.weight.name
+
+    @property
+    def columns(self) -> int:
+        """Reduction length: Cin*kh*kw for Conv, K for Gemm/MatMul."""
+        return self.matrix().shape[1]
+
+    def matrix(self) -> np.ndarray:
+        """The weight as [outputs, columns]."""
+        w = np.asarray(self.weight.values)
+        if self.node.op == "Conv":
+            return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        if self.node.op == "Gemm":
+            return w if self.node.attrs.get("transB", 0) else w.T
+        return w.T  # MatMul: x @ W with W [K, N]
+
+    def set_matrix(self, m: np.ndarray) -> None:
+        """Write a [outputs, columns] matrix back in the weight's own layout and dtype."""
+        w = np.asarray(self.weight.values)
+        if self.node.op == "Conv":
+            cout, cin, kh, kw = w.shape
+            new = m.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2)
+        elif self.node.op == "Gemm":
+            new = m if self.node.attrs.get("transB", 0) else m.T
+        else:
+            new = m.T
+        self.weight.values = np.ascontiguousarray(new.astype(w.dtype))
+
+    def rows_of(self, x: np.ndarray) -> np.ndarray:
+        """Calibration input batch -> [samples, columns] rows such that rows @ matrix().T = output."""
+        if self.node.op != "Conv":
+            return x.reshape(-1, x.shape[-1])
+        return unfold(x, np.asarray(self.weight.values).shape[2:], self.node.attrs)
+
+
+def find_layers(graph: gs.Graph) -> list[Layer]:
+    """Conv (group 1, 2-D), Gemm (transA 0) and MatMul (constant right operand) layers, in graph order."""
+    layers = []
+    for node in graph.nodes:
+        if len(node.inputs) < 2 or isinstance(node.inputs[0], gs.Constant):
+            continue
+        if not isinstance(node.inputs[1], gs.Constant):
+            continue
+        w = node.inputs[1]
+        if node.op == "Conv" and node.attrs.get("group", 1) == 1 and len(w.shape) == 4:
+            layers.append(Layer(node, w, node.inputs[0]))
+        elif node.op == "Gemm" and not node.attrs.get("transA", 0) and len(w.shape) == 2:
+            layers.append(Layer(node, w, node.inputs[0]))
+        elif node.op == "MatMul" and len(w.shape) == 2:
+            layers.append(Layer(node, w, node.inputs[0]))
+    return layers
+
+
+def _pads(attrs: dict, kernel: tuple[int, int], in_hw: tuple[int, int], strides, dilations) -> list[int]:
+    auto = attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads_begin, pads_end = [], []
+        for size, k, s, d in zip(in_hw, kernel, strides, dilations, strict=True):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads_begin.append(small if auto == "SAME_UPPER" else big)
+            pads_end.append(big if auto == "SAME_UPPER" else small)
+        return pads_begin + pads_end
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    return list(attrs.get("pads", [0, 0, 0, 0]))
+
+
+def unfold(x: np.ndarray, kernel: tuple[int, int], attrs: dict) -> np.ndarray:
+    """im2col of an NCHW batch: [N*Ho*Wo, kh*kw*Cin] with columns (kh, kw, cin), cin fastest."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    strides = list(attrs.get("strides", [1, 1]))
+    dilations = list(attrs.get("dilations", [1, 1]))
+    top, left, bottom, right = _pads(attrs, (kh, kw), (h, w), strides, dilations)
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    ho = (h + top + bottom - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    wo = (w + left + right - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilations[0], j * dilations[1]
+            patch = xp[:, :, r0:r0 + strides[0] * (ho - 1) + 1:strides[0], c0:c0 + strides[1] * (wo - 1) + 1:strides[1]]
+            cols[:, :, :, i, j, :] = patch.transpose(0, 2, 3, 1)
+    return cols.reshape(n * ho * wo, kh * kw * c)

@@ -1,0 +1,135 @@
+"""Weight sparsity with calibration data: unstructured (--sparsity) or N:M (--pattern 2:4),
+by magnitude, Wanda or OBS (the correlation-aware pruner), optionally sequential.
+
+Hessians are accumulated a calibration batch at a time for a chunk of layers whose Hessians fit
+the memory budget; ``sequential`` instead calibrates each layer on the outputs of the layers
+already pruned before it (one pass over the data per layer).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .activations import batched, layer_inputs
+from .errors import UsageError
+from .layers import Layer, find_layers
+from .obs import Pattern, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+
+log = logging.getLogger(__name__)
+
+METHODS = ("magnitude", "wanda", "obs")
+
+
+@dataclass
+class LayerReport:
+    """One layer's outcome: achieved sparsity and relative output error on calibration data."""
+
+    name: str
+    weight: str
+    columns: int
+    sparsity: float
+    error: float | None
+
+
+@dataclass
+class SparsifyReport:
+    pattern: str
+    method: str
+    sequential: bool
+    layers: list[LayerReport] = field(default_factory=list)
+    dense: list[tuple[str, str]] = field(default_factory=list)  # (layer, why it stays dense)
+
+
+def parse_pattern(text: str) -> Pattern:
+    """'2:4' -> keep 2 of every 4 (prune 2)."""
+    try:
+        keep, group = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise UsageError(f"--pattern must look like N:M (e.g. 2:4), got {text!r}") from None
+    if not 0 < keep < group:
+        raise UsageError(f"--pattern {text}: need 0 < N < M")
+    return Pattern(n=group - keep, m=group)
+
+
+def eligible(layer: Layer, pattern: Pattern) -> str | None:
+    """Why a layer cannot take the pattern (None when it can): N:M runs along input channels / K."""
+    if not pattern.structured_nm:
+        return None
+    if layer.node.op == "Conv":
+        cin = np.asarray(layer.weight.values).shape[1]
+        return None if cin % pattern.m == 0 else f"input channels {cin} not a multiple of {pattern.m}"
+    k = layer.columns
+    return None if k % pattern.m == 0 else f"K={k} not a multiple of {pattern.m}"
+
+
+def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
+                   samples: dict[str, np.ndarray] | None = None, sequential: bool = False, batch_size: int = 16,
+                   memory_budget: float = 1e9, progress: Callable[[str], None] | None = None) -> SparsifyReport:
+    """Sparsify every Conv/Gemm/MatMul layer of ``graph`` in place; returns what happened per layer."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method != "magnitude" and samples is None:
+        raise UsageError(f"--method {method} needs calibration data: give --calib PATH (or --calib random "
+                         "for a mechanics-only run)")
+    step = progress or (lambda _m: None)
+    report = SparsifyReport(str(pattern), method, sequential)
+    layers = []
+    for layer in find_layers(graph):
+        why = eligible(layer, pattern)
+        if why:
+            report.dense.append((layer.name, why))
+        else:
+            layers.append(layer)
+    feeds = batched(samples, batch_size) if samples is not None else None
+    for chunk in _chunks(layers, 1 if sequential else None, memory_budget):
+        hessians = _hessians(graph, chunk, feeds) if feeds is not None else {}
+        for layer in chunk:
+            step(f"{method} on {layer.name}")
+            report.layers.append(_prune_layer(layer, pattern, method, hessians.get(layer.name)))
+    return report
+
+
+def _chunks(layers: list[Layer], size: int | None, budget: float) -> list[list[Layer]]:
+    chunks, current, used = [], [], 0.0
+    for layer in layers:
+        cost = 8.0 * layer.columns**2
+        if current and ((size and len(current) >= size) or used + cost > budget):
+            chunks.append(current)
+            current, used = [], 0.0
+        current.append(layer)
+        used += cost
+    return chunks + ([current] if current else [])
+
+
+def _hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """H = 2 X^T X / rows for each layer, one pass over the calibration batches."""
+    names = sorted({layer.x.name for layer in layers})
+    sums = {layer.name: np.zeros((layer.columns, layer.columns)) for layer in layers}
+    counts = dict.fromkeys(sums, 0)
+    for values in layer_inputs(graph, names, feeds):
+        for layer in layers:
+            rows = layer.rows_of(values[layer.x.name]).astype(np.float32, copy=False)
+            sums[layer.name] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
+            counts[layer.name] += rows.shape[0]
+    return {name: h / max(counts[name], 1) for name, h in sums.items()}
+
+
+def _prune_layer(layer: Layer, pattern: Pattern, method: str, h: np.ndarray | None) -> LayerReport:
+    w = layer.matrix().astype(np.float64)
+    if method == "obs":
+        new, keep = obs_prune(w, h, pattern)
+        new = new * keep
+    else:
+        keep = wanda_mask(w, h, pattern) if method == "wanda" else magnitude_mask(w, pattern)
+        new = w * keep
+    layer.set_matrix(new)
+    error = reconstruction_error(w, new, h) if h is not None else None
+    return LayerReport(layer.name, layer.weight.name, layer.columns, float(1.0 - keep.mean()), error)
+
+
+__all__ = ["METHODS", "LayerReport", "SparsifyReport", "parse_pattern", "sparsify_graph", "hessian"]

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,35 +100,34 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 # the result
 
 
-@dataclass
+@dataclass(eq=False)
 class CalibrationSet:
     """Calibration samples, ``{input name: array[n, ...]}`` with one shared leading sample axis,
     and a one-line description of where they came from."""
 
     samples: dict[str, np.ndarray]
     description: str
-    _n: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self) -> None:
         lengths = {name: len(a) for name, a in self.samples.items()}
         if len(set(lengths.values())) > 1:
             raise UsageError(f"calibration arrays differ in sample count: {lengths}")
-        self._n = next(iter(lengths.values()), 0)
 
     def __len__(self) -> int:
-        return self._n
+        return len(next(iter(self.samples.values()))) if self.samples else 0
 
     @property
     def count(self) -> int:
         """The number of samples."""
-        return self._n
+        return len(self)
 
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of at most ``batch_size`` samples (views, in order); the last may be smaller."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
             raise UsageError(f"calibration batch size must be a positive integer, got {batch_size!r}")
-        for start in range(0, self._n, int(batch_size)):
-            yield {name: a[start:start + batch_size] for name, a in self.samples.items()}
+        size = int(batch_size)
+        samples = dict(self.samples)
+        return ({name: a[start:start + size] for name, a in samples.items()} for start in range(0, len(self), size))
 
     def split(self, holdout_fraction: float) -> tuple[CalibrationSet, CalibrationSet]:
         """``(calibration, holdout)``: the last ``round(n * holdout_fraction)`` samples (at least one,
@@ -136,14 +135,15 @@ class CalibrationSet:
         shuffled order, so the tail is not biased by file names."""
         if not (isinstance(holdout_fraction, float | int) and 0 < holdout_fraction < 1):
             raise UsageError(f"holdout fraction must be between 0 and 1 (exclusive), got {holdout_fraction!r}")
-        if self._n < 2:
-            raise UsageError(f"cannot split {self._n} calibration sample(s): need at least 2")
-        held = min(max(round(self._n * holdout_fraction), 1), self._n - 1)
-        kept = self._n - held
+        n = len(self)
+        if n < 2:
+            raise UsageError(f"cannot split {n} calibration sample(s): need at least 2")
+        held = min(max(round(n * holdout_fraction), 1), n - 1)
+        kept = n - held
         first = CalibrationSet({k: a[:kept] for k, a in self.samples.items()},
-                               f"{self.description}; {kept} of {self._n} kept for calibration")
+                               f"{self.description}; {kept} of {n} kept for calibration")
         second = CalibrationSet({k: a[kept:] for k, a in self.samples.items()},
-                                f"{self.description}; {held} of {self._n} held out")
+                                f"{self.description}; {held} of {n} held out")
         return first, second
 
 
@@ -379,7 +379,17 @@ def _check_int_range(array: np.ndarray, spec: InputSpec, origin: str) -> None:
             raise UsageError(f"{origin}: values {lo}..{hi} do not fit model input {spec.name!r} of dtype {spec.dtype}")
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _load_npy(path: Path) -> np.ndarray:
+    if not _starts_with(path, b"\x93NUMPY"):
+        raise UsageError(f"cannot read {path}: not a .npy file")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -412,6 +422,8 @@ def _npy_files(paths: list[Path], shown: str, spec: InputSpec, count: int, rng: 
 
 
 def _npz(path: Path, shown: str, inputs: list[InputSpec], count: int, rng: np.random.Generator) -> CalibrationSet:
+    if not _starts_with(path, b"PK"):
+        raise UsageError(f"cannot read {shown}: not an .npz archive")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

@@ -12,12 +12,17 @@ import onnx
 
 from . import capture as capture_mod
 from .analyze import Analysis, analyze_graph
+from .calibration import CalibrationSet, input_specs, load_calibration
 from .cost import flops_terms, param_terms, total
 from .errors import UsageError
+from .fidelity import Fidelity, fidelity
 from .load import read_model, save_model, to_graph, to_model, unshare_constants
+from .obs import Pattern
+from .reconstruct import Refit, refit_layers
 from .rewrite import apply_plan
 from .score import magnitude_scores
 from .select import Plan, select
+from .sparsify import SparsifyReport, parse_pattern, sparsify_graph
 from .verify import verify
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,10 @@ class PruneResult:
     ratio: float
     external_data: bool = False
     channels: list[dict] = field(default_factory=list)
+    sparsity: SparsifyReport | None = None
+    refits: list[Refit] = field(default_factory=list)
+    fidelity: Fidelity | None = None
+    calibration: str | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -108,41 +117,99 @@ def _shape_fn(analysis: Analysis):
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = None,
-          params: float | None = None, scope: str = "isomorphic", criterion: str = "l2",
-          round_to: int = 1, progress: Progress | None = None) -> PruneResult:
-    """Prune channels so the model keeps at most ``flops`` (or ``params``) of its dense cost.
+          params: float | None = None, sparsity: float | None = None, pattern: str | None = None,
+          method: str | None = None, calib: str | os.PathLike | CalibrationSet | None = None,
+          calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, sequential: bool = False,
+          reconstruct: bool = False, scope: str = "isomorphic", criterion: str = "l2", round_to: int = 1,
+          progress: Progress | None = None) -> PruneResult:
+    """Prune a model (path or ModelProto) and verify the result.
 
-    Returns a PruneResult whose ``model`` has passed onnx.checker and run in onnxruntime with
-    the same input/output names, ranks and non-channel dims as the input.
+    Structured: ``flops`` or ``params`` (fraction of the dense cost to keep) removes channels;
+    ``reconstruct`` then re-fits the layers that lost inputs on calibration data. Weight sparsity:
+    ``sparsity`` (unstructured fraction) or ``pattern`` ("2:4") with ``method`` magnitude, wanda
+    or obs (default obs when ``calib`` is given). Both kinds combine (channels first). ``calib``:
+    an image folder, .npy/.npz, a folder of .npy, "random", or a CalibrationSet; a ``holdout``
+    share of it measures fidelity to the dense model.
+
+    The returned model has passed onnx.checker and run in onnxruntime at batch 1 and 2 (when
+    the batch is dynamic) with the same input/output names, ranks and non-channel dims.
     """
-    _check_target(flops, params)
+    _check_targets(flops, params, sparsity, pattern)
+    method = method or ("obs" if calib is not None else "magnitude")
+    needs_data = [what for what, on in (("--method " + method, method != "magnitude"),
+                                        ("--reconstruct", reconstruct), ("--sequential", sequential)) if on]
+    if needs_data and calib is None:
+        raise UsageError(f"{needs_data[0]} needs calibration data: give --calib PATH (images, .npy, .npz), "
+                         "or --calib random for a mechanics-only run")
     step = progress or (lambda _msg: None)
     proto, external = _load(model)
+    calib_set, held_out = _calibration(proto, calib, calib_count, preprocess, holdout)
     analysis = _analyze(proto, progress)
     dense = model_costs(analysis)
-    step("scoring and selecting channels")
-    plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion,
-                     round_to=round_to)
-    step("rewriting the graph")
-    pruned_proto, kept = apply(analysis, plan, proto)
+    plan, kept, refits, sparse = None, {}, [], None
+    if flops is not None or params is not None:
+        step("scoring and selecting channels")
+        plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion, round_to=round_to)
+        step("rewriting the graph")
+        graph, kept = apply_plan(analysis, plan)
+        if reconstruct:
+            refits = refit_layers(analysis.graph, graph, kept, calib_set.samples, sequential=sequential,
+                                  progress=step)
+    else:
+        graph = analysis.graph.copy()
+    if sparsity is not None or pattern is not None:
+        sparse = sparsify_graph(graph, parse_pattern(pattern) if pattern else Pattern(sparsity=sparsity),
+                                method=method, samples=calib_set.samples if calib_set else None,
+                                sequential=sequential, progress=step)
+    pruned_proto = to_model(graph, proto)
     step("verifying with onnx.checker and onnxruntime")
     pruned_graph, pruned_capture = verify(pruned_proto, analysis.capture, [t.name for t in analysis.graph.outputs])
-    after = _costs(pruned_graph, pruned_capture)
+    quality = None
+    if held_out is not None:
+        step("measuring fidelity on held-out calibration samples")
+        quality = fidelity(proto, pruned_proto, held_out.samples)
     return PruneResult(
-        model=pruned_proto, dense=dense, pruned=after, plan=_plan_report(analysis, kept),
-        groups_found=len(analysis.groups), groups_pruned=int(sum(len(r) > 0 for r in plan.removed)),
+        model=pruned_proto, dense=dense, pruned=_costs(pruned_graph, pruned_capture),
+        plan=_plan_report(analysis, kept), groups_found=len(analysis.groups),
+        groups_pruned=int(sum(len(r) > 0 for r in plan.removed)) if plan else 0,
         frozen=[{"channels": f.channels, "reasons": f.reasons,
                  "slots": [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]]} for f in analysis.frozen],
-        ratio=plan.ratio, external_data=external, channels=_channel_table(analysis, plan),
+        ratio=plan.ratio if plan else 0.0, external_data=external,
+        channels=_channel_table(analysis, plan) if plan else [], sparsity=sparse, refits=refits,
+        fidelity=quality, calibration=calib_set.description if calib_set else None,
     )
+
+
+def _check_targets(flops, params, sparsity, pattern) -> None:
+    if flops is not None and params is not None:
+        raise UsageError("give one structured target: --flops or --params, not both")
+    if sparsity is not None and pattern is not None:
+        raise UsageError("give one weight-sparsity target: --sparsity or --pattern, not both")
+    if flops is None and params is None and sparsity is None and pattern is None:
+        raise UsageError("give a target: --flops R, --params R, --sparsity S or --pattern N:M")
+    for name, value in (("flops", flops), ("params", params)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value <= 1):
+            raise UsageError(f"{name} target must be a fraction in (0, 1], got {value}")
+    if sparsity is not None and not 0 <= sparsity < 1:
+        raise UsageError(f"sparsity must be in [0, 1), got {sparsity}")
+
+
+def _calibration(proto, calib, count, preprocess, holdout):
+    """(calibration samples, held-out samples) or (None, None) without data."""
+    if calib is None:
+        return None, None
+    data = calib if isinstance(calib, CalibrationSet) else load_calibration(
+        calib, input_specs(proto), count=count, preprocess=preprocess)
+    if len(data) < 2:
+        raise UsageError("calibration needs at least 2 samples (some are held out to measure fidelity)")
+    return data.split(holdout)
 
 
 def _check_target(flops: float | None, params: float | None) -> None:
     if (flops is None) == (params is None):
         raise UsageError("give exactly one target: flops or params")
-    target = flops if flops is not None else params
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
-        raise UsageError(f"target must be a fraction in (0, 1], got {target}")
+    _check_targets(flops, params, None, None)
 
 
 def make_plan(analysis: Analysis, *, flops: float | None = None, params: float | None = None,

@@ -18,6 +18,8 @@ EPILOG_PRUNE = """examples:
   onnxprune model.onnx --flops 0.5                 # half the FLOPs -> model.pruned.onnx
   onnxprune model.onnx --params 0.6 -o small.onnx --report plan.json
   onnxprune model.onnx --flops 0.5 --round-to 8    # channel counts multiples of 8 (GPUs)
+  onnxprune model.onnx --pattern 2:4 --calib photos/          # 2:4 sparsity by OBS on calibration images
+  onnxprune model.onnx --flops 0.7 --reconstruct --calib x.npz   # channels, then least-squares re-fit
   onnxprune analyze model.onnx                     # list coupled groups and frozen channels
 
 exit codes: 0 ok, 1 model problem, 2 usage problem
@@ -45,9 +47,22 @@ def _prune_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx file (never modified)")
     p.add_argument("-o", "--output", help="output file (default: <input>.pruned.onnx)")
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
-    target = p.add_argument_group("target (exactly one)")
-    target.add_argument("--flops", type=_fraction, help="keep at most this fraction of the dense FLOPs")
-    target.add_argument("--params", type=_fraction, help="keep at most this fraction of the parameters")
+    target = p.add_argument_group("targets (a structured one, a sparsity one, or one of each)")
+    target.add_argument("--flops", type=_fraction, help="remove channels: keep at most this fraction of the FLOPs")
+    target.add_argument("--params", type=_fraction, help="remove channels: keep at most this fraction of the params")
+    target.add_argument("--sparsity", type=float, help="zero this fraction of each layer's weights (unstructured)")
+    target.add_argument("--pattern", metavar="N:M", help="keep N of every M weights along the input channels (2:4)")
+    calib = p.add_argument_group("calibration data (for --method wanda/obs, --reconstruct, fidelity)")
+    calib.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random'")
+    calib.add_argument("--calib-count", type=int, default=128, metavar="N", help="samples to use (default 128)")
+    calib.add_argument("--preprocess", default="imagenet", help="preset in calibration/ or a JSON file")
+    solver = p.add_argument_group("solver")
+    solver.add_argument("--method", choices=("magnitude", "wanda", "obs"),
+                        help="weight-sparsity method (default: obs with --calib, else magnitude)")
+    solver.add_argument("--sequential", action="store_true",
+                        help="calibrate each layer on the outputs of the already-pruned layers before it")
+    solver.add_argument("--reconstruct", action="store_true",
+                        help="after removing channels, re-fit the layers that lost inputs on calibration data")
     rank = p.add_argument_group("ranking")
     rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
                       help="rank channels within isomorphic classes (default), all together, or per group")
@@ -107,15 +122,15 @@ def _run_prune(args: argparse.Namespace, console: Console) -> None:
     from .capture import input_feed
     from .report import file_size, print_summary, summary_dict, write_json
 
-    if (args.flops is None) == (args.params is None):
-        raise UsageError("give exactly one target: --flops R or --params R")
     dst = _check_output(args)
     with console.status("pruning", spinner="dots") if not args.quiet else _null() as status:
         def progress(msg: str) -> None:
             if status is not None:
                 status.update(msg)
-        result = prune(args.model, flops=args.flops, params=args.params, scope=args.scope,
-                       criterion=args.criterion, round_to=args.round_to, progress=progress)
+        result = prune(args.model, flops=args.flops, params=args.params, sparsity=args.sparsity,
+                       pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
+                       preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
+                       scope=args.scope, criterion=args.criterion, round_to=args.round_to, progress=progress)
         progress("writing the pruned model")
         result.save(dst)
         latency = None

@@ -43,6 +43,17 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
         "shared_ratio": result.ratio,
         "channels": result.channels,
     }
+    if result.sparsity is not None:
+        sp = result.sparsity
+        out["sparsity"] = {"pattern": sp.pattern, "method": sp.method, "sequential": sp.sequential,
+                           "layers": [vars(layer) for layer in sp.layers],
+                           "dense_layers": [{"layer": n, "why": why} for n, why in sp.dense]}
+    if result.refits:
+        out["reconstruct"] = [vars(r) for r in result.refits]
+    if result.fidelity is not None:
+        out["fidelity"] = vars(result.fidelity)
+    if result.calibration:
+        out["calibration"] = result.calibration
     if sizes:
         out["file_bytes"] = {"dense": sizes[0], "pruned": sizes[1], "ratio": sizes[1] / sizes[0]}
     if latency:
@@ -77,6 +88,27 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",
                       f"{lat['speedup']:.2f}x faster")
     console.print(table)
+    if "sparsity" in summary:
+        sp = summary["sparsity"]
+        layers = sp["layers"]
+        errors = [layer["error"] for layer in layers if layer["error"] is not None]
+        mean_err = f", mean layer output error {sum(errors) / len(errors):.4f}" if errors else ""
+        console.print(f"sparsity: {sp['pattern']} by {sp['method']}{' (sequential)' if sp['sequential'] else ''} "
+                      f"in {len(layers)} layers{mean_err}; {len(sp['dense_layers'])} layers stay dense")
+        for entry in sp["dense_layers"][:10]:
+            console.print(f"  dense: {entry['layer']} ({entry['why']})")
+    if "reconstruct" in summary:
+        refits = summary["reconstruct"]
+        before = sum(r["error_before"] for r in refits) / len(refits)
+        after = sum(r["error_after"] for r in refits) / len(refits)
+        console.print(f"reconstruct: {len(refits)} layers re-fitted, "
+                      f"mean layer output error {before:.4f} -> {after:.4f}")
+    if "fidelity" in summary:
+        f = summary["fidelity"]
+        console.print(f"fidelity on {f['samples']} held-out samples: top-1 agreement {f['top1_agreement']:.1%}, "
+                      f"cosine {f['cosine']:.4f}, KL {f['kl']:.4g}")
+    if "calibration" in summary:
+        console.print(f"calibration: {summary['calibration']}")
     groups = summary["groups"]
     console.print(f"groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen")
     for frozen in summary["frozen"]:

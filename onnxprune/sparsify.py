@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from .activations import batched, layer_inputs
 from .errors import UsageError
 from .layers import Layer, find_layers
+from .load import reshare_constants, unshare_constants
 from .obs import Pattern, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
                          "for a mechanics-only run)")
     step = progress or (lambda _m: None)
     report = SparsifyReport(str(pattern), method, sequential)
+    shared = unshare_constants(graph)  # a weight two layers share is pruned for each separately
     layers = []
     for layer in find_layers(graph):
         why = eligible(layer, pattern)
@@ -91,6 +93,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
         for layer in chunk:
             step(f"{method} on {layer.name}")
             report.layers.append(_prune_layer(layer, pattern, method, hessians.get(layer.name)))
+    reshare_constants(graph, shared, {layer.weight.name for layer in layers})
     return report
 
 

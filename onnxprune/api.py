@@ -138,6 +138,9 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     method = method or ("obs" if calib is not None else "magnitude")
     needs_data = [what for what, on in (("--method " + method, method != "magnitude"),
                                         ("--reconstruct", reconstruct), ("--sequential", sequential)) if on]
+    if sequential and sparsity is None and pattern is None:
+        raise UsageError("--sequential applies to weight sparsity (--sparsity/--pattern); --reconstruct is "
+                         "always sequential")
     if needs_data and calib is None:
         raise UsageError(f"{needs_data[0]} needs calibration data: give --calib PATH (images, .npy, .npz), "
                          "or --calib random for a mechanics-only run")
@@ -153,8 +156,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
         step("rewriting the graph")
         graph, kept = apply_plan(analysis, plan)
         if reconstruct:
-            refits = refit_layers(analysis.graph, graph, kept, calib_set.samples, sequential=sequential,
-                                  progress=step)
+            refits = refit_layers(analysis.graph, graph, kept, calib_set.samples, progress=step)
     else:
         graph = analysis.graph.copy()
     if sparsity is not None or pattern is not None:

@@ -60,9 +60,10 @@ def _prune_parser() -> argparse.ArgumentParser:
     solver.add_argument("--method", choices=("magnitude", "wanda", "obs"),
                         help="weight-sparsity method (default: obs with --calib, else magnitude)")
     solver.add_argument("--sequential", action="store_true",
-                        help="calibrate each layer on the outputs of the already-pruned layers before it")
+                        help="sparsity: calibrate each layer on the outputs of the already-pruned layers before it")
     solver.add_argument("--reconstruct", action="store_true",
-                        help="after removing channels, re-fit the layers that lost inputs on calibration data")
+                        help="after removing channels, re-fit each layer that lost inputs to the dense layer's "
+                             "outputs, layer by layer on the pruned model's own activations (least squares)")
     rank = p.add_argument_group("ranking")
     rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
                       help="rank channels within isomorphic classes (default), all together, or per group")

@@ -58,6 +58,15 @@ class Layer:
         return unfold(x, np.asarray(self.weight.values).shape[2:], self.node.attrs)
 
 
+def subsample(rows: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` rows, a fixed random subset: Hessians of early Conv layers are estimated
+    from a sample of spatial positions instead of all of them (millions per batch)."""
+    if len(rows) <= limit:
+        return rows
+    pick = np.random.default_rng(seed).choice(len(rows), limit, replace=False)
+    return rows[np.sort(pick)]
+
+
 def find_layers(graph: gs.Graph) -> list[Layer]:
     """Conv (group 1, 2-D), Gemm (transA 0) and MatMul (constant right operand) layers, in graph order."""
     layers = []

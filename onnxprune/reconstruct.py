@@ -4,9 +4,10 @@ its outputs match the dense layer's on calibration data (least squares, bias inc
 For a layer with dense weights W (rows = kept output channels) and bias b, dense inputs X and
 pruned-model inputs X_p (the kept columns), the new weights solve
     min || [X_p 1] V^T - [X 1] [W b]^T ||^2   ->   V^T = (X_p'^T X_p' + damp)^-1 X_p'^T X' [W b]^T.
-Non-sequential: X_p are the dense inputs' kept columns (one pass over the data). Sequential: X_p
-come from the pruned model with the earlier layers already re-fitted (one pass per layer), which
-also corrects the drift the earlier layers leave.
+Sequential (the default): X_p come from the pruned model with the earlier layers already
+re-fitted (one pass per layer), so each layer also corrects the drift the earlier ones leave;
+on MobileNetV2 at --flops 0.7 this is what takes KL from 3.1 to 0.45 (tools/bench_fidelity.py).
+Non-sequential: X_p are the dense inputs' kept columns (one pass over the data).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import onnx_graphsurgeon as gs
 
 from .activations import batched, layer_inputs
 from .analyze import Slot
-from .layers import Layer, find_layers
+from .layers import Layer, find_layers, subsample
+from .sparsify import MAX_ROWS
 
 
 @dataclass
@@ -79,7 +81,7 @@ def _columns(layer: Layer, kept_in: np.ndarray) -> np.ndarray:
 
 
 def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray], samples: dict[str, np.ndarray],
-                 *, sequential: bool = False, batch_size: int = 16, percdamp: float = 0.01,
+                 *, sequential: bool = True, batch_size: int = 16, percdamp: float = 0.01,
                  progress: Callable[[str], None] | None = None) -> list[Refit]:
     """Re-fit, in place in ``pruned``, every layer whose input channels were removed."""
     step = progress or (lambda _m: None)
@@ -128,8 +130,9 @@ def _statistics(dense, pruned, chunk, feeds, sequential):
     for dense_vals in dense_iter:
         pruned_vals = next(pruned_iter) if pruned_iter is not None else None
         for i, (layer, ref, cols, _target, _b) in enumerate(chunk):
-            xd = ref.rows_of(dense_vals[ref.x.name]).astype(np.float32)
-            xp = layer.rows_of(pruned_vals[layer.x.name]).astype(np.float32) if sequential else xd[:, cols]
+            xd = subsample(ref.rows_of(dense_vals[ref.x.name]), MAX_ROWS).astype(np.float32)
+            xp = (subsample(layer.rows_of(pruned_vals[layer.x.name]), MAX_ROWS).astype(np.float32) if sequential
+                  else xd[:, cols])
             ones = np.ones((xd.shape[0], 1), np.float32)
             xd, xp = np.hstack([xd, ones]), np.hstack([xp, ones])
             stats = (xp.T @ xp, xp.T @ xd, xd.T @ xd)

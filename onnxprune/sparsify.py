@@ -17,13 +17,14 @@ import onnx_graphsurgeon as gs
 
 from .activations import batched, layer_inputs
 from .errors import UsageError
-from .layers import Layer, find_layers
+from .layers import Layer, find_layers, subsample
 from .load import reshare_constants, unshare_constants
 from .obs import Pattern, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 
 log = logging.getLogger(__name__)
 
 METHODS = ("magnitude", "wanda", "obs")
+MAX_ROWS = 32768  # rows of X per calibration batch and layer that enter the Hessian
 
 
 @dataclass
@@ -116,7 +117,7 @@ def _hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.nda
     counts = dict.fromkeys(sums, 0)
     for values in layer_inputs(graph, names, feeds):
         for layer in layers:
-            rows = layer.rows_of(values[layer.x.name]).astype(np.float32, copy=False)
+            rows = subsample(layer.rows_of(values[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
             sums[layer.name] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
             counts[layer.name] += rows.shape[0]
     return {name: h / max(counts[name], 1) for name, h in sums.items()}

@@ -20,7 +20,7 @@ from .load import read_model, save_model, to_graph, to_model, unshare_constants
 from .obs import Pattern
 from .reconstruct import Refit, refit_layers
 from .rewrite import apply_plan
-from .score import magnitude_scores
+from .score import CALIBRATED, calibrated_scores, magnitude_scores
 from .select import Plan, select
 from .sparsify import SparsifyReport, parse_pattern, sparsify_graph
 from .verify import verify
@@ -152,7 +152,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     plan, kept, refits, sparse = None, {}, [], None
     if flops is not None or params is not None:
         step("scoring and selecting channels")
-        plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion, round_to=round_to)
+        plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion, round_to=round_to,
+                         samples=calib_set.samples if calib_set else None)
         step("rewriting the graph")
         graph, kept = apply_plan(analysis, plan)
         if reconstruct:
@@ -215,10 +216,20 @@ def _check_target(flops: float | None, params: float | None) -> None:
 
 
 def make_plan(analysis: Analysis, *, flops: float | None = None, params: float | None = None,
-              scope: str = "isomorphic", criterion: str = "l2", round_to: int = 1) -> Plan:
-    """Score every group and choose the atoms to remove to meet the FLOPs or params target."""
+              scope: str = "isomorphic", criterion: str = "l2", round_to: int = 1,
+              samples: dict | None = None) -> Plan:
+    """Score every group and choose the atoms to remove to meet the FLOPs or params target.
+
+    ``criterion``: l1/l2 weight magnitude, or with calibration ``samples`` act (activation-
+    weighted) or obs (second-order saliency from each layer's Hessian).
+    """
     _check_target(flops, params)
-    scores = magnitude_scores(analysis, criterion)
+    if criterion in CALIBRATED:
+        if samples is None:
+            raise UsageError(f"--criterion {criterion} needs calibration data: give --calib PATH")
+        scores = calibrated_scores(analysis, samples, criterion)
+    else:
+        scores = magnitude_scores(analysis, criterion)
     terms = (flops_terms(analysis.graph, _shape_fn(analysis)) if flops is not None
              else param_terms(analysis.graph))
     return select(analysis, scores, terms, flops if flops is not None else params, scope=scope,

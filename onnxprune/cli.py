@@ -67,7 +67,9 @@ def _prune_parser() -> argparse.ArgumentParser:
     rank = p.add_argument_group("ranking")
     rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
                       help="rank channels within isomorphic classes (default), all together, or per group")
-    rank.add_argument("--criterion", choices=("l1", "l2"), default="l2", help="weight magnitude norm")
+    rank.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2",
+                      help="channel importance: weight magnitude (l1, l2), or with --calib activation-weighted "
+                           "(act) or second-order OBS saliency (obs)")
     rank.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts multiples of N")
     out = p.add_argument_group("output")
     out.add_argument("--report", metavar="JSON", help="write the summary and the kept channel indices")

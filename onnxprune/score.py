@@ -45,3 +45,58 @@ def magnitude_scores(analysis: Analysis, criterion: str = "l2") -> list[np.ndarr
 
 def is_constant(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Constant)
+
+
+CALIBRATED = ("act", "obs")
+
+
+def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criterion: str = "act",
+                      batch_size: int = 16) -> list[np.ndarray]:
+    """Channel scores from calibration data, read where a channel enters a layer.
+
+    ``act`` (activation-weighted, as Wanda): sum over the channel's weight columns of
+    w^2 * E[x^2]. ``obs`` (second order, the OBS saliency): sum of w^2 / [H^-1]_jj with the
+    dampened layer Hessian. A group no layer reads (it only feeds outputs) falls back to L2.
+    """
+    from .activations import batched
+    from .layers import find_layers
+    from .obs import damp
+    from .sparsify import _hessians
+
+    if criterion not in CALIBRATED:
+        raise UsageError(f"unknown calibrated criterion {criterion!r}; choose one of {', '.join(CALIBRATED)}")
+    layers = find_layers(analysis.graph)
+    feeds = batched(samples, batch_size)
+    per_channel: dict[Slot, np.ndarray] = {}
+    chunk: list = []
+    for i, layer in enumerate(layers):
+        chunk.append(layer)
+        if sum(8.0 * lay.columns**2 for lay in chunk) < 5e8 and i + 1 < len(layers):
+            continue
+        hessians = _hessians(analysis.graph, chunk, feeds)
+        for lay in chunk:
+            w = lay.matrix().astype(np.float64)
+            h = hessians[lay.name]
+            if criterion == "act":
+                col = (w**2 * np.diag(h)[None, :]).sum(0)
+            else:
+                damped, _ = damp(h)
+                col = (w**2 / np.diag(np.linalg.inv(damped))[None, :]).sum(0)
+            if lay.node.op == "Conv":
+                cin = np.asarray(lay.weight.values).shape[1]
+                per_channel[Slot(lay.weight.name, 1)] = col.reshape(-1, cin).sum(0)
+            else:
+                in_axis = 0 if lay.node.op == "MatMul" or not lay.node.attrs.get("transB", 0) else 1
+                per_channel[Slot(lay.weight.name, in_axis)] = col
+        chunk = []
+    fallback = magnitude_scores(analysis, "l2")
+    scores = []
+    for group, default in zip(analysis.groups, fallback, strict=True):
+        total = np.zeros(group.size)
+        used = False
+        for slot, members in group.members.items():
+            if slot in per_channel:
+                total += per_channel[slot][members].sum(1)
+                used = True
+        scores.append(total if used else default)
+    return scores

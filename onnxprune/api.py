@@ -96,23 +96,20 @@ def _analyze(proto: onnx.ModelProto, progress: Progress | None) -> Analysis:
 
 
 def model_costs(analysis: Analysis) -> Costs:
-    """Dense FLOPs and params of an analysed model."""
-    return _costs(analysis.graph, analysis.capture)
+    """Dense FLOPs and params of an analysed model (an initializer shared by several layers once)."""
+    return _costs(analysis.graph, analysis.capture, skip=set(analysis.shared))
 
 
-def _costs(graph, cap: capture_mod.Capture) -> Costs:
+def _costs(graph, cap: capture_mod.Capture, skip: set[str] = frozenset()) -> Costs:
+    return Costs(total(flops_terms(graph, _shapes(cap))), total(param_terms(graph, skip)))
+
+
+def _shapes(cap: capture_mod.Capture):
+    """Shape lookup for the cost model: constants from their values, the rest from the capture."""
     import onnx_graphsurgeon as gs
 
     def shape(t):
         return tuple(t.shape) if isinstance(t, gs.Constant) else cap.shapes.get(t.name)
-    return Costs(total(flops_terms(graph, shape)), total(param_terms(graph)))
-
-
-def _shape_fn(analysis: Analysis):
-    import onnx_graphsurgeon as gs
-
-    def shape(t):
-        return tuple(t.shape) if isinstance(t, gs.Constant) else analysis.capture.shapes.get(t.name)
     return shape
 
 
@@ -230,7 +227,7 @@ def make_plan(analysis: Analysis, *, flops: float | None = None, params: float |
         scores = calibrated_scores(analysis, samples, criterion)
     else:
         scores = magnitude_scores(analysis, criterion)
-    terms = (flops_terms(analysis.graph, _shape_fn(analysis)) if flops is not None
+    terms = (flops_terms(analysis.graph, _shapes(analysis.capture)) if flops is not None
              else param_terms(analysis.graph))
     return select(analysis, scores, terms, flops if flops is not None else params, scope=scope,
                   round_to=round_to, what="FLOPs" if flops is not None else "params")
@@ -282,7 +279,7 @@ __all__ = ["analyze", "apply", "make_plan", "prune", "PruneResult", "Costs", "me
 
 def group_flops_share(analysis: Analysis) -> list[float]:
     """For each group, the share of dense FLOPs in nodes whose cost scales with the group."""
-    terms = flops_terms(analysis.graph, _shape_fn(analysis))
+    terms = flops_terms(analysis.graph, _shapes(analysis.capture))
     dense = total(terms) or 1.0
     shares = []
     for group in analysis.groups:

@@ -72,9 +72,10 @@ def flops_terms(graph: gs.Graph, shape: Shapes) -> list[CostTerm]:
     return terms
 
 
-def param_terms(graph: gs.Graph) -> list[CostTerm]:
-    """Floating-point weights (initializers) reachable from the graph, each counted once."""
-    terms, seen = [], set()
+def param_terms(graph: gs.Graph, skip: set[str] = frozenset()) -> list[CostTerm]:
+    """Floating-point weights (initializers) reachable from the graph, each counted once
+    (``skip``: names not to count, such as per-use copies of one shared initializer)."""
+    terms, seen = [], set(skip)
     for node in graph.nodes:
         for t in node.inputs:
             if isinstance(t, gs.Constant) and t.name not in seen and np.issubdtype(t.dtype, np.floating):

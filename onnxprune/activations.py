@@ -38,3 +38,12 @@ def batched(samples: dict[str, np.ndarray], batch_size: int) -> list[dict[str, n
     """Split {input: [n, ...]} samples into feeds of at most ``batch_size``."""
     n = len(next(iter(samples.values())))
     return [{k: v[i:i + batch_size] for k, v in samples.items()} for i in range(0, n, batch_size)]
+
+
+def batch_size_for(graph: gs.Graph, default: int = 16) -> int:
+    """Calibration batch size the model accepts: its static batch (often 1) or ``default``."""
+    for tensor in graph.inputs:
+        dims = tensor.shape or []
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            return dims[0]
+    return default

@@ -147,6 +147,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     analysis = _analyze(proto, progress)
     dense = model_costs(analysis)
     plan, kept, refits, sparse = None, {}, [], None
+    if pattern and round_to == 1 and (flops is not None or params is not None):
+        round_to = parse_pattern(pattern).m  # keep channel counts multiples of M so layers stay N:M-eligible
     if flops is not None or params is not None:
         step("scoring and selecting channels")
         plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion, round_to=round_to,

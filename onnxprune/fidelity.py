@@ -33,7 +33,8 @@ def fidelity(dense: onnx.ModelProto, pruned: onnx.ModelProto, samples: dict[str,
     sess_d, sess_p = session(dense), session(pruned)
     name_d, name_p = sess_d.get_outputs()[0].name, sess_p.get_outputs()[0].name
     agree, cos, kl, n = 0.0, 0.0, 0.0, 0
-    for feed in batched(samples, batch_size):
+    static = [d.dim_value for i in dense.graph.input[:1] for d in i.type.tensor_type.shape.dim[:1] if d.dim_value > 0]
+    for feed in batched(samples, static[0] if static else batch_size):
         a = sess_d.run([name_d], feed)[0].astype(np.float64)
         b = sess_p.run([name_p], feed)[0].astype(np.float64)
         a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)

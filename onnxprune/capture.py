@@ -130,9 +130,9 @@ def capture(graph: gs.Graph) -> Capture:
         result.shapes2[name] = tuple(other.shape)
         result.dynamic[name] = {a for a in range(value.ndim)
                                 if other.ndim != value.ndim or other.shape[a] != value.shape[a]}
-        # Small int tensors computed at run time (shape arithmetic, slice bounds), and whether
+        # Small tensors computed at run time (shape arithmetic, slice bounds, scales), and whether
         # both runs agree (then the value does not depend on the batch or other free dims).
-        if np.issubdtype(value.dtype, np.integer) and value.size <= 64:
+        if (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)) and value.size <= 64:
             result.values[name] = value
             if other.shape == value.shape and np.array_equal(other, value):
                 result.stable.add(name)

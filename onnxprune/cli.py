@@ -90,6 +90,31 @@ def _analyze_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="onnxprune sweep", description="Prune at several targets (one analysis, one calibration "
+                "set) and write sweep.csv, sweep.json and sweep.png.")
+    p.add_argument("model")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--flops", type=_fraction, nargs="+", metavar="R", help="FLOPs targets, e.g. 0.9 0.7 0.5")
+    target.add_argument("--params", type=_fraction, nargs="+", metavar="R", help="params targets")
+    p.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random' "
+                   "(adds top-1 agreement and KL to the dense model)")
+    p.add_argument("--calib-count", type=int, default=128, metavar="N")
+    p.add_argument("--preprocess", default="imagenet")
+    p.add_argument("--reconstruct", action="store_true", help="re-fit the layers that lost inputs (needs --calib)")
+    p.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic")
+    p.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2")
+    p.add_argument("--round-to", type=int, default=1, metavar="N")
+    p.add_argument("--bench", action="store_true", help="measure onnxruntime CPU latency, all models alternating")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for --bench (default 1)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <model stem>.sweep/ beside the input)")
+    p.add_argument("--save-models", action="store_true", help="also write each pruned model into the folder")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
 def _check_output(args: argparse.Namespace) -> Path:
     from .api import default_output
 
@@ -185,6 +210,70 @@ def _run_analyze(args: argparse.Namespace, console: Console) -> None:
         })
 
 
+def _sweep_folder(args: argparse.Namespace) -> Path:
+    src = Path(args.model)
+    if args.out:
+        return Path(args.out)
+    stem = src.name[:-5] if src.name.endswith(".onnx") else src.name
+    return src.with_name(stem + ".sweep")
+
+
+def _run_sweep(args: argparse.Namespace, console: Console) -> None:
+    from rich.table import Table
+
+    from .sweep import save_models, sweep
+
+    out = _sweep_folder(args)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"output folder {out} is not empty; use --force to write into it")
+    parent = out.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot create output folder {out}")
+    with console.status("sweeping", spinner="dots") if not args.quiet else _null() as status:
+        def progress(msg: str) -> None:
+            if status is not None:
+                status.update(msg)
+        result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
+                       calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
+                       criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
+                       threads=args.threads, keep_models=args.save_models, progress=progress)
+        progress("writing the results")
+        out.mkdir(parents=True, exist_ok=True)
+        written = [out / "sweep.csv", out / "sweep.json", out / "sweep.png"]
+        result.to_csv(written[0])
+        result.to_json(written[1])
+        result.plot(written[2])
+        if args.save_models:
+            written += save_models(result, out)
+    if args.quiet:
+        return
+    table = Table(title=f"onnxprune sweep ({result.metric} targets)")
+    for col in ("target", "FLOPs ratio", "params ratio"):
+        table.add_column(col, justify="right")
+    bench = result.dense_latency_ms is not None
+    fid = any(p.kl is not None for p in result.points)
+    if bench:
+        table.add_column("latency ms", justify="right")
+        table.add_column("speedup", justify="right")
+    if fid:
+        table.add_column("top-1 agreement", justify="right")
+        table.add_column("KL", justify="right")
+    for p in result.points:
+        row = [f"{p.target:g}", f"{p.flops_ratio:.3f}", f"{p.params_ratio:.3f}"]
+        if bench:
+            row += [f"{p.latency_ms:.2f}", f"{1 / p.latency_ratio:.2f}x" if p.latency_ratio else "-"]
+        if fid:
+            row += [f"{p.top1_agreement:.1%}", f"{p.kl:.3f}"]
+        table.add_row(*row)
+    console.print(table)
+    if bench:
+        console.print(f"dense latency {result.dense_latency_ms:.2f} ms (onnxruntime CPU, median)")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -195,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "analyze":
             args = _analyze_parser().parse_args(argv[1:])
             _run_analyze(args, console)
+        elif argv and argv[0] == "sweep":
+            args = _sweep_parser().parse_args(argv[1:])
+            _run_sweep(args, console)
         else:
             args = _prune_parser().parse_args(argv)
             _run_prune(args, console)

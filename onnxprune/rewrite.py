@@ -78,6 +78,7 @@ def apply_plan(analysis: Analysis, plan: Plan) -> tuple[gs.Graph, dict[Slot, np.
             for slot in slots:
                 values = np.take(values, kept[slot], axis=slot.axis)
             tensor.values = np.ascontiguousarray(values)
+    _freeze_values(graph, analysis)
     for node in graph.nodes:
         fix = FIXES.get(node.op)
         if fix is not None and node.domain in (None, "", "ai.onnx"):
@@ -89,3 +90,18 @@ def apply_plan(analysis: Analysis, plan: Plan) -> tuple[gs.Graph, dict[Slot, np.
             tensor.shape = None  # stale intermediate shapes; onnxruntime infers the new ones
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return graph, kept
+
+
+def _freeze_values(graph: gs.Graph, analysis: Analysis) -> None:
+    """Replace computed scalars the analysis marked (sizes turned into scales) by their dense values."""
+    tensors = graph.tensors()
+    for name in sorted(analysis.frozen_values):
+        tensor = tensors.get(name)
+        value = analysis.capture.values.get(name)
+        if tensor is None or value is None:
+            continue
+        const = gs.Constant(f"{name}_dense_value", np.asarray(value))
+        for node in list(tensor.outputs):
+            for port, t in enumerate(node.inputs):
+                if t is tensor:
+                    node.inputs[port] = const

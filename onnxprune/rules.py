@@ -621,26 +621,57 @@ SHAPE_MATH = {"Gather", "Slice", "Concat", "Div", "Mul", "Add", "Sub", "Cast", "
 
 
 def _escaping_axes(tensor: gs.Tensor, sources: list[set[int]], sg: SlotGraph, depth: int = 0) -> set[int]:
-    """Axes (of the tensor a Shape read) whose sizes reach anything but a rewritable Reshape
-    target. ``sources[i]`` holds the axes element i of this int vector was computed from."""
+    """Axes (of the tensor a Shape read) whose sizes reach anything the rewrite does not replace
+    by a constant. ``sources[i]`` holds the axes element i of this int vector was computed from.
+    Small int tensors (shape arithmetic of any op) are followed; a large tensor (data built from a
+    size, such as a mask) or a graph output means the size escapes."""
     everything = set().union(*sources) if sources else set()
-    if depth > 16 or not tensor.outputs:
-        return everything if tensor in sg.graph.outputs else set()
+    if tensor in sg.graph.outputs:
+        return everything
+    if depth > 24 or not tensor.outputs:
+        return set()
     read: set[int] = set()
     for user in tensor.outputs:
-        if user.op == "Reshape" and user.inputs[1] is tensor and _can_write_shape(user, sg):
+        if _replaced_input(user, tensor, sg):
             continue
-        if user.op == "Slice" and tensor in user.inputs[1:] and user.inputs[0] is not tensor:
-            rank = _rank(sg, user.inputs[0])
-            if rank > 0 and _slice_params(user, sg.fixed, rank) is not None:
-                continue  # the fix rule turns these bounds into constants
-        out_sources = _propagate_sources(user, tensor, sources, sg) if user.op in SHAPE_MATH else None
+        if not all(_small(out, sg) for out in user.outputs if out.name):
+            out_sources = None  # the size reaches data (a mask, a scaled activation)
+        elif user.op in SHAPE_MATH:
+            out_sources = _propagate_sources(user, tensor, sources, sg)
+        else:
+            out_sources = [everything]  # other arithmetic on sizes: each result may use every input
         if out_sources is None:
+            if user.op in BROADCAST and _small(tensor, sg) and int(np.prod(sg.shape(tensor))) == 1 \
+                    and tensor.name in sg.capture.stable:
+                # A scalar computed from sizes (an attention scale from head_dim) entering
+                # elementwise math: the rewrite freezes it at its dense value.
+                sg.frozen_values.add(tensor.name)
+                continue
             read |= everything
             continue
         for out in user.outputs:
-            read |= _escaping_axes(out, out_sources, sg, depth + 1)
+            if out.name:
+                read |= _escaping_axes(out, out_sources, sg, depth + 1)
     return read
+
+
+def _small(tensor: gs.Tensor, sg: SlotGraph) -> bool:
+    shape = sg.shape(tensor)
+    return shape is not None and int(np.prod(shape)) <= 64
+
+
+def _replaced_input(user: gs.Node, tensor: gs.Tensor, sg: SlotGraph) -> bool:
+    """Whether the rewrite replaces this input of ``user`` by a constant computed afresh."""
+    if user.inputs[0] is tensor:
+        return False
+    if user.op == "Reshape":
+        return _can_write_shape(user, sg)
+    if user.op == "Slice":
+        rank = _rank(sg, user.inputs[0])
+        return rank > 0 and _slice_params(user, sg.fixed, rank) is not None
+    if user.op == "Pad":  # pad_fix writes computed pads/axes as constants
+        return all(sg.fixed(t) is not None for t in user.inputs[1:4:2] if t.name)
+    return False
 
 
 def _propagate_sources(node: gs.Node, tensor: gs.Tensor, sources: list[set[int]],

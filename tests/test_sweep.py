@@ -1,0 +1,141 @@
+"""``onnxprune sweep``: several targets from one analysis, CSV/JSON/PNG out, the CLI's exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from test_rules import Net
+
+import onnxprune
+from onnxprune import api
+from onnxprune.errors import UsageError
+from onnxprune.sweep import save_models
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def sweep_model() -> onnx.ModelProto:
+    net = Net(channels=3, hw=16)
+    h = net.relu(net.conv("x", 3, 16, 3, name="c1"))
+    h = net.relu(net.conv(h, 16, 24, 3, name="c2"))
+    h = net.relu(net.conv(h, 24, 16, 3, name="c3"))
+    net.head(h, 16)
+    return net.model()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sweep") / "net.onnx"
+    onnx.save(sweep_model(), str(path))
+    return path
+
+
+def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "onnxprune.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def check_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 1024
+
+
+def test_sweep_three_points_one_analysis(model_path, tmp_path, monkeypatch):
+    calls = []
+    real = api._analyze
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_analyze", counted)
+    targets = [0.9, 0.7, 0.5]
+    result = onnxprune.sweep(str(model_path), flops=targets, calib="random", calib_count=8, keep_models=True)
+    assert len(calls) == 1
+    ratios = [p.flops_ratio for p in result.points]
+    assert [p.target for p in result.points] == targets
+    assert all(r <= t + 1e-9 for r, t in zip(ratios, targets, strict=True))
+    assert all(a >= b for a, b in zip(ratios, ratios[1:], strict=False))
+    assert ratios[-1] < ratios[0] < 1.0
+    assert all(p.kl is not None and 0 <= p.top1_agreement <= 1 for p in result.points)
+    assert all(p.latency_ms is None for p in result.points)
+
+    # the reused analysis gives what a fresh prune gives at the same target
+    monkeypatch.setattr(api, "_analyze", real)
+    single = onnxprune.prune(str(model_path), flops=0.7)
+    assert single.flops_ratio == pytest.approx(result.points[1].flops_ratio)
+    assert single.params_ratio == pytest.approx(result.points[1].params_ratio)
+
+    result.to_csv(tmp_path / "sweep.csv")
+    result.to_json(tmp_path / "sweep.json")
+    result.plot(tmp_path / "sweep.png")
+    with (tmp_path / "sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3
+    assert [float(r["flops_ratio"]) for r in rows] == pytest.approx(ratios)
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(data["points"]) == 3 and data["metric"] == "flops"
+    check_png(tmp_path / "sweep.png")
+    paths = save_models(result, tmp_path)
+    assert [p.name for p in paths] == ["flops0.9.onnx", "flops0.7.onnx", "flops0.5.onnx"]
+    onnx.checker.check_model(onnx.load(str(paths[-1])))
+
+
+def test_sweep_bench_and_params(model_path):
+    result = onnxprune.sweep(model_path, params=[0.8, 0.5], bench=True, bench_runs=3)
+    assert result.metric == "params" and result.dense_latency_ms > 0
+    assert all(p.params_ratio <= p.target and p.latency_ms > 0 and p.latency_ratio > 0 for p in result.points)
+
+
+@pytest.mark.parametrize("kwargs", [dict(flops=[1.5]), dict(flops=[]), dict(flops=[0.5], params=[0.5]), dict(),
+                                    dict(flops=[0.5], reconstruct=True)])
+def test_sweep_usage_errors(model_path, kwargs):
+    with pytest.raises(UsageError):
+        onnxprune.sweep(model_path, **kwargs)
+
+
+def test_cli_sweep(model_path, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("sweep", model_path, "--flops", "0.9", "0.7", "--out", out, "--save-models", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} == {"sweep.csv", "sweep.json", "sweep.png", "flops0.9.onnx",
+                                               "flops0.7.onnx"}
+    with (out / "sweep.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 2
+    check_png(out / "sweep.png")
+    assert "sweep.png" in proc.stdout
+
+    # the folder is not empty now: refused without --force (usage error), accepted with it
+    again = cli("sweep", model_path, "--flops", "0.8", "--out", out, cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.startswith("onnxprune: error:")
+    forced = cli("sweep", model_path, "--flops", "0.8", "--out", out, "--force", "-q", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert len(json.loads((out / "sweep.json").read_text())["points"]) == 1
+
+
+def test_cli_sweep_default_folder(model_path, tmp_path):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(model_path.read_bytes())
+    proc = cli("sweep", src, "--flops", "0.6", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "m.sweep" / "sweep.csv").exists()
+
+
+@pytest.mark.parametrize("args", [("--flops", "1.5"), ("--flops", "0.5", "--params", "0.5"), (),
+                                  ("--flops", "0.5", "--reconstruct")])
+def test_cli_sweep_bad_request_exits_2(model_path, tmp_path, args):
+    out = tmp_path / "bad"
+    proc = cli("sweep", model_path, *args, "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxprune: error:")
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

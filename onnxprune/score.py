@@ -61,7 +61,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     from .activations import batch_size_for, batched
     from .layers import find_layers
     from .obs import damp
-    from .sparsify import _hessians
+    from .sparsify import layer_hessians
 
     if criterion not in CALIBRATED:
         raise UsageError(f"unknown calibrated criterion {criterion!r}; choose one of {', '.join(CALIBRATED)}")
@@ -73,7 +73,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
         chunk.append(layer)
         if sum(8.0 * lay.columns**2 for lay in chunk) < 5e8 and i + 1 < len(layers):
             continue
-        hessians = _hessians(analysis.graph, chunk, feeds)
+        hessians = layer_hessians(analysis.graph, chunk, feeds)
         for lay in chunk:
             w = lay.matrix().astype(np.float64)
             h = hessians[lay.name]

@@ -19,7 +19,7 @@ from .activations import batch_size_for, batched, layer_inputs
 from .errors import UsageError
 from .layers import Layer, find_layers, subsample
 from .load import reshare_constants, unshare_constants
-from .obs import Pattern, damp, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             h, w_fit = _refit_to_dense(dense[layer.node.name], dense_graph, layer, graph, feeds)
             report.layers.append(_prune_layer(layer, pattern, method, h, start=w_fit))
             continue
-        hessians = _hessians(graph, chunk, feeds) if feeds is not None else {}
+        hessians = layer_hessians(graph, chunk, feeds) if feeds is not None else {}
         for layer in chunk:
             step(f"{method} on {layer.name}")
             report.layers.append(_prune_layer(layer, pattern, method, hessians.get(layer.name)))
@@ -121,7 +121,7 @@ def _chunks(layers: list[Layer], size: int | None, budget: float) -> list[list[L
     return chunks + ([current] if current else [])
 
 
-def _hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """H = 2 X^T X / rows for each layer, one pass over the calibration batches."""
     names = sorted({layer.x.name for layer in layers})
     sums = {layer.name: np.zeros((layer.columns, layer.columns)) for layer in layers}
@@ -167,4 +167,4 @@ def _prune_layer(layer: Layer, pattern: Pattern, method: str, h: np.ndarray | No
     return LayerReport(layer.name, layer.weight.name, layer.columns, float(1.0 - keep.mean()), error)
 
 
-__all__ = ["METHODS", "LayerReport", "SparsifyReport", "parse_pattern", "sparsify_graph", "hessian"]
+__all__ = ["METHODS", "LayerReport", "SparsifyReport", "layer_hessians", "parse_pattern", "sparsify_graph"]

@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from .errors import ModelError
-from .load import PROTO_LIMIT, save_model
+from .load import save_model
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,12 @@ def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> 
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    if model.ByteSize() < PROTO_LIMIT:
-        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    try:  # cheaper than asking ByteSize() first: serialising fails only past the 2 GiB limit
+        data = model.SerializeToString()
+    except Exception:
+        data = None
+    if data is not None:
+        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
     path = Path(tmp.name) / "model.onnx"
     save_model(model, path, external=True)
@@ -103,7 +107,7 @@ def capture(graph: gs.Graph) -> Capture:
     """Run the graph twice with every tensor as an output; record shapes and dynamic axes."""
     model, names = _all_outputs_model(graph)
     try:
-        sess = session(model, optimize=False)
+        sess = session(model)  # onnxruntime keeps every requested output through its fusions
         feed1 = input_feed(graph)
         first = dict(zip(names, sess.run(names, feed1), strict=True))
         first.update(feed1)

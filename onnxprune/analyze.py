@@ -113,11 +113,8 @@ class SlotGraph:
         return np.asarray(tensor.values) if isinstance(tensor, gs.Constant) else None
 
     def fixed(self, tensor: gs.Tensor) -> np.ndarray | None:
-        """A small int input's value if it is constant or computed the same whatever the batch
-        (then the rewrite may replace it with a constant)."""
-        if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values)
-        return self.capture.values.get(tensor.name) if tensor.name in self.capture.stable else None
+        """See Capture.fixed."""
+        return self.capture.fixed(tensor)
 
     # --- what rules write ------------------------------------------------------------------
     def _slot(self, tensor: gs.Tensor, axis: int) -> Slot | None:

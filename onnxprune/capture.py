@@ -36,6 +36,13 @@ class Capture:
     stable: set[str] = field(default_factory=set)
     finite: dict[str, bool] = field(default_factory=dict)  # graph outputs only
 
+    def fixed(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """A small input's value if it is constant or computed the same whatever the batch (then
+        the rewrite may replace it with a constant); None otherwise."""
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        return self.values.get(tensor.name) if tensor.name in self.stable else None
+
     def is_static(self, name: str, axis: int) -> bool:
         return axis not in self.dynamic.get(name, set())
 

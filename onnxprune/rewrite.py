@@ -33,11 +33,9 @@ class RewriteContext:
     def static(self, t: gs.Tensor, axis: int) -> bool:
         return self.capture.is_static(t.name, axis)
 
-    def fixed(self, t: gs.Tensor) -> np.ndarray | None:
-        """Value of a constant, or of a computed small int tensor that did not depend on the batch."""
-        if isinstance(t, gs.Constant):
-            return np.asarray(t.values)
-        return self.capture.values.get(t.name) if t.name in self.capture.stable else None
+    def fixed(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """See Capture.fixed."""
+        return self.capture.fixed(tensor)
 
     def kept(self, t: gs.Tensor, axis: int) -> np.ndarray | None:
         return self._kept.get(Slot(t.name, axis))

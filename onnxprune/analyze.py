@@ -155,7 +155,9 @@ class SlotGraph:
         return True
 
     def weight(self, tensor: gs.Tensor, axis: int) -> None:
-        """Mark a parameter axis whose magnitude scores channels (Conv/Gemm/MatMul/norm weights)."""
+        """Mark a parameter axis whose magnitude scores channels (Conv/Gemm/MatMul/norm weights);
+        a weight computed by DequantizeLinear marks its quantized constant."""
+        tensor = quantized_source(tensor) or tensor
         if isinstance(tensor, gs.Constant):
             slot = self._slot(tensor, axis)
             if slot is not None:
@@ -260,9 +262,19 @@ def _frozen_components(sg: SlotGraph, ncomp: int, labels: np.ndarray) -> np.ndar
 
 
 def _is_weight(tensor: gs.Tensor | None) -> bool:
-    """Float initializers are weights; int constants (shapes, indices) are not."""
-    return (isinstance(tensor, gs.Constant) and len(tensor.shape) > 0
-            and np.issubdtype(np.dtype(tensor.dtype), np.floating))
+    """Float initializers and quantized weights are weights; other int constants (shapes, indices) are not."""
+    if not isinstance(tensor, gs.Constant) or not len(tensor.shape):
+        return False
+    return np.issubdtype(np.dtype(tensor.dtype), np.floating) or any(
+        user.op == "DequantizeLinear" and user.inputs[0] is tensor for user in tensor.outputs)
+
+
+def quantized_source(tensor: gs.Tensor) -> gs.Constant | None:
+    """The int constant a DequantizeLinear turns into this tensor (a QDQ model's weight), else None."""
+    producer = tensor.inputs[0] if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 else None
+    if producer is not None and producer.op == "DequantizeLinear" and isinstance(producer.inputs[0], gs.Constant):
+        return producer.inputs[0]
+    return None
 
 
 def _topo_index(graph: gs.Graph) -> dict[str, int]:

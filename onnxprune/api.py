@@ -14,9 +14,11 @@ from . import capture as capture_mod
 from .analyze import Analysis, analyze_graph
 from .calibration import CalibrationSet, input_specs, load_calibration
 from .cost import flops_terms, param_terms, total
+from .deploy import BenchResult, bench_feed, make_runners, time_runners
 from .errors import UsageError
 from .fidelity import Fidelity, fidelity
-from .load import read_model, save_model, to_graph, to_model, unshare_constants
+from .latency import LatencySearch, search_latency
+from .load import read_model, save_model, to_graph, to_model, unshare_constants, upgrade
 from .obs import Pattern
 from .reconstruct import Refit, refit_layers
 from .rewrite import apply_plan
@@ -56,6 +58,7 @@ class PruneResult:
     refits: list[Refit] = field(default_factory=list)
     fidelity: Fidelity | None = None
     calibration: str | None = None
+    latency_search: LatencySearch | None = None
 
     @property
     def flops_ratio(self) -> float:
@@ -69,10 +72,18 @@ class PruneResult:
         """Write the pruned model atomically, keeping external data if the input used it."""
         save_model(self.model, path, external=self.external_data or None)
 
+    def to_html(self, path: str | os.PathLike) -> None:
+        """Write a self-contained HTML report (figures, channels per group, classes, frozen channels,
+        fidelity, versions), atomically. The CLI's ``--html`` adds file sizes, latency and the command."""
+        from .html import prune_html, write_html
+        from .report import summary_dict
+
+        write_html(path, prune_html(summary_dict(self, None, None), self))
+
 
 def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     if isinstance(model, onnx.ModelProto):
-        return model, False
+        return upgrade(model), False
     return read_model(model)
 
 
@@ -117,7 +128,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
           params: float | None = None, sparsity: float | None = None, pattern: str | None = None,
           method: str | None = None, calib: str | os.PathLike | CalibrationSet | None = None,
           calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, sequential: bool = False,
-          reconstruct: bool = False, scope: str = "isomorphic", criterion: str = "l2", round_to: int = 1,
+          reconstruct: bool = False, scope: str = "isomorphic", criterion: str = "l2", round_to: int | None = None,
+          latency: float | None = None, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
           progress: Progress | None = None) -> PruneResult:
     """Prune a model (path or ModelProto) and verify the result.
 
@@ -128,10 +140,14 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     an image folder, .npy/.npz, a folder of .npy, "random", or a CalibrationSet; a ``holdout``
     share of it measures fidelity to the dense model.
 
+    ``latency`` (fraction of the dense model's measured latency on ``backend`` with ``threads``
+    threads at ``batch``) removes channels until the measured latency meets it; ``round_to``
+    (channel counts kept multiples of it, default 1) is then chosen by measurement unless given.
+
     The returned model has passed onnx.checker and run in onnxruntime at batch 1 and 2 (when
     the batch is dynamic) with the same input/output names, ranks and non-channel dims.
     """
-    _check_targets(flops, params, sparsity, pattern)
+    _check_targets(flops, params, sparsity, pattern, latency)
     method = method or ("obs" if calib is not None else "magnitude")
     needs_data = [what for what, on in (("--method " + method, method != "magnitude"),
                                         ("--reconstruct", reconstruct), ("--sequential", sequential)) if on]
@@ -146,13 +162,23 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     calib_set, held_out = _calibration(proto, calib, calib_count, preprocess, holdout)
     analysis = _analyze(proto, progress)
     dense = model_costs(analysis)
-    plan, kept, refits, sparse = None, {}, [], None
-    if pattern and round_to == 1 and (flops is not None or params is not None):
+    plan, kept, refits, sparse, search = None, {}, [], None, None
+    structured = flops is not None or params is not None or latency is not None
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise UsageError(f"--round-to must be a positive integer, got {round_to}")
+    if pattern and round_to is None and structured:
         round_to = parse_pattern(pattern).m  # keep channel counts multiples of M so layers stay N:M-eligible
-    if flops is not None or params is not None:
+    if latency is not None:
+        step("scoring channels")
+        scores = score_groups(analysis, criterion, calib_set.samples if calib_set else None)
+        plan, search = search_latency(analysis, proto, scores, flops_terms(analysis.graph, _shapes(analysis.capture)),
+                                      latency, backend=backend, threads=threads, batch=batch, scope=scope,
+                                      round_to=round_to, progress=step)
+    elif structured:
         step("scoring and selecting channels")
-        plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion, round_to=round_to,
-                         samples=calib_set.samples if calib_set else None)
+        plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion,
+                         round_to=1 if round_to is None else round_to, samples=calib_set.samples if calib_set else None)
+    if structured:
         step("rewriting the graph")
         graph, kept = apply_plan(analysis, plan)
         if reconstruct:
@@ -178,18 +204,18 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
                  "slots": [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]]} for f in analysis.frozen],
         ratio=plan.ratio if plan else 0.0, external_data=external,
         channels=_channel_table(analysis, plan) if plan else [], sparsity=sparse, refits=refits,
-        fidelity=quality, calibration=calib_set.description if calib_set else None,
+        fidelity=quality, calibration=calib_set.description if calib_set else None, latency_search=search,
     )
 
 
-def _check_targets(flops, params, sparsity, pattern) -> None:
-    if flops is not None and params is not None:
-        raise UsageError("give one structured target: --flops or --params, not both")
+def _check_targets(flops, params, sparsity, pattern, latency=None) -> None:
+    if sum(x is not None for x in (flops, params, latency)) > 1:
+        raise UsageError("give one structured target: --flops, --params or --latency, not both")
     if sparsity is not None and pattern is not None:
         raise UsageError("give one weight-sparsity target: --sparsity or --pattern, not both")
-    if flops is None and params is None and sparsity is None and pattern is None:
-        raise UsageError("give a target: --flops R, --params R, --sparsity S or --pattern N:M")
-    for name, value in (("flops", flops), ("params", params)):
+    if flops is None and params is None and latency is None and sparsity is None and pattern is None:
+        raise UsageError("give a target: --flops R, --params R, --latency R, --sparsity S or --pattern N:M")
+    for name, value in (("flops", flops), ("params", params), ("latency", latency)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 < value <= 1):
             raise UsageError(f"{name} target must be a fraction in (0, 1], got {value}")
@@ -223,16 +249,21 @@ def make_plan(analysis: Analysis, *, flops: float | None = None, params: float |
     weighted) or obs (second-order saliency from each layer's Hessian).
     """
     _check_target(flops, params)
-    if criterion in CALIBRATED:
-        if samples is None:
-            raise UsageError(f"--criterion {criterion} needs calibration data: give --calib PATH")
-        scores = calibrated_scores(analysis, samples, criterion)
-    else:
-        scores = magnitude_scores(analysis, criterion)
+    scores = score_groups(analysis, criterion, samples)
     terms = (flops_terms(analysis.graph, _shapes(analysis.capture)) if flops is not None
              else param_terms(analysis.graph))
     return select(analysis, scores, terms, flops if flops is not None else params, scope=scope,
                   round_to=round_to, what="FLOPs" if flops is not None else "params")
+
+
+def score_groups(analysis: Analysis, criterion: str = "l2", samples: dict | None = None) -> list:
+    """Importance of every group's atoms: weight magnitude (l1, l2) or, from calibration
+    ``samples``, activation-weighted (act) or OBS saliency (obs)."""
+    if criterion in CALIBRATED:
+        if samples is None:
+            raise UsageError(f"--criterion {criterion} needs calibration data: give --calib PATH")
+        return calibrated_scores(analysis, samples, criterion)
+    return magnitude_scores(analysis, criterion)
 
 
 def apply(analysis: Analysis, plan: Plan, like: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
@@ -271,12 +302,41 @@ def _channel_table(analysis: Analysis, plan: Plan) -> list[dict]:
     return rows
 
 
+def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "ort-cpu", batch: int = 1,
+          threads: int = 1, fp16: bool = False, runs: int = 50, min_seconds: float = 3.0, warmup_s: float = 1.0,
+          save_engines: list[str | os.PathLike | None] | None = None) -> BenchResult:
+    """Time ``models`` (paths or ModelProtos) on ``backend``, alternating in one process.
+
+    Backends: ``ort-cpu`` (default), ``ort-cuda``, ``ort-trt`` (onnxruntime-gpu) and ``tensorrt``
+    (an FP16/sparse engine built with TensorRT; ``save_engines`` keeps them). Each model runs at
+    least ``runs`` times and for at least ``min_seconds`` after ``warmup_s`` of warm-up; see
+    ``deploy.py`` for the statistics.
+    """
+    if not models:
+        raise UsageError("give at least one model to time")
+    protos, names = [], []
+    for m in models:
+        protos.append(_load(m)[0])
+        names.append(m.graph.name or "model" if isinstance(m, onnx.ModelProto) else str(m))
+    feeds = [bench_feed(p, batch) for p in protos]
+    engines = [str(e) if e else None for e in save_engines] if save_engines else None
+    if engines is not None and len(engines) != len(protos):
+        raise UsageError("give one engine path per model")
+    runners = make_runners(protos, feeds, backend, threads, fp16, engines)
+    latencies = time_runners(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, batch=batch)
+    for name, lat in zip(names, latencies, strict=True):
+        if lat.noisy:
+            log.warning("%s: latency varies by %.0f%% run to run (coefficient of variation); the machine is busy: "
+                        "trust the ratios more than the absolute times", name, lat.cv * 100)
+    return BenchResult(names, latencies, backend, batch, threads, fp16, engines)
+
+
 def default_output(path: str | os.PathLike) -> Path:
     p = Path(path)
     return p.with_name(p.name[:-5] + ".pruned.onnx" if p.name.endswith(".onnx") else p.name + ".pruned.onnx")
 
 
-__all__ = ["analyze", "apply", "make_plan", "prune", "PruneResult", "Costs", "measure_costs", "default_output"]
+__all__ = ["analyze", "apply", "bench", "make_plan", "prune", "PruneResult", "Costs", "measure_costs", "default_output"]
 
 
 def group_flops_share(analysis: Analysis) -> list[float]:

@@ -47,8 +47,10 @@ class Capture:
         return axis not in self.dynamic.get(name, set())
 
 
-def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs: free dims take batch 1 (axis 0) or 224; ``grow`` enlarges the free dims."""
+def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
+    """Random inputs: free dims take batch 1 (axis 0) or 224; ``grow`` enlarges the free dims.
+
+    ``batch`` sets a free axis 0 (it overrides ``grow`` there)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for tensor in graph.inputs:
@@ -57,7 +59,7 @@ def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0) -> dict[str, np.nd
             if isinstance(dim, int) and dim >= 0:
                 shape.append(dim)
             elif axis == 0:
-                shape.append(1 + (1 if grow else 0))
+                shape.append(batch if batch is not None else 1 + (1 if grow else 0))
             else:
                 shape.append(224 + grow)
         dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
@@ -70,13 +72,16 @@ def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0) -> dict[str, np.nd
     return feed
 
 
-def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> ort.InferenceSession:
+def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0,
+            providers: list | None = None) -> ort.InferenceSession:
     """A CPU onnxruntime session; unoptimised when every intermediate tensor must stay visible.
 
     Models over protobuf's 2 GiB limit go through a temporary file with external data.
+    ``providers`` (onnxruntime's list, names or (name, options) pairs) replaces the CPU provider.
     """
+    providers = providers or ["CPUExecutionProvider"]
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: run errors come back as exceptions, reported in one line
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
@@ -87,11 +92,11 @@ def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0) -> 
     except Exception:
         data = None
     if data is not None:
-        return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, opts, providers=providers)
     tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
     path = Path(tmp.name) / "model.onnx"
     save_model(model, path, external=True)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), opts, providers=providers)
     sess._onnxprune_weights = tmp  # the folder lives as long as the session (it may map the file)
     return sess
 

@@ -1,29 +1,75 @@
 """Command line: parses arguments and calls the Python API. Exit codes: 0 ok, 1 model problem,
-2 usage problem, 130 interrupted."""
+2 usage problem, 130 interrupted.
+
+Conventions: results on stdout, errors, logs and the progress spinner on stderr; ``-q`` prints
+nothing but errors, ``-v`` logs the pipeline stages (INFO), ``-vv`` adds DEBUG; colour only on a
+terminal (rich decides; ``FORCE_COLOR`` forces it) and never when ``NO_COLOR`` is set to anything.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from . import __version__
 from .errors import OnnxPruneError, UsageError
+from .load import check_writable_path
+
+log = logging.getLogger("onnxprune.cli")
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    model problem: it cannot be read, analysed, pruned or verified
+  2    usage problem: a bad option or target, an output that exists (without --force)
+  130  interrupted; nothing is left behind
+"""
 
 EPILOG_PRUNE = """examples:
   onnxprune model.onnx --flops 0.5                 # half the FLOPs -> model.pruned.onnx
   onnxprune model.onnx --params 0.6 -o small.onnx --report plan.json
-  onnxprune model.onnx --flops 0.5 --round-to 8    # channel counts multiples of 8 (GPUs)
+  onnxprune model.onnx --flops 0.5 --html report.html   # one self-contained page: figures, plots, versions
+  onnxprune model.onnx --flops 0.5 --round-to 8    # channel counts multiples of 8 (onnxruntime CPU, GPUs)
   onnxprune model.onnx --pattern 2:4 --calib photos/          # 2:4 sparsity by OBS on calibration images
   onnxprune model.onnx --flops 0.7 --reconstruct --calib x.npz   # channels, then least-squares re-fit
-  onnxprune analyze model.onnx                     # list coupled groups and frozen channels
+  onnxprune model.onnx --flops 0.5 -v              # log each pipeline stage on stderr
+  onnxprune model.onnx --latency 0.6               # prune until measured onnxruntime CPU latency <= 60%
+  onnxprune model.onnx --flops 0.5 --bench --backend tensorrt --fp16   # time dense and pruned engines
 
-exit codes: 0 ok, 1 model problem, 2 usage problem
-"""
+""" + EXIT_CODES
+
+EPILOG_ANALYZE = """examples:
+  onnxprune analyze model.onnx                     # groups, isomorphic classes, FLOPs shares, frozen channels
+  onnxprune analyze model.onnx --json groups.json  # the same as JSON
+  onnxprune analyze model.onnx --html groups.html  # one self-contained page with a FLOPs-share plot
+
+""" + EXIT_CODES
+
+EPILOG_BENCH = """examples:
+  onnxprune bench model.onnx                       # onnxruntime CPU, 1 thread, batch 1
+  onnxprune bench dense.onnx pruned.onnx --threads 4 --batch 8 --json times.json   # alternating, ratio
+  onnxprune bench dense.onnx pruned.onnx --backend ort-cuda        # onnxruntime-gpu, CUDA provider
+  onnxprune bench pruned.onnx --backend tensorrt --fp16 --save-engine pruned.engine   # sparse 2:4 if present
+
+backends: ort-cpu (default), ort-cuda and ort-trt (need onnxruntime-gpu and a GPU), tensorrt (needs the
+tensorrt package, torch with CUDA and a GPU); a missing library or device is an error, never a silent
+fall-back to the CPU.
+
+""" + EXIT_CODES
+
+EPILOG_SWEEP = """examples:
+  onnxprune sweep model.onnx --flops 0.9 0.7 0.5   # -> model.sweep/sweep.csv, sweep.json, sweep.png
+  onnxprune sweep model.onnx --params 0.8 0.6 --bench      # add onnxruntime CPU latency
+  onnxprune sweep model.onnx --flops 0.8 0.6 --calib photos/ --html sweep.html   # fidelity; one HTML page
+
+""" + EXIT_CODES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,21 +87,52 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _parser(prog: str, description: str, epilog: str, usage: str | None = None) -> _Parser:
+    return _Parser(prog=prog, usage=usage, description=description, epilog=epilog, add_help=False,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_general(p: argparse.ArgumentParser) -> None:
+    """-h, --version, -q/-v and --debug: the same on every command."""
+    general = p.add_argument_group("general")
+    general.add_argument("-h", "--help", action="help", help="show this help and exit")
+    general.add_argument("--version", action="version", version=f"onnxprune {__version__}",
+                         help="show the version and exit")
+    loudness = general.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    loudness.add_argument("-v", "--verbose", action="count", default=0,
+                          help="log the pipeline stages on stderr (-vv: debug details)")
+    general.add_argument("--debug", action="store_true", help="show tracebacks and all debug logs")
+
+
 def _prune_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune", description="Structured pruning of an exported ONNX vision model.",
-                epilog=EPILOG_PRUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = "\n".join(f"  {name:<9} {command.summary}" for name, command in COMMANDS.items())
+    p = _parser("onnxprune", usage="%(prog)s model TARGET [options]\n       %(prog)s COMMAND model [options]",
+                description="Structured pruning of an exported ONNX vision model: removes channels (or weights) "
+                            "to a target,\nverifies the result in onnxruntime and writes it.\n\n"
+                            f"commands (onnxprune COMMAND --help for each):\n{commands}",
+                epilog=EPILOG_PRUNE)
     p.add_argument("model", help="input .onnx file (never modified)")
-    p.add_argument("-o", "--output", help="output file (default: <input>.pruned.onnx)")
-    p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    out = p.add_argument_group("output")
+    out.add_argument("-o", "--output", metavar="PATH", help="pruned model (default: <input>.pruned.onnx beside it)")
+    out.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    out.add_argument("--report", metavar="JSON", help="write the summary and the kept channel indices as JSON")
+    out.add_argument("--html", metavar="PATH", help="write a self-contained HTML report (tables, plots, versions)")
     target = p.add_argument_group("targets (a structured one, a sparsity one, or one of each)")
-    target.add_argument("--flops", type=_fraction, help="remove channels: keep at most this fraction of the FLOPs")
-    target.add_argument("--params", type=_fraction, help="remove channels: keep at most this fraction of the params")
-    target.add_argument("--sparsity", type=float, help="zero this fraction of each layer's weights (unstructured)")
+    target.add_argument("--flops", type=_fraction, metavar="R",
+                        help="remove channels: keep at most this fraction of the FLOPs")
+    target.add_argument("--params", type=_fraction, metavar="R",
+                        help="remove channels: keep at most this fraction of the params")
+    target.add_argument("--sparsity", type=float, metavar="S",
+                        help="zero this fraction of each layer's weights (unstructured)")
     target.add_argument("--pattern", metavar="N:M", help="keep N of every M weights along the input channels (2:4)")
+    target.add_argument("--latency", type=_fraction, metavar="R",
+                        help="remove channels until the measured latency on --backend is at most this fraction "
+                             "of the dense model's")
     calib = p.add_argument_group("calibration data (for --method wanda/obs, --reconstruct, fidelity)")
     calib.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random'")
     calib.add_argument("--calib-count", type=int, default=128, metavar="N", help="samples to use (default 128)")
-    calib.add_argument("--preprocess", default="imagenet", help="preset in calibration/ or a JSON file")
+    calib.add_argument("--preprocess", default="imagenet", metavar="NAME", help="preset in calibration/ or a JSON file")
     solver = p.add_argument_group("solver")
     solver.add_argument("--method", choices=("magnitude", "wanda", "obs"),
                         help="weight-sparsity method (default: obs with --calib, else magnitude)")
@@ -70,49 +147,108 @@ def _prune_parser() -> argparse.ArgumentParser:
     rank.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2",
                       help="channel importance: weight magnitude (l1, l2), or with --calib activation-weighted "
                            "(act) or second-order OBS saliency (obs)")
-    rank.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts multiples of N")
+    rank.add_argument("--round-to", type=int, metavar="N",
+                      help="keep channel counts multiples of N (default 1; M with --pattern N:M; with --latency "
+                           "chosen by measurement)")
+    latency = p.add_argument_group("latency (--latency target and --bench)")
+    latency.add_argument("--bench", action="store_true",
+                         help="time the dense and the pruned model, alternating, and show both in the summary")
+    _add_backend_options(latency)
+    latency.add_argument("--no-latency", action="store_true", help=argparse.SUPPRESS)  # the old default-on switch
+    _add_general(p)
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_backend_options(group) -> None:
+    from .deploy import BACKENDS
+
+    group.add_argument("--backend", choices=BACKENDS, default="ort-cpu",
+                       help="where to measure: onnxruntime CPU (default), CUDA or TensorRT provider, or TensorRT")
+    group.add_argument("--batch", type=_positive, default=1, metavar="N", help="batch size to time (default 1)")
+    group.add_argument("--threads", type=_positive, default=1, metavar="N",
+                       help="onnxruntime intra-op threads (default 1)")
+    group.add_argument("--fp16", action="store_true", help="FP16 engines (tensorrt, ort-trt)")
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    p = _parser("onnxprune bench", usage="%(prog)s model [model ...] [options]",
+                description="Time one or more models the way trtexec does: warm-up by time, at least N runs and\n"
+                            "T seconds, median, p90/p95/p99, coefficient of variation, throughput. Several models\n"
+                            "run alternating in one process, so their ratios hold on a noisy machine.",
+                epilog=EPILOG_BENCH)
+    p.add_argument("models", nargs="+", metavar="model", help=".onnx files (the first is the reference)")
+    backend = p.add_argument_group("backend")
+    _add_backend_options(backend)
+    backend.add_argument("--save-engine", nargs="+", metavar="PATH",
+                         help="tensorrt: write each model's engine (one path per model)")
+    timing = p.add_argument_group("timing")
+    timing.add_argument("--runs", type=_positive, default=50, metavar="N", help="at least N runs each (default 50)")
+    timing.add_argument("--min-seconds", type=float, default=3.0, metavar="S",
+                        help="and at least S seconds in all (default 3)")
+    timing.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up per model (default 1 s)")
     out = p.add_argument_group("output")
-    out.add_argument("--report", metavar="JSON", help="write the summary and the kept channel indices")
-    out.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    out.add_argument("--no-latency", action="store_true", help="skip the before/after latency measurement")
-    out.add_argument("--threads", type=int, default=1, help="onnxruntime threads for latency (default 1)")
-    out.add_argument("-q", "--quiet", action="store_true", help="no summary, no progress")
-    out.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    out.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    out.add_argument("--force", action="store_true", help="overwrite existing engine files")
+    _add_general(p)
     return p
 
 
 def _analyze_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune analyze", description="List coupled channel groups, isomorphic classes, "
-                "FLOPs shares and frozen channels.")
-    p.add_argument("model")
-    p.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
-    p.add_argument("--debug", action="store_true")
+    p = _parser("onnxprune analyze", usage="%(prog)s model [options]",
+                description="List coupled channel groups, isomorphic classes, FLOPs shares and frozen channels\n"
+                            "(and why). Writes nothing unless asked.", epilog=EPILOG_ANALYZE)
+    p.add_argument("model", help="input .onnx file (never modified)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
+    out.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
+    _add_general(p)
     return p
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxprune sweep", description="Prune at several targets (one analysis, one calibration "
-                "set) and write sweep.csv, sweep.json and sweep.png.")
-    p.add_argument("model")
-    target = p.add_mutually_exclusive_group(required=True)
+    p = _parser("onnxprune sweep", usage="%(prog)s model (--flops R [R ...] | --params R [R ...]) [options]",
+                description="Prune at several targets (one analysis, one calibration set, one scoring) and write\n"
+                            "sweep.csv, sweep.json and sweep.png into a folder.", epilog=EPILOG_SWEEP)
+    p.add_argument("model", help="input .onnx file (never modified)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="output folder (default: <model stem>.sweep/ beside the input)")
+    out.add_argument("--save-models", action="store_true", help="also write each pruned model into the folder")
+    out.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
+    out.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report (table, plot, versions)")
+    target = p.add_argument_group("targets (one kind, several values)").add_mutually_exclusive_group(required=True)
     target.add_argument("--flops", type=_fraction, nargs="+", metavar="R", help="FLOPs targets, e.g. 0.9 0.7 0.5")
     target.add_argument("--params", type=_fraction, nargs="+", metavar="R", help="params targets")
-    p.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random' "
-                   "(adds top-1 agreement and KL to the dense model)")
-    p.add_argument("--calib-count", type=int, default=128, metavar="N")
-    p.add_argument("--preprocess", default="imagenet")
-    p.add_argument("--reconstruct", action="store_true", help="re-fit the layers that lost inputs (needs --calib)")
-    p.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic")
-    p.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2")
-    p.add_argument("--round-to", type=int, default=1, metavar="N")
-    p.add_argument("--bench", action="store_true", help="measure onnxruntime CPU latency, all models alternating")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for --bench (default 1)")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: <model stem>.sweep/ beside the input)")
-    p.add_argument("--save-models", action="store_true", help="also write each pruned model into the folder")
-    p.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--debug", action="store_true")
+    calib = p.add_argument_group("calibration data")
+    calib.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random' "
+                       "(adds top-1 agreement and KL to the dense model)")
+    calib.add_argument("--calib-count", type=int, default=128, metavar="N", help="samples to use (default 128)")
+    calib.add_argument("--preprocess", default="imagenet", metavar="NAME", help="preset in calibration/ or a JSON file")
+    calib.add_argument("--reconstruct", action="store_true", help="re-fit the layers that lost inputs (needs --calib)")
+    rank = p.add_argument_group("ranking")
+    rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
+                      help="rank channels within isomorphic classes (default), all together, or per group")
+    rank.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2",
+                      help="channel importance (act and obs need --calib)")
+    rank.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts multiples of N")
+    latency = p.add_argument_group("latency")
+    latency.add_argument("--bench", action="store_true", help="measure onnxruntime CPU latency, all models alternating")
+    latency.add_argument("--threads", type=int, default=1, metavar="N",
+                         help="onnxruntime threads for --bench (default 1)")
+    _add_general(p)
     return p
+
+
+# --- output checks (before any work) -----------------------------------------------------------
 
 
 def _check_output(args: argparse.Namespace) -> Path:
@@ -121,8 +257,10 @@ def _check_output(args: argparse.Namespace) -> Path:
     src = Path(args.model)
     dst = Path(args.output) if args.output else default_output(src)
     _check_writable(dst, "output", args.force, src)
-    if getattr(args, "report", None):
+    if args.report:
         _check_writable(Path(args.report), "report", True, src, dst)
+    if args.html:
+        _check_writable(Path(args.html), "HTML report", True, src, dst)
     return dst
 
 
@@ -133,72 +271,160 @@ def _check_writable(dst: Path, what: str, force: bool, *inputs: Path) -> None:
             raise UsageError(f"{what} {dst} is the {'input' if other == inputs[0] else 'output'} file; choose another")
         if other.exists() and dst.resolve() == other.resolve().with_name(other.name + ".data"):
             raise UsageError(f"{what} {dst} is the weights file of {other}; choose another")
-    if dst.is_dir():
-        raise UsageError(f"{what} {dst} is a directory")
-    if dst.exists() and not force:
+    if dst.exists() and not force and not dst.is_dir():
         raise UsageError(f"{what} {dst} exists; use --force to overwrite")
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"{what} folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{what} folder {folder} is not writable")
+    check_writable_path(dst, what)
 
 
-def _run_prune(args: argparse.Namespace, console: Console) -> None:
+# --- progress, logging, colour -----------------------------------------------------------------
+
+
+@dataclass
+class _Io:
+    """Where a command writes: results on ``out``, spinner and errors on ``err``; the command line."""
+
+    out: Console
+    err: Console
+    command: list[str]
+
+
+def _consoles() -> tuple[Console, Console]:
+    """stdout and stderr consoles. Rich turns colour off when the stream is not a terminal and on with
+    FORCE_COLOR; NO_COLOR set to anything non-empty turns every style off (no escape codes at all)."""
+    plain = {"color_system": None} if os.environ.get("NO_COLOR", "") != "" else {}
+    return Console(**plain), Console(stderr=True, **plain)
+
+
+@contextlib.contextmanager
+def _stages(io: _Io, quiet: bool, first: str) -> Iterator[Callable[[str], None]]:
+    """A progress callback for the API: logs each stage at INFO (-v shows them) and, on an interactive
+    terminal and without -q, shows the current one on a spinner on stderr."""
+    spinner = None
+    if not quiet and sys.stderr.isatty() and io.err.is_interactive:
+        spinner = io.err.status(first, spinner="dots")
+
+    def progress(message: str) -> None:
+        log.info(message)
+        if spinner is not None:
+            spinner.update(message)
+
+    with spinner or contextlib.nullcontext():
+        progress(first)
+        yield progress
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever sys.stderr is now (the spinner swaps it to print above)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _configure_logging(quiet: bool, verbose: int, debug: bool) -> None:
+    """-q: errors only; default: warnings; -v: onnxprune INFO (the stages); -vv: onnxprune DEBUG;
+    --debug: DEBUG from every library."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
+    own = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose == 1 else logging.NOTSET
+    logging.getLogger("onnxprune").setLevel(own)
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _discarded_on_failure(model: Path) -> Iterator[None]:
+    """If anything fails after the model was written (latency, reports), remove the model and its
+    .data file written by this run: a failed command leaves no output behind."""
+    files = [model, model.with_name(model.name + ".data")]
+    before = [_file_id(f) for f in files]
+    try:
+        yield
+    except BaseException:
+        for f, old in zip(files, before, strict=True):
+            if _file_id(f) not in (None, old):
+                f.unlink(missing_ok=True)
+        raise
+
+
+def _file_id(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .api import prune
-    from .bench import measure
-    from .capture import input_feed
+    from .deploy import measure
     from .report import file_size, print_summary, summary_dict, write_json
 
     dst = _check_output(args)
-    with console.status("pruning", spinner="dots") if not args.quiet else _null() as status:
-        def progress(msg: str) -> None:
-            if status is not None:
-                status.update(msg)
+    if args.fp16 and args.backend not in ("tensorrt", "ort-trt"):
+        raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+    with _stages(io, args.quiet, f"reading {args.model}") as progress, _discarded_on_failure(dst):
         result = prune(args.model, flops=args.flops, params=args.params, sparsity=args.sparsity,
                        pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
                        preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
-                       scope=args.scope, criterion=args.criterion, round_to=args.round_to, progress=progress)
-        progress("writing the pruned model")
+                       scope=args.scope, criterion=args.criterion, round_to=args.round_to, latency=args.latency,
+                       backend=args.backend, threads=args.threads, batch=args.batch, progress=progress)
+        progress(f"writing the pruned model to {dst}")
         result.save(dst)
         latency = None
-        if not args.no_latency:
-            progress("measuring onnxruntime CPU latency, dense and pruned alternating")
-            import onnx_graphsurgeon as gs
-
+        if args.bench:
+            progress(f"timing the dense and the pruned model on {args.backend}, alternating")
             from .load import read_model
             dense, _ = read_model(args.model)
-            feed = input_feed(gs.import_onnx(dense))
-            latency = tuple(measure([dense, result.model], feed, threads=args.threads))
-    summary = summary_dict(result, (file_size(args.model), file_size(dst)), latency)
-    summary["output"] = str(dst)
-    summary["command"] = sys.argv
-    if args.report:
-        write_json(args.report, {**summary, "plan": result.plan})
+            latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
+                                    threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16))
+        summary = summary_dict(result, (file_size(args.model), file_size(dst)), latency, args.backend)
+        summary["output"] = str(dst)
+        summary["command"] = io.command
+        if args.report:
+            progress(f"writing the JSON report to {args.report}")
+            write_json(args.report, {**summary, "plan": result.plan})
+        if args.html:
+            from .html import prune_html, write_html
+
+            progress(f"writing the HTML report to {args.html}")
+            write_html(args.html, prune_html(summary, result))
     if not args.quiet:
-        print_summary(console, summary)
-        console.print(f"wrote {dst}")
+        print_summary(io.out, summary)
+        for path in (dst, args.report, args.html):
+            if path:
+                io.out.print(f"wrote {path}", highlight=False)
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _run_analyze(args: argparse.Namespace, console: Console) -> None:
+def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
     from .api import analyze, group_flops_share
     from .report import print_analysis, write_json
+    from .sparse24 import sparse_eligibility
 
     if args.json:
         _check_writable(Path(args.json), "JSON", True, Path(args.model))
+    if args.html:
+        _check_writable(Path(args.html), "HTML report", True, Path(args.model))
 
-    with console.status("analysing", spinner="dots") as status:
-        analysis = analyze(args.model, progress=status.update)
+    with _stages(io, args.quiet, f"reading {args.model}") as progress:
+        analysis = analyze(args.model, progress=progress)
     shares = group_flops_share(analysis)
-    print_analysis(console, analysis, shares)
+    sparse = sparse_eligibility(analysis.graph)
+    if not args.quiet:
+        print_analysis(io.out, analysis, shares, sparse)
     if args.json:
         write_json(args.json, {
             "groups": [{"class": g.iso_class, "channels": g.size, "width": g.width, "flops_share": s,
@@ -207,7 +433,15 @@ def _run_analyze(args: argparse.Namespace, console: Console) -> None:
             "frozen": [{"channels": f.channels, "reasons": f.reasons,
                         "members": [f"{m.tensor}[{m.axis}]" for m in f.slots]} for f in analysis.frozen],
             "ops_without_rule": analysis.no_rule_ops,
+            "sparse_24": [vars(layer) for layer in sparse],
         })
+    if args.html:
+        from .html import analysis_html, write_html
+
+        log.info("writing the HTML report to %s", args.html)
+        write_html(args.html, analysis_html(analysis, shares, io.command))
+        if not args.quiet:
+            io.out.print(f"wrote {args.html}", highlight=False)
 
 
 def _sweep_folder(args: argparse.Namespace) -> Path:
@@ -218,12 +452,7 @@ def _sweep_folder(args: argparse.Namespace) -> Path:
     return src.with_name(stem + ".sweep")
 
 
-def _run_sweep(args: argparse.Namespace, console: Console) -> None:
-    from rich.table import Table
-
-    from .sweep import save_models, sweep
-
-    out = _sweep_folder(args)
+def _check_sweep_outputs(args: argparse.Namespace, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out} is a file")
     if out.is_dir() and any(out.iterdir()) and not args.force:
@@ -231,15 +460,28 @@ def _run_sweep(args: argparse.Namespace, console: Console) -> None:
     parent = out.resolve().parent
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise UsageError(f"cannot create output folder {out}")
-    with console.status("sweeping", spinner="dots") if not args.quiet else _null() as status:
-        def progress(msg: str) -> None:
-            if status is not None:
-                status.update(msg)
+    if args.html:
+        html = Path(args.html)
+        if html.resolve().parent == out.resolve():  # inside the output folder, which is made later
+            if html.is_dir():
+                raise UsageError(f"HTML report {html} is a directory")
+        else:
+            _check_writable(html, "HTML report", True, Path(args.model))
+
+
+def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
+    from rich.table import Table
+
+    from .sweep import save_models, sweep
+
+    out = _sweep_folder(args)
+    _check_sweep_outputs(args, out)
+    with _stages(io, args.quiet, f"reading {args.model}") as progress:
         result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
                        calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
                        criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
                        threads=args.threads, keep_models=args.save_models, progress=progress)
-        progress("writing the results")
+        progress(f"writing the results to {out}")
         out.mkdir(parents=True, exist_ok=True)
         written = [out / "sweep.csv", out / "sweep.json", out / "sweep.png"]
         result.to_csv(written[0])
@@ -247,6 +489,10 @@ def _run_sweep(args: argparse.Namespace, console: Console) -> None:
         result.plot(written[2])
         if args.save_models:
             written += save_models(result, out)
+        if args.html:
+            progress(f"writing the HTML report to {args.html}")
+            result.to_html(args.html, io.command)
+            written.append(Path(args.html))
     if args.quiet:
         return
     table = Table(title=f"onnxprune sweep ({result.metric} targets)")
@@ -267,29 +513,81 @@ def _run_sweep(args: argparse.Namespace, console: Console) -> None:
         if fid:
             row += [f"{p.top1_agreement:.1%}", f"{p.kl:.3f}"]
         table.add_row(*row)
-    console.print(table)
+    io.out.print(table)
     if bench:
-        console.print(f"dense latency {result.dense_latency_ms:.2f} ms (onnxruntime CPU, median)")
+        io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms (onnxruntime CPU, median)")
     for path in written:
-        console.print(f"wrote {path}")
+        io.out.print(f"wrote {path}", highlight=False)
+
+
+@dataclass
+class Command:
+    """A subcommand: its one-line summary (listed by ``onnxprune --help``), parser and runner."""
+
+    summary: str
+    parser: Callable[[], argparse.ArgumentParser]
+    run: Callable[[argparse.Namespace, _Io], None]
+
+
+def _run_bench(args: argparse.Namespace, io: _Io) -> None:
+    from .api import bench
+    from .report import print_bench, write_json
+
+    for path in map(Path, args.models):
+        if not path.is_file():
+            raise UsageError(f"model {path} does not exist" if not path.exists() else f"model {path} is not a file")
+    engines = args.save_engine
+    if engines:
+        if args.backend != "tensorrt":
+            raise UsageError("--save-engine needs --backend tensorrt")
+        if len(engines) != len(args.models):
+            raise UsageError(f"--save-engine needs one path per model: {len(args.models)} models, "
+                             f"{len(engines)} paths")
+        for engine in engines:
+            _check_writable(Path(engine), "engine", args.force, *map(Path, args.models))
+    if args.json:
+        _check_writable(Path(args.json), "JSON", True, *map(Path, args.models))
+    if args.fp16 and args.backend not in ("tensorrt", "ort-trt"):
+        raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+    with _stages(io, args.quiet, f"timing {len(args.models)} model(s) on {args.backend}"):
+        result = bench(args.models, backend=args.backend, batch=args.batch, threads=args.threads, fp16=args.fp16,
+                       runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup, save_engines=engines)
+    if args.json:
+        write_json(args.json, {**result.to_dict(), "command": io.command})
+    if not args.quiet:
+        print_bench(io.out, result)
+        for path in [*(engines or []), args.json]:
+            if path:
+                io.out.print(f"wrote {path}", highlight=False)
+
+
+COMMANDS: dict[str, Command] = {
+    "analyze": Command("list coupled channel groups, isomorphic classes, FLOPs shares and frozen channels",
+                       _analyze_parser, _run_analyze),
+    "sweep": Command("prune at several targets from one analysis: CSV, JSON, plot (and HTML)",
+                     _sweep_parser, _run_sweep),
+    "bench": Command("time models on onnxruntime (CPU, CUDA, TensorRT provider) or TensorRT, alternating",
+                     _bench_parser, _run_bench),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 model problem, 2 usage problem, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(message)s")
-    console = Console(stderr=False, no_color=bool(os.environ.get("NO_COLOR")))
-    err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")))
+    _configure_logging(quiet=False, verbose=0, debug=debug)
+    out, err = _consoles()
     try:
-        if argv and argv[0] == "analyze":
-            args = _analyze_parser().parse_args(argv[1:])
-            _run_analyze(args, console)
-        elif argv and argv[0] == "sweep":
-            args = _sweep_parser().parse_args(argv[1:])
-            _run_sweep(args, console)
+        if argv and argv[0] in COMMANDS:
+            command = COMMANDS[argv[0]]
+            args = command.parser().parse_args(argv[1:])
+            run = command.run
         else:
             args = _prune_parser().parse_args(argv)
-            _run_prune(args, console)
+            run = _run_prune
+        _configure_logging(args.quiet, args.verbose, args.debug)
+        log.debug("arguments: %s", vars(args))
+        run(args, _Io(out, err, ["onnxprune", *argv]))
         return 0
     except OnnxPruneError as exc:
         if debug:

@@ -73,12 +73,13 @@ def flops_terms(graph: gs.Graph, shape: Shapes) -> list[CostTerm]:
 
 
 def param_terms(graph: gs.Graph, skip: set[str] = frozenset()) -> list[CostTerm]:
-    """Floating-point weights (initializers) reachable from the graph, each counted once
-    (``skip``: names not to count, such as per-use copies of one shared initializer)."""
+    """Floating-point and quantized (DequantizeLinear input) weights reachable from the graph, each
+    counted once (``skip``: names not to count, such as per-use copies of one shared initializer)."""
     terms, seen = [], set(skip)
     for node in graph.nodes:
-        for t in node.inputs:
-            if isinstance(t, gs.Constant) and t.name not in seen and np.issubdtype(t.dtype, np.floating):
+        for port, t in enumerate(node.inputs):
+            quantized = node.op == "DequantizeLinear" and port == 0
+            if isinstance(t, gs.Constant) and t.name not in seen and (np.issubdtype(t.dtype, np.floating) or quantized):
                 seen.add(t.name)
                 terms.append(CostTerm(t.name, float(np.prod(t.shape, dtype=np.float64)),
                                       [Slot(t.name, a) for a in range(len(t.shape))]))

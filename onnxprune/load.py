@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import external_data_helper
+from onnx import external_data_helper, version_converter
 
-from .errors import ModelError
+from .errors import ModelError, OnnxPruneError, UsageError
 
 log = logging.getLogger(__name__)
 
 # Protobuf cannot serialise a single message over 2 GiB; above this we keep weights external.
 PROTO_LIMIT = 2**31 - 1
+# onnxruntime has no kernels for default-domain opsets older than this.
+ORT_MIN_OPSET = 7
 
 
 def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
@@ -46,7 +48,72 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     except Exception as exc:
         raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
     check_model(model, path)
-    return model, external
+    return upgrade(model, path), external
+
+
+def upgrade(model: onnx.ModelProto, name: str | os.PathLike = "model") -> onnx.ModelProto:
+    """Upgrade only what onnx.checker or onnxruntime need, keep the rest, and log what changed.
+
+    An opset older than onnxruntime runs goes through onnx.version_converter to ``ORT_MIN_OPSET``.
+    Initializers also listed as graph inputs (IR 3 requires it; old exporters did it anyway) stop
+    being inputs: they are weights, and a pruned weight could not be fed at its old shape; IR 3
+    becomes IR 4, the first version without that rule. Returns ``model`` itself when nothing
+    changes, else an upgraded copy. What no upgrade fixes is refused (see ``refuse_unsupported``).
+    """
+    refuse_unsupported(model, name)
+    notes = []
+    opset = _default_opset(model)
+    if opset is not None and opset < ORT_MIN_OPSET:
+        try:
+            model = version_converter.convert_version(model, ORT_MIN_OPSET)
+            onnx.checker.check_model(model)
+        except Exception as exc:
+            raise ModelError(f"{name}: opset {opset} is older than onnxruntime runs ({ORT_MIN_OPSET}) and "
+                             f"onnx.version_converter cannot upgrade it ({_first_line(exc)})") from None
+        notes.append(f"opset {opset} -> {ORT_MIN_OPSET} (onnxruntime runs opset {ORT_MIN_OPSET} and later)")
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in weights]
+    if len(inputs) < len(model.graph.input):
+        if not notes:
+            model = _copy(model)
+        if model.ir_version < 4:
+            notes.append(f"IR version {model.ir_version} -> 4 (initializers need not be graph inputs)")
+            model.ir_version = 4
+        notes.append(f"{len(model.graph.input) - len(inputs)} initializers no longer listed as graph inputs")
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+    if notes:
+        log.warning("upgraded %s: %s", name, "; ".join(notes))
+    return model
+
+
+def refuse_unsupported(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
+    """Raise ModelError for an opset newer than onnx knows, or an input with a 0-sized dimension."""
+    opset = _default_opset(model)
+    if opset is not None and opset > onnx.defs.onnx_opset_version():
+        raise ModelError(f"{name}: opset {opset} is newer than onnx {onnx.__version__} knows "
+                         f"({onnx.defs.onnx_opset_version()}); update onnx and onnxruntime")
+    weights = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name not in weights and any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
+            shape = [d.dim_param or d.dim_value for d in dims]
+            raise ModelError(f"{name}: input {value.name} has a 0-sized dimension {shape}; there is nothing to run")
+
+
+def _default_opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
@@ -59,8 +126,7 @@ def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> No
                 raise
             onnx.checker.check_model(strip_weights(model))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{name}: invalid ONNX model ({first})") from None
+        raise ModelError(f"{name}: invalid ONNX model ({_first_line(exc)})") from None
 
 
 def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -84,6 +150,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     weight, ``Shape`` of a static dim) into values the analysis can read.
     """
     graph = gs.import_onnx(model)
+    _constant_attrs_as_values(graph)
     try:
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=None)
     except Exception as exc:  # folding is an optimisation; the analysis copes without it
@@ -100,10 +167,28 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+# Constant nodes may give their value as a plain number or list; ONNX types them as below.
+_CONSTANT_ATTRS = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                   "value_ints": np.int64}
+
+
+def _constant_attrs_as_values(graph: gs.Graph) -> None:
+    """Give ``Constant(value_float=...)`` and friends an equivalent ``value`` tensor: graphsurgeon
+    folds a plain Python float to float64, which would break the graph's types."""
+    for node in graph.nodes:
+        if node.op != "Constant":
+            continue
+        for attr, dtype in _CONSTANT_ATTRS.items():
+            if attr in node.attrs:
+                name = node.outputs[0].name
+                node.attrs = {"value": gs.Constant(f"{name}_value", np.array(node.attrs[attr], dtype=dtype))}
+                break
+
+
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """Export a graph back to a ModelProto keeping the original's opset, IR version and metadata."""
     model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = like.ir_version
+    model.ir_version = max(like.ir_version, 4)  # initializers are not listed as inputs, which IR 3 requires
     del model.opset_import[:]
     model.opset_import.extend(like.opset_import)
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -125,7 +210,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: boo
     path = Path(path)
     if external is None:
         external = model.ByteSize() >= PROTO_LIMIT
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    published = None
+    try:
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as exc:
+        raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
     try:
         tmp = tmp_dir / path.name
         if external:
@@ -142,9 +231,16 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: boo
             onnx.save_model(copy, str(tmp))
             if (tmp_dir / data_name).exists():  # absent when every weight is tiny
                 _publish(tmp_dir / data_name, path.with_name(data_name))
+                published = path.with_name(data_name)
         else:
             onnx.save_model(model, str(tmp))
         _publish(tmp, path)
+    except BaseException as exc:
+        if published is not None:  # the .onnx never arrived: take its data file away again
+            published.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full, permissions: the user's problem, in one line
+            raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
+        raise
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -154,6 +250,21 @@ def _publish(src: Path, dst: Path) -> None:
     os.umask(umask)
     os.chmod(src, 0o666 & ~umask)
     os.replace(src, dst)
+
+
+def check_writable_path(dst: Path, what: str = "output") -> None:
+    """Refuse, before any work, a path that is a folder or whose folder is missing or not writable."""
+    if dst.is_dir():
+        raise UsageError(f"{what} {dst} is a directory")
+    folder = dst.parent if str(dst.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{what} folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{what} folder {folder} is not writable")
+    try:  # what os.access cannot tell: root on a read-only or special filesystem
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise UsageError(f"{what} folder {folder} is not writable ({exc.strerror or exc})") from None
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from .analyze import Analysis
 from .api import PruneResult
-from .bench import Latency
+from .deploy import BenchResult, Latency
+from .sparse24 import SparseLayer, reason_counts
 
 
 def file_size(path: str | os.PathLike) -> int:
@@ -32,7 +33,7 @@ def _human(n: float, unit: str = "") -> str:
 
 
 def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
-                 latency: tuple[Latency, Latency] | None) -> dict[str, Any]:
+                 latency: tuple[Latency, Latency] | None, backend: str = "ort-cpu") -> dict[str, Any]:
     """Everything the summary shows, as plain data (the JSON report adds the plan)."""
     out: dict[str, Any] = {
         "flops": {"dense": result.dense.flops, "pruned": result.pruned.flops, "ratio": result.flops_ratio},
@@ -60,7 +61,14 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
         dense, pruned = latency
         out["latency_ms"] = {"dense": dense.median_ms, "pruned": pruned.median_ms,
                              "speedup": dense.median_ms / pruned.median_ms, "runs": dense.runs,
-                             "backend": "onnxruntime CPU"}
+                             "backend": backend, "batch": dense.batch, "cv": [dense.cv, pruned.cv]}
+    search = result.latency_search
+    if search is not None:
+        out["latency_target"] = search.to_dict()
+        if not latency and search.chosen is not None:  # the search's own alternating measurement
+            c = search.chosen
+            out["latency_ms"] = {"dense": c.dense_ms, "pruned": c.pruned_ms, "speedup": c.dense_ms / c.pruned_ms,
+                                 "runs": None, "backend": f"{search.backend}, latency search"}
     return out
 
 
@@ -88,6 +96,12 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",
                       f"{lat['speedup']:.2f}x faster")
     console.print(table)
+    if "latency_target" in summary:
+        t = summary["latency_target"]
+        c = t["chosen"]
+        console.print(f"latency target {t['target']:g} on {t['backend']}: measured {c['latency_ratio']:.3f} of dense "
+                      f"at FLOPs {c['flops_ratio']:.3f} (round-to {c['round_to']}), {len(t['probes'])} candidates "
+                      "timed")
     if "sparsity" in summary:
         sp = summary["sparsity"]
         layers = sp["layers"]
@@ -116,7 +130,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                       f" because of {', '.join(frozen['reasons'])}")
 
 
-def print_analysis(console: Console, analysis: Analysis, flops_share: list[float]) -> None:
+def print_analysis(console: Console, analysis: Analysis, flops_share: list[float],
+                   sparse: list[SparseLayer] | None = None) -> None:
     table = Table(title="coupled channel groups")
     for col in ("#", "class", "channels", "width", "FLOPs share", "first member", "members"):
         table.add_column(col, justify="right" if col not in ("first member",) else "left")
@@ -134,3 +149,32 @@ def print_analysis(console: Console, analysis: Analysis, flops_share: list[float
     if analysis.no_rule_ops:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(analysis.no_rule_ops.items()))
         console.print(f"ops without a channel rule (their channels are frozen): {ops}")
+    if sparse is not None:
+        print_sparse_24(console, sparse)
+
+
+def print_sparse_24(console: Console, layers: list[SparseLayer]) -> None:
+    """One line on TensorRT 2:4 eligibility (how many layers, how many carry the pattern), one per
+    reason layers are not eligible."""
+    eligible = [layer for layer in layers if layer.eligible]
+    carrying = sum(layer.carries_24 for layer in eligible)
+    console.print(f"2:4 sparsity (TensorRT): {len(eligible)} of {len(layers)} Conv/MatMul/Gemm layers eligible, "
+                  f"{carrying} already carry the 2:4 pattern", highlight=False)
+    for why, count in sorted(reason_counts(layers).items(), key=lambda item: -item[1]):
+        console.print(f"  not eligible: {count} x {why}", highlight=False)
+
+
+def print_bench(console: Console, result: BenchResult) -> None:
+    """The ``onnxprune bench`` table: trtexec's statistics per model and the ratio to the first."""
+    table = Table(title=f"latency on {result.backend}, batch {result.batch}, {result.threads} thread(s)"
+                        f"{', fp16' if result.fp16 else ''}; models timed alternating")
+    for col in ("model", "median ms", "mean ms", "p90 ms", "p95 ms", "p99 ms", "CV", "runs", "samples/s",
+                "vs first"):  # CV above 10% is marked: the machine is busy, trust the ratios over the times
+        table.add_column(col, justify="left" if col == "model" else "right")
+    short = [Path(n).name for n in result.names]
+    names = short if len(set(short)) == len(short) else result.names
+    for name, lat, ratio in zip(names, result.latencies, result.ratios(), strict=True):
+        table.add_row(name, f"{lat.median_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p95_ms:.3f}",
+                      f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""), str(lat.runs),
+                      f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
+    console.print(table)

@@ -124,6 +124,23 @@ def layer_norm(node: gs.Node, sg: SlotGraph) -> None:
             _identity(sg, x, stat, range(start))
 
 
+# --- quantisation ----------------------------------------------------------------------------------
+
+@ties("QuantizeLinear", "DequantizeLinear")
+def quantize(node: gs.Node, sg: SlotGraph) -> None:
+    """Elementwise on x; a per-axis scale and zero point (rank 1) follow the channels of ``axis``.
+    Blocked quantisation (``block_size``) ties nothing, so it stays frozen."""
+    x, y = node.inputs[0], node.outputs[0]
+    rank = _rank(sg, x)
+    if rank < 0 or node.attrs.get("block_size", 0):
+        return
+    _identity(sg, x, y)
+    axis = node.attrs.get("axis", 1) % max(rank, 1)
+    for param in node.inputs[1:3]:
+        if param.name and _rank(sg, param) == 1:
+            sg.tie(param, 0, y, axis)
+
+
 # --- convolution and linear layers ---------------------------------------------------------------
 
 @ties("Conv")

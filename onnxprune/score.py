@@ -11,7 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .analyze import Analysis, Slot
-from .errors import UsageError
+from .errors import ModelError, UsageError
 
 CRITERIA = ("l1", "l2")
 
@@ -36,11 +36,42 @@ def magnitude_scores(analysis: Analysis, criterion: str = "l2") -> list[np.ndarr
         total = np.zeros(group.size)
         for slot in group.weights:
             if slot not in cache:
-                values = np.asarray(tensors[slot.tensor].values)
+                values = weight_values(tensors[slot.tensor])
                 cache[slot] = _per_channel(values, slot.axis, criterion)
+                if not np.isfinite(cache[slot]).all():
+                    cache[slot] = _finite_scores(cache[slot], slot, analysis)
             total += cache[slot][group.members[slot]].sum(1)
         scores.append(total / max(len(group.weights), 1))
     return scores
+
+
+def _finite_scores(scores: np.ndarray, slot: Slot, analysis: Analysis) -> np.ndarray:
+    """A layer weight with NaN/Inf is refused (ranking its channels would be meaningless); another
+    constant a group carries (an attention mask of -inf) ranks its infinite channels first to keep."""
+    if slot in analysis.weight_slots:
+        name = analysis.shared.get(slot.tensor, slot.tensor)
+        raise ModelError(f"weight {name} has NaN or infinite values: its channels cannot be ranked "
+                         "(fix the weights, or export the model again)")
+    return np.nan_to_num(scores, nan=0.0, posinf=np.finfo(np.float32).max)
+
+
+def weight_values(tensor: gs.Constant) -> np.ndarray:
+    """A weight's values; a quantized weight (input 0 of a per-tensor or per-axis DequantizeLinear)
+    dequantized, so channels with different scales compare fairly."""
+    values = np.asarray(tensor.values)
+    dq = next((n for n in tensor.outputs if n.op == "DequantizeLinear" and n.inputs[0] is tensor), None)
+    if dq is None or np.issubdtype(values.dtype, np.floating) or not isinstance(dq.inputs[1], gs.Constant):
+        return values
+    scale = np.asarray(dq.inputs[1].values, dtype=np.float32)
+    zero = dq.inputs[2] if len(dq.inputs) > 2 and isinstance(dq.inputs[2], gs.Constant) else None
+    zero = np.asarray(zero.values, dtype=np.float32) if zero is not None else np.zeros_like(scale)
+    if scale.ndim == 1 and values.ndim > 0:  # per axis: broadcast along the node's axis
+        shape = [1] * values.ndim
+        shape[dq.attrs.get("axis", 1) % values.ndim] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    elif scale.ndim > 0:  # blocked quantisation: rank by the raw integers
+        return values
+    return (values.astype(np.float32) - zero) * scale
 
 
 def is_constant(tensor: gs.Tensor) -> bool:

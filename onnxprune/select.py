@@ -102,6 +102,9 @@ def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], 
         raise UsageError(f"target {what} ratio must be in (0, 1], got {target}")
     selector = Selector(analysis, scores, scope, round_to)
     dense = total(terms)
+    if dense <= 0:
+        raise ModelError(f"nothing to prune: the model has no {what} to reduce (no Conv, Gemm or MatMul layer "
+                         "with weights)")
 
     def cost_of(counts: np.ndarray) -> float:
         return total(terms, selector.kept_fraction(counts)) / dense

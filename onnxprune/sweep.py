@@ -24,7 +24,7 @@ from .errors import UsageError
 from .load import to_model
 from .reconstruct import refit_layers
 from .rewrite import apply_plan
-from .score import CALIBRATED, calibrated_scores, magnitude_scores
+from .score import CALIBRATED
 from .select import select
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,20 @@ class SweepResult:
         _atomic(path, lambda tmp: tmp.write_text(json.dumps(self.to_dict(), indent=1)))
 
     def plot(self, path: str | os.PathLike) -> None:
-        """FLOPs ratio on x; params ratio, top-1 agreement and latency ratio (where measured) on
-        the left axis, KL (where measured) on the right one. Agg backend, no pyplot state."""
+        """Write the trade-off plot (``figure``) as a PNG, atomically."""
+        fig = self.figure()
+        _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+    def to_html(self, path: str | os.PathLike, command: list[str] | None = None) -> None:
+        """Write a self-contained HTML report (table, plot, versions), atomically."""
+        from .html import sweep_html, write_html
+
+        write_html(path, sweep_html(self, command))
+
+    def figure(self):
+        """The trade-off plot as a matplotlib Figure: FLOPs ratio on x; params ratio, top-1 agreement
+        and latency ratio (where measured) on the left axis, KL (where measured) on the right one.
+        Agg backend, no pyplot state."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
@@ -118,7 +130,7 @@ class SweepResult:
         ax.legend(handles, labels, loc="lower right", fontsize="small")
         ax.set_title(f"onnxprune sweep ({self.metric} targets)")
         fig.tight_layout()
-        _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+        return fig
 
 
 def _atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -167,8 +179,7 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
     analysis = api._analyze(proto, progress)
     dense = api.model_costs(analysis)
     step("scoring channels")
-    scores = (calibrated_scores(analysis, calib_set.samples, criterion) if criterion in CALIBRATED
-              else magnitude_scores(analysis, criterion))
+    scores = api.score_groups(analysis, criterion, calib_set.samples if calib_set else None)
     terms = (flops_terms(analysis.graph, api._shapes(analysis.capture)) if metric == "flops"
              else param_terms(analysis.graph))
     outputs = [t.name for t in analysis.graph.outputs]
@@ -205,8 +216,8 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
     if bench:
         import onnx_graphsurgeon as gs
 
-        from .bench import measure
         from .capture import input_feed
+        from .deploy import measure
 
         step("measuring onnxruntime CPU latency, dense and pruned alternating")
         lat = measure([proto, *models], input_feed(gs.import_onnx(proto)), runs=bench_runs, threads=threads)

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import onnxprune  # noqa: E402
-from onnxprune.bench import measure  # noqa: E402
 from onnxprune.capture import input_feed  # noqa: E402
+from onnxprune.deploy import measure  # noqa: E402
 from onnxprune.load import read_model  # noqa: E402
 
 

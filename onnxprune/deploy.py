@@ -1,0 +1,171 @@
+"""Deploy stage: latency measured the way trtexec measures it.
+
+Each model is warmed up for a fixed time, then every model runs once per round, in a rotating
+order, until there are at least ``runs`` rounds and at least ``min_seconds`` have passed. Two
+models timed this way share the machine's noise, so their ratio holds even when the medians
+drift. The statistics are those trtexec prints: median, mean, p90/p95/p99, the coefficient of
+variation (a warning sign above 10%), and throughput.
+
+Backends: ``ort-cpu`` (default, everywhere), ``ort-cuda`` and ``ort-trt`` (onnxruntime-gpu), and
+``tensorrt`` (a TensorRT engine built from the ONNX file, timed with CUDA events); the GPU ones
+live in ``gpu.py`` and are refused with a clear message where the library or device is missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .capture import input_feed, session
+from .errors import UsageError
+
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+HIGH_CV = 0.10  # trtexec-style warning: more than 10% spread means the figures are noisy
+
+Runner = Callable[[], float]  # one timed inference, milliseconds
+
+
+@dataclass
+class Latency:
+    """Latency statistics of one model in milliseconds (per batch), and its throughput."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+    mean_ms: float = 0.0
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
+    cv: float = 0.0
+    batch: int = 1
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the median latency."""
+        return self.batch * 1e3 / self.median_ms if self.median_ms > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.cv > HIGH_CV
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "throughput": self.throughput}
+
+
+def latency_stats(samples_ms: list[float] | np.ndarray, batch: int = 1) -> Latency:
+    """Summary statistics of per-run times in milliseconds."""
+    s = np.asarray(samples_ms, dtype=np.float64)
+    if s.size == 0:
+        raise ValueError("no timing samples")
+    mean = float(s.mean())
+    return Latency(median_ms=float(np.median(s)), p90_ms=float(np.percentile(s, 90)), runs=int(s.size),
+                   mean_ms=mean, p95_ms=float(np.percentile(s, 95)), p99_ms=float(np.percentile(s, 99)),
+                   cv=float(s.std() / mean) if mean > 0 else 0.0, batch=batch)
+
+
+def bench_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs at ``batch``; refuses a batch the model's inputs do not allow."""
+    if batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    graph = gs.import_onnx(model)
+    for tensor in graph.inputs:
+        dim = (tensor.shape or [None])[0]
+        if isinstance(dim, int) and dim >= 0 and dim != batch:
+            raise UsageError(f"input {tensor.name!r} has a fixed batch of {dim}; --batch {batch} is not possible "
+                             "(export the model with a dynamic batch)")
+    return input_feed(graph, batch=batch, seed=seed)
+
+
+def ort_runner(model: onnx.ModelProto, feed: dict[str, np.ndarray], backend: str = "ort-cpu",
+               threads: int = 1, fp16: bool = False) -> Runner:
+    """One onnxruntime inference per call, timed on the host clock."""
+    if backend == "ort-cpu":
+        if fp16:
+            raise UsageError("--fp16 needs --backend ort-trt or tensorrt (onnxruntime's CPU runs the model's "
+                             "own precision)")
+        sess = session(model, threads=threads)
+    else:
+        from .gpu import ort_gpu_session
+
+        sess = ort_gpu_session(model, backend, threads, fp16=fp16)
+    names = [o.name for o in sess.get_outputs()]
+
+    def run() -> float:
+        start = time.perf_counter()
+        sess.run(names, feed)
+        return (time.perf_counter() - start) * 1e3
+    return run
+
+
+def make_runners(models: list[onnx.ModelProto], feeds: list[dict[str, np.ndarray]], backend: str, threads: int,
+                 fp16: bool = False, engine_paths: list[str | None] | None = None) -> list[Runner]:
+    """A runner per model on ``backend``; ``engine_paths`` saves TensorRT engines (tensorrt only)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend != "tensorrt":
+        if engine_paths and any(engine_paths):
+            raise UsageError("--save-engine needs --backend tensorrt")
+        return [ort_runner(m, f, backend, threads, fp16) for m, f in zip(models, feeds, strict=True)]
+    from .gpu import tensorrt_runner
+
+    paths = engine_paths or [None] * len(models)
+    return [tensorrt_runner(m, f, fp16=fp16, save_engine=p) for m, f, p in zip(models, feeds, paths, strict=True)]
+
+
+def time_runners(runners: list[Runner], *, runs: int = 20, min_seconds: float = 0.0, warmup_s: float = 0.3,
+                 batch: int = 1) -> list[Latency]:
+    """Warm every runner up for ``warmup_s``, then time them in rotating rounds (see module doc)."""
+    for run in runners:
+        end = time.perf_counter() + warmup_s
+        run()
+        while time.perf_counter() < end:
+            run()
+    samples: list[list[float]] = [[] for _ in runners]
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < runs or time.perf_counter() - start < min_seconds:
+        for k in range(len(runners)):
+            i = (rounds + k) % len(runners)  # rotate who goes first: no model always follows another
+            samples[i].append(runners[i]())
+        rounds += 1
+    return [latency_stats(s, batch) for s in samples]
+
+
+def measure(models: list[onnx.ModelProto], feed: dict[str, np.ndarray] | None = None, *, runs: int = 20,
+            min_seconds: float = 0.0, warmup_s: float = 0.3, threads: int = 1, backend: str = "ort-cpu",
+            batch: int = 1, fp16: bool = False) -> list[Latency]:
+    """Latency of each model on ``backend``, timed in alternation (see module doc).
+
+    ``feed`` (the same inputs for every model) defaults to random inputs at ``batch``.
+    """
+    feeds = [feed] * len(models) if feed is not None else [bench_feed(m, batch) for m in models]
+    runners = make_runners(models, feeds, backend, threads, fp16)
+    return time_runners(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, batch=batch)
+
+
+@dataclass
+class BenchResult:
+    """Latency of several models measured together on one backend (the first is the reference)."""
+
+    names: list[str]
+    latencies: list[Latency]
+    backend: str
+    batch: int
+    threads: int
+    fp16: bool = False
+    engines: list[str | None] | None = None
+
+    def ratios(self) -> list[float]:
+        """Each model's median latency over the first model's."""
+        ref = self.latencies[0].median_ms
+        return [lat.median_ms / ref for lat in self.latencies]
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "batch": self.batch, "threads": self.threads, "fp16": self.fp16,
+                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e}
+                           for n, lat, r, e in zip(self.names, self.latencies, self.ratios(),
+                                                   self.engines or [None] * len(self.names), strict=True)]}

@@ -1,0 +1,166 @@
+"""Select stage, latency variant: prune until the *measured* latency meets a target.
+
+FLOPs are not latency: onnxruntime's CPU convolutions run channel counts that are multiples
+of 8 far faster than others, depthwise layers are memory-bound, and attention's cost is not
+all in its MatMuls. So the search measures. With isomorphic ranking the channels removed are
+fixed by one shared ratio, hence by the FLOPs target; what remains is how far to go and which
+channel rounding pays on the backend:
+
+1. Probe the FLOPs target equal to the latency target with each candidate ``round_to`` (1 and
+   8 unless the caller fixed one), timing the dense model and the candidates alternating; keep
+   the rounding with the least latency per FLOP kept (1 unless another beats it beyond noise).
+2. Regula falsi on FLOPs target -> measured latency ratio, bracketed by the probes (and by the
+   dense model at (1, 1)), each probe timed against the dense model in alternation, until a
+   ratio lands within ``tolerance`` of the target or the probe budget is spent.
+3. Keep the probe closest to the target among those at or below target + tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .analyze import Analysis
+from .cost import CostTerm
+from .deploy import bench_feed, make_runners, time_runners
+from .errors import ModelError
+from .load import to_model
+from .rewrite import apply_plan
+from .select import Plan, select
+
+log = logging.getLogger(__name__)
+
+ROUNDINGS = (1, 8)
+PREFER_ROUNDED = 0.03  # a coarser rounding must be this much faster to be chosen
+
+
+@dataclass
+class LatencyProbe:
+    """One measured candidate: the FLOPs target asked for, the rounding, what it measured."""
+
+    flops_target: float
+    round_to: int
+    flops_ratio: float  # predicted by the cost model for the plan
+    latency_ratio: float  # pruned median / dense median, timed alternating
+    dense_ms: float
+    pruned_ms: float
+
+
+@dataclass
+class LatencySearch:
+    """The probes of a latency-target search and the one chosen."""
+
+    target: float
+    backend: str
+    tolerance: float
+    probes: list[LatencyProbe] = field(default_factory=list)
+    chosen: LatencyProbe | None = None
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "backend": self.backend, "tolerance": self.tolerance,
+                "probes": [vars(p) for p in self.probes], "chosen": vars(self.chosen) if self.chosen else None}
+
+
+@dataclass
+class _Timer:
+    """Times a candidate against the dense model, both on the same backend and inputs."""
+
+    dense: onnx.ModelProto
+    backend: str
+    threads: int
+    batch: int
+    runs: int
+    min_seconds: float
+
+    def __post_init__(self):
+        self.feed = bench_feed(self.dense, self.batch)
+        self.dense_runner = make_runners([self.dense], [self.feed], self.backend, self.threads)[0]
+
+    def ratios(self, models: list[onnx.ModelProto]) -> tuple[float, list[float]]:
+        runners = [self.dense_runner, *make_runners(models, [self.feed] * len(models), self.backend, self.threads)]
+        lat = time_runners(runners, runs=self.runs, min_seconds=self.min_seconds, batch=self.batch)
+        return lat[0].median_ms, [x.median_ms for x in lat[1:]]
+
+
+def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.ndarray], terms: list[CostTerm],
+                   target: float, *, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
+                   scope: str = "isomorphic", round_to: int | None = None, tolerance: float = 0.025,
+                   max_probes: int = 8, runs: int = 15, min_seconds: float = 1.0,
+                   progress: Callable[[str], None] | None = None) -> tuple[Plan, LatencySearch]:
+    """The plan whose measured latency ratio is closest to ``target`` (see module doc)."""
+    step = progress or (lambda _msg: None)
+    timer = _Timer(like, backend, threads, batch, runs, min_seconds)
+    search = LatencySearch(target=target, backend=backend, tolerance=tolerance)
+    plans: dict[int, Plan] = {}
+
+    def plan_at(flops: float, rounding: int) -> Plan | None:
+        try:
+            return select(analysis, scores, terms, flops, scope=scope, round_to=rounding, what="FLOPs")
+        except ModelError as exc:  # below what the frozen channels allow
+            log.info("latency search: FLOPs %.3f not reachable (%s)", flops, exc)
+            return None
+
+    def probe(flops: float, roundings: tuple[int, ...]) -> list[LatencyProbe]:
+        cands = [(r, plan_at(flops, r)) for r in roundings]
+        cands = [(r, p) for r, p in cands if p is not None]
+        if not cands:
+            return []
+        step(f"latency search: timing FLOPs {flops:.3f} against the dense model on {backend}")
+        models = [to_model(apply_plan(analysis, p)[0], like) for _, p in cands]
+        dense_ms, times = timer.ratios(models)
+        found = []
+        for (r, p), ms in zip(cands, times, strict=True):
+            found.append(LatencyProbe(flops, r, float(p.predicted), ms / dense_ms, dense_ms, ms))
+            plans[len(search.probes)] = p
+            search.probes.append(found[-1])
+            log.info("latency search: FLOPs target %.3f round_to %d -> latency %.3f of dense", flops, r,
+                     found[-1].latency_ratio)
+        return found
+
+    first = probe(target, (round_to,) if round_to else ROUNDINGS)
+    if not first:
+        raise ModelError(f"latency target {target:g} is out of reach: even FLOPs {target:g} cannot be met "
+                         "(too many channels are frozen)")
+    # roundings reach slightly different FLOPs at one target: compare time per FLOP kept
+    def cost_per_flop(p: LatencyProbe) -> float:
+        return p.latency_ratio / max(p.flops_ratio, 1e-9)
+    best = min(first, key=cost_per_flop)
+    base = first[0]
+    faster = cost_per_flop(best) < cost_per_flop(base) * (1 - PREFER_ROUNDED)
+    rounding = best.round_to if faster else base.round_to
+    if not round_to:
+        log.info("latency search: round_to %d runs fastest on %s", rounding, backend)
+
+    points = [(1.0, 1.0)] + [(p.flops_target, p.latency_ratio) for p in first if p.round_to == rounding]
+    while len(search.probes) < max_probes:
+        if any(abs(r - target) <= tolerance for f, r in points[1:]):
+            break
+        below = [(f, r) for f, r in points if r < target]
+        above = [(f, r) for f, r in points if r >= target]
+        hi = min(above, key=lambda x: x[0])
+        if below:
+            lo = max(below, key=lambda x: x[0])
+        else:  # extrapolate towards zero through the lowest point (latency ~ a + b * flops)
+            lo = (0.0, 0.0) if hi[0] > 0.05 else None
+            if lo is None:
+                break
+        f = lo[0] + (target - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1]) if hi[1] != lo[1] else (lo[0] + hi[0]) / 2
+        f = float(np.clip(f, lo[0] + 0.1 * (hi[0] - lo[0]), hi[0] - 0.1 * (hi[0] - lo[0])))  # stay inside
+        found = probe(f, (rounding,))
+        if not found:  # the frozen share caps the pruning above f: nothing faster to find
+            break
+        points.append((f, found[0].latency_ratio))
+    eligible = [i for i, p in enumerate(search.probes) if p.round_to == rounding]
+    ok = [i for i in eligible if search.probes[i].latency_ratio <= target + tolerance]
+    if not ok:
+        fastest = min(search.probes, key=lambda p: p.latency_ratio)
+        raise ModelError(f"latency target {target:g} not reached on {backend}: the fastest candidate ran at "
+                         f"{fastest.latency_ratio:.3f} of dense latency (FLOPs {fastest.flops_ratio:.3f}); "
+                         "frozen channels or non-prunable ops dominate the time")
+    chosen = min(ok, key=lambda i: abs(search.probes[i].latency_ratio - target))
+    search.chosen = search.probes[chosen]
+    return plans[chosen], search

@@ -1,0 +1,386 @@
+"""Hostile input: a corpus of broken, malicious or unprunable model files, made by the tests
+themselves, run through the real command. Each must give one ``onnxprune: error:`` line on
+stderr (no traceback), exit 1 for a model problem and 2 for a usage problem, leave the input
+(and its .data file) byte for byte unchanged, and leave no output or temp file behind.
+
+A property test then injects a crash into every pipeline stage of our own code and checks
+that no partial output is ever left behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+from test_cli import assert_one_line_error, cli, frozen_model, save_external, small_model, snapshot, wide_model
+from test_rules import Net
+
+import onnxprune.cli
+from onnxprune.errors import ModelError, OnnxPruneError
+from onnxprune.load import save_model
+
+USAGE, MODEL = 2, 1
+
+
+@dataclass
+class Case:
+    """Files to create in an empty folder, the command line to run there, and what must happen."""
+
+    setup: Callable[[Path], None]
+    args: list[str]
+    code: int
+    needle: str  # part of the error line
+
+
+def _save(name: str, build: Callable[[], onnx.ModelProto]) -> Callable[[Path], None]:
+    return lambda d: onnx.save(build(), str(d / name))
+
+
+def _bytes(name: str, data: Callable[[], bytes]) -> Callable[[Path], None]:
+    return lambda d: (d / name).write_bytes(data())
+
+
+def _half_model() -> bytes:
+    data = small_model().SerializeToString()
+    return data[: len(data) // 2]
+
+
+def _dangling() -> onnx.ModelProto:
+    model = small_model()
+    model.graph.node[0].input[0] = "undefined"  # a node input that nothing produces
+    return model
+
+
+def _cycle() -> onnx.ModelProto:
+    """a = Relu(b), b = Relu(a): each node consumes the other's output."""
+    nodes = [helper.make_node("Relu", ["b"], ["a"]), helper.make_node("Add", ["a", "x"], ["b"]),
+             helper.make_node("Identity", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "cycle", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    return _finish(graph)
+
+
+def _two_writers() -> onnx.ModelProto:
+    """Two nodes write the same tensor (not single assignment)."""
+    model = small_model()
+    first = model.graph.node[0]
+    model.graph.node.insert(1, helper.make_node("Identity", ["x"], list(first.output), name="second_writer"))
+    return model
+
+
+def _finish(graph: onnx.GraphProto, opset: int = 17, ir: int = 8) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = ir
+    return model
+
+
+def _unknown_op() -> onnx.ModelProto:
+    net = Net(channels=4)
+    net.node("Frobnicate", [net.conv("x", 4, 8, 3, name="c1")], out="y", domain="example.custom")
+    return net.model({"y": [1, 8, 8, 8]})  # passes onnx.checker, not onnxruntime
+
+
+def _future_opset() -> onnx.ModelProto:
+    model = small_model()
+    model.opset_import[0].version = 99
+    return model
+
+
+def _future_ir() -> onnx.ModelProto:
+    model = small_model()
+    model.ir_version = 99
+    return model
+
+
+def _external_without_data(d: Path) -> None:
+    save_external(small_model(), d / "ext.onnx")
+    (d / "ext.onnx.data").unlink()
+
+
+def _external_truncated(d: Path) -> None:
+    save_external(wide_model(), d / "ext.onnx")
+    data = (d / "ext.onnx.data").read_bytes()
+    (d / "ext.onnx.data").write_bytes(data[: len(data) // 2])
+
+
+def _external_outside_folder(d: Path) -> None:
+    """A weight whose external-data location climbs out of the model's folder."""
+    (d / "m").mkdir()
+    save_external(small_model(), d / "m" / "ext.onnx")
+    os.replace(d / "m" / "ext.onnx.data", d / "secret.bin")
+    model = onnx.load(str(d / "m" / "ext.onnx"), load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = "../secret.bin"
+    onnx.save(model, str(d / "m" / "ext.onnx"))
+
+
+def _zero_sized_input() -> onnx.ModelProto:
+    model = small_model()
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 0, 8]))
+    return model
+
+
+def _zero_sized_weight() -> onnx.ModelProto:
+    """A conv layer with 0 output channels feeding a Concat (a valid graph that computes nothing)."""
+    net = Net(channels=4)
+    a = net.relu(net.conv("x", 4, 8, 3, name="c1"))
+    empty = net.conv("x", 4, 0, 1, name="empty")
+    h = net.relu(net.conv(net.node("Concat", [a, empty], axis=1), 8, 6, 1, name="c2"))
+    net.head(h, 6)
+    return net.model()
+
+
+def _bad_weights(value: float) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        model = small_model()
+        for init in model.graph.initializer:
+            if init.name == "c2.w":
+                values = numpy_helper.to_array(init).copy()
+                values[3, 1] = value
+                init.CopyFrom(numpy_helper.from_array(values, init.name))
+        return model
+    return build
+
+
+def _channel_mismatch() -> onnx.ModelProto:
+    """c2 expects 5 input channels, c1 gives 8: onnx.checker passes, onnxruntime cannot run it."""
+    net = Net(channels=4)
+    h = net.relu(net.conv("x", 4, 8, 3, name="c1"))
+    h = net.relu(net.conv(h, 5, 6, 1, name="c2"))
+    net.head(h, 6)
+    return net.model()
+
+
+def _fixed_size_behind_dynamic_input() -> onnx.ModelProto:
+    """H and W are free, but a Reshape needs them to be 8: any size the tool guesses fails."""
+    net = Net(channels=4)
+    h = net.relu(net.conv("x", 4, 8, 3, name="c1"))
+    flat = net.reshape(h, [1, 512], name="flat")
+    net.node("Gemm", [flat, net.weight("fc.w", (10, 512), 512)], out="y", transB=1)
+    model = net.model()
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, "H", "W"]))
+    return model
+
+
+def _string_input() -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "strings",
+                              [helper.make_tensor_value_info("x", TensorProto.STRING, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.STRING, [1, 4])])
+    return _finish(graph)
+
+
+def _no_nodes() -> onnx.ModelProto:
+    """The output is the input itself: nothing to prune."""
+    graph = helper.make_graph([], "empty", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])])
+    return _finish(graph)
+
+
+def _write_small(d: Path) -> None:
+    onnx.save(small_model(), str(d / "small.onnx"))
+
+
+def _write_external(d: Path) -> None:
+    save_external(wide_model(), d / "ext.onnx")
+
+
+def _sub_and_small(d: Path) -> None:
+    (d / "sub").mkdir()
+    _write_small(d)
+
+
+PRUNE = ["--flops", "0.5", "-o", "out.onnx"]
+
+# Broken files: the same refusal from prune and from analyze.
+BROKEN_FILES: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "missing file": (lambda d: None, "missing.onnx", "no such file"),
+    "directory": (lambda d: (d / "folder.onnx").mkdir(), "folder.onnx", "directory"),
+    "empty file": (_bytes("empty.onnx", lambda: b""), "empty.onnx", "empty"),
+    "random bytes": (_bytes("random.onnx", lambda: np.random.default_rng(0).bytes(4096)), "random.onnx",
+                     "random.onnx"),
+    "truncated protobuf": (_bytes("half.onnx", _half_model), "half.onnx", "half.onnx"),
+    "text file": (_bytes("text.onnx", lambda: b'{"not": "a model"}\n' * 40), "text.onnx", "text.onnx"),
+    "model without a graph": (_save("nograph.onnx", lambda: onnx.ModelProto(ir_version=8, producer_name="x")),
+                              "nograph.onnx", "nograph.onnx"),
+    "dangling tensor": (_save("dangling.onnx", _dangling), "dangling.onnx", "invalid ONNX model"),
+    "cycle": (_save("cycle.onnx", _cycle), "cycle.onnx", "invalid ONNX model"),
+    "two nodes write one tensor": (_save("ssa.onnx", _two_writers), "ssa.onnx", "invalid ONNX model"),
+    "opset from the future": (_save("future.onnx", _future_opset), "future.onnx", "newer than onnx"),
+    "IR version from the future": (_save("future_ir.onnx", _future_ir), "future_ir.onnx", "invalid ONNX model"),
+    "unknown domain op": (_save("custom.onnx", _unknown_op), "custom.onnx", "onnxruntime"),
+    "external data file missing": (_external_without_data, "ext.onnx", "external"),
+    "external data file truncated": (_external_truncated, "ext.onnx", "external"),
+    "external data outside the model folder": (_external_outside_folder, "m/ext.onnx", "outside"),
+    "channel counts that do not match": (_save("mismatch.onnx", _channel_mismatch), "mismatch.onnx", "onnxruntime"),
+    "dynamic input no size fits": (_save("fixed.onnx", _fixed_size_behind_dynamic_input), "fixed.onnx",
+                                   "onnxruntime"),
+}
+
+CORPUS: dict[str, Case] = {}
+for _name, (_setup, _file, _needle) in BROKEN_FILES.items():
+    CORPUS[_name] = Case(_setup, [_file, *PRUNE], MODEL, _needle)
+    CORPUS[f"analyze: {_name}"] = Case(_setup, ["analyze", _file], MODEL, _needle)
+CORPUS.update({
+    "zero-sized input dimension": Case(_save("zero.onnx", _zero_sized_input), ["zero.onnx", *PRUNE], MODEL,
+                                       "0-sized"),
+    "zero-sized weight": Case(_save("zero.onnx", _zero_sized_weight), ["zero.onnx", *PRUNE], MODEL, "onnxruntime"),
+    "NaN weight": Case(_save("nan.onnx", _bad_weights(np.nan)), ["nan.onnx", *PRUNE], MODEL, "c2.w"),
+    "Inf weight": Case(_save("inf.onnx", _bad_weights(np.inf)), ["inf.onnx", *PRUNE], MODEL, "c2.w"),
+    "no prunable layer": Case(_save("frozen.onnx", frozen_model), ["frozen.onnx", *PRUNE], MODEL, "unreachable"),
+    "no prunable layer, params": Case(_save("frozen.onnx", frozen_model), ["frozen.onnx", "--params", "0.5"], MODEL,
+                                      "unreachable"),
+    "graph without nodes": Case(_save("nonodes.onnx", _no_nodes), ["nonodes.onnx", *PRUNE], MODEL,
+                                "nothing to prune"),
+    "string input, no layer": Case(_save("strings.onnx", _string_input), ["strings.onnx", *PRUNE], MODEL,
+                                   "nothing to prune"),
+    "output is the input": Case(_write_small, ["small.onnx", "--flops", "0.5", "-o", "small.onnx"], USAGE, "input"),
+    "output is the input, other spelling": Case(_sub_and_small, ["small.onnx", "--flops", "0.5", "-o",
+                                                                 "./sub/../small.onnx", "--force"], USAGE, "input"),
+    "output is the input's data file": Case(_write_external, ["ext.onnx", "--flops", "0.5", "-o", "ext.onnx.data",
+                                                              "--force"], USAGE, "weights file"),
+    "output folder not writable, even by root": Case(_write_small, ["small.onnx", "--flops", "0.5", "-o",
+                                                                    "/sys/out.onnx"], USAGE, "not writable"),
+    "output folder is a file": Case(_write_small, ["small.onnx", "--flops", "0.5", "-o", "small.onnx/out.onnx"],
+                                    USAGE, "small.onnx"),
+})
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+def test_hostile_input_is_refused_in_one_line_and_leaves_no_trace(name: str, tmp_path: Path):
+    if "/sys/out.onnx" in CORPUS[name].args and not Path("/sys").is_dir():
+        pytest.skip("needs Linux's /sys, a folder no one may create files in")
+    case = CORPUS[name]
+    case.setup(tmp_path)
+    before = snapshot(tmp_path)  # the input, its .data file, and proof that nothing else exists
+    proc = cli(*case.args, cwd=tmp_path)
+    line = assert_one_line_error(proc, case.code)
+    assert case.needle in line, line
+    assert snapshot(tmp_path) == before, "the input must not change and nothing may be written"
+
+
+def test_unwritable_output_folder(tmp_path: Path):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: root writes into a 0o500 folder anyway")
+    _write_small(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        before = snapshot(tmp_path)
+        proc = cli("small.onnx", "--flops", "0.5", "-o", "locked/out.onnx", cwd=tmp_path)
+        line = assert_one_line_error(proc, USAGE)
+        assert "not writable" in line
+        assert snapshot(tmp_path) == before
+    finally:
+        locked.chmod(0o700)
+
+
+def test_nan_weight_is_refused_by_the_api_naming_the_initializer():
+    with pytest.raises(ModelError, match=r"c2\.w.*(NaN|Inf)"):
+        onnxprune.prune(_bad_weights(np.nan)(), flops=0.5)
+
+
+# --- fault injection: a crash in any stage leaves nothing behind ------------------------------------
+
+# Functions of our own pipeline, where the command looks them up, in the order it calls them.
+STAGES = [
+    ("onnxprune.api", "read_model"),        # load
+    ("onnxprune.api", "to_graph"),          # constant folding
+    ("onnxprune.capture", "capture"),       # shapes from onnxruntime
+    ("onnxprune.api", "analyze_graph"),     # coupled groups
+    ("onnxprune.api", "magnitude_scores"),  # score
+    ("onnxprune.api", "select"),            # select
+    ("onnxprune.api", "apply_plan"),        # rewrite
+    ("onnxprune.api", "to_model"),
+    ("onnxprune.api", "verify"),            # verify
+    ("onnxprune.deploy", "measure"),        # latency, after the model is written
+    ("onnxprune.api", "save_model"),        # save, before anything is written
+    ("onnxprune.load", "_publish"),         # save, halfway: the data file is already in place
+    ("onnxprune.report", "write_json"),     # the report, after the model is written
+]
+FAULTS = [RuntimeError("injected fault"), MemoryError(), OSError(28, "No space left on device"),
+          ModelError("injected model error"), KeyboardInterrupt()]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stage=st.sampled_from(STAGES), fault=st.sampled_from(FAULTS), after=st.integers(0, 1),
+       external=st.booleans(), existing=st.booleans())
+@example(stage=("onnxprune.load", "_publish"), fault=FAULTS[2], after=1, external=True, existing=False)
+@example(stage=("onnxprune.report", "write_json"), fault=FAULTS[0], after=0, external=True, existing=True)
+@example(stage=("onnxprune.deploy", "measure"), fault=FAULTS[4], after=0, external=False, existing=False)
+def test_a_crash_in_any_stage_leaves_no_partial_output(stage: tuple[str, str], fault: BaseException, after: int,
+                                                        external: bool, existing: bool,
+                                                        monkeypatch: pytest.MonkeyPatch, capsys):
+    """Run the command in-process with ``stage`` raising ``fault`` after ``after`` calls went through
+    (the second _publish is the .onnx, once the .data file is in place). It must fail, in one line,
+    and leave the folder as it was; an older output it was told to overwrite (--force) is either
+    untouched or gone, never replaced by a new or partial file."""
+    module_name, attr = stage
+    module = importlib.import_module(module_name)
+    real = getattr(module, attr)
+    calls = []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            raise fault
+        return real(*args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as folder, monkeypatch.context() as patch:
+        d = Path(folder)
+        if external:
+            save_external(wide_model(), d / "in.onnx")
+        else:
+            onnx.save(wide_model(), str(d / "in.onnx"))
+        if existing:
+            (d / "out.onnx").write_bytes(b"an older output")
+        before = snapshot(d)
+        patch.setattr(module, attr, crash)
+        args = [str(d / "in.onnx"), "--flops", "0.5", "-o", str(d / "out.onnx"), "-q",
+                "--report", str(d / "report.json")]
+        args += ["--force"] if existing else []
+        args += [] if stage == ("onnxprune.deploy", "measure") else ["--no-latency"]
+        capsys.readouterr()
+        code = onnxprune.cli.main(args)
+        err = capsys.readouterr().err
+        left = snapshot(d)
+    if len(calls) <= after:
+        assert code == 0, err  # the fault was never raised on this path
+        return
+    assert code != 0, f"{attr} raised {fault!r} but the command succeeded"
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    if existing and "out.onnx" not in left:
+        del before["out.onnx"]
+    assert left == before, "a failed run must leave the folder as it was"
+
+
+def test_save_interrupted_between_data_and_model_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """save_model renames the .data file into place first; if the .onnx then fails to arrive, the
+    data file is taken away again (API users get the same promise as the command)."""
+    import onnxprune.load as load
+
+    real, calls = load._publish, []
+
+    def publish(src: Path, dst: Path) -> None:
+        calls.append(dst.name)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(load, "_publish", publish)
+    with pytest.raises(OnnxPruneError, match="No space left on device"):
+        save_model(wide_model(), tmp_path / "out.onnx", external=True)
+    assert calls == ["out.onnx.data", "out.onnx"]
+    assert list(tmp_path.iterdir()) == []

@@ -62,10 +62,12 @@ class PruneResult:
 
     @property
     def flops_ratio(self) -> float:
+        """Pruned FLOPs over dense FLOPs, both measured (batch 1)."""
         return self.pruned.flops / self.dense.flops if self.dense.flops else 1.0
 
     @property
     def params_ratio(self) -> float:
+        """Pruned params over dense params."""
         return self.pruned.params / self.dense.params if self.dense.params else 1.0
 
     def save(self, path: str | os.PathLike) -> None:
@@ -328,10 +330,12 @@ def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "
         if lat.noisy:
             log.warning("%s: latency varies by %.0f%% run to run (coefficient of variation); the machine is busy: "
                         "trust the ratios more than the absolute times", name, lat.cv * 100)
-    return BenchResult(names, latencies, backend, batch, threads, fp16, engines)
+    builds = [r.report.summary() if getattr(r, "report", None) else None for r in runners]
+    return BenchResult(names, latencies, backend, batch, threads, fp16, engines, builds if any(builds) else None)
 
 
 def default_output(path: str | os.PathLike) -> Path:
+    """``<input>.pruned.onnx`` beside the input."""
     p = Path(path)
     return p.with_name(p.name[:-5] + ".pruned.onnx" if p.name.endswith(".onnx") else p.name + ".pruned.onnx")
 

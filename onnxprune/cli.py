@@ -241,9 +241,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
                       help="channel importance (act and obs need --calib)")
     rank.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts multiples of N")
     latency = p.add_argument_group("latency")
-    latency.add_argument("--bench", action="store_true", help="measure onnxruntime CPU latency, all models alternating")
-    latency.add_argument("--threads", type=int, default=1, metavar="N",
-                         help="onnxruntime threads for --bench (default 1)")
+    latency.add_argument("--bench", action="store_true", help="time the dense and every pruned model, alternating")
+    _add_backend_options(latency)
     _add_general(p)
     return p
 
@@ -480,7 +479,8 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
         result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
                        calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
                        criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
-                       threads=args.threads, keep_models=args.save_models, progress=progress)
+                       threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
+                       keep_models=args.save_models, progress=progress)
         progress(f"writing the results to {out}")
         out.mkdir(parents=True, exist_ok=True)
         written = [out / "sweep.csv", out / "sweep.json", out / "sweep.png"]
@@ -515,7 +515,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
         table.add_row(*row)
     io.out.print(table)
     if bench:
-        io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms (onnxruntime CPU, median)")
+        io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
     for path in written:
         io.out.print(f"wrote {path}", highlight=False)
 

@@ -64,6 +64,7 @@ def flops_of(node: gs.Node, shape: Shapes) -> tuple[float, list[Slot]]:
 
 
 def flops_terms(graph: gs.Graph, shape: Shapes) -> list[CostTerm]:
+    """One cost term per FLOPs-bearing node (Conv, ConvTranspose, Gemm, MatMul) with the slots it scales with."""
     terms = []
     for node in graph.nodes:
         dense, slots = flops_of(node, shape)

@@ -50,9 +50,11 @@ class Latency:
 
     @property
     def noisy(self) -> bool:
+        """True when the runs vary by more than HIGH_CV (coefficient of variation)."""
         return self.cv > HIGH_CV
 
     def to_dict(self) -> dict:
+        """Plain data for JSON, with the throughput."""
         return {**asdict(self), "throughput": self.throughput}
 
 
@@ -158,6 +160,7 @@ class BenchResult:
     threads: int
     fp16: bool = False
     engines: list[str | None] | None = None
+    engine_reports: list[dict | None] | None = None  # tensorrt: flags, layers eligible for / run with 2:4
 
     def ratios(self) -> list[float]:
         """Each model's median latency over the first model's."""
@@ -165,7 +168,10 @@ class BenchResult:
         return [lat.median_ms / ref for lat in self.latencies]
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: the settings and, per model, its statistics and ratio."""
+        none = [None] * len(self.names)
         return {"backend": self.backend, "batch": self.batch, "threads": self.threads, "fp16": self.fp16,
-                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e}
-                           for n, lat, r, e in zip(self.names, self.latencies, self.ratios(),
-                                                   self.engines or [None] * len(self.names), strict=True)]}
+                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e, "engine_build": b}
+                           for n, lat, r, e, b in zip(self.names, self.latencies, self.ratios(),
+                                                      self.engines or none, self.engine_reports or none,
+                                                      strict=True)]}

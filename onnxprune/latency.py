@@ -61,6 +61,7 @@ class LatencySearch:
     chosen: LatencyProbe | None = None
 
     def to_dict(self) -> dict:
+        """Plain data for JSON: every probe and the chosen one."""
         return {"target": self.target, "backend": self.backend, "tolerance": self.tolerance,
                 "probes": [vars(p) for p in self.probes], "chosen": vars(self.chosen) if self.chosen else None}
 

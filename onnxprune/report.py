@@ -73,6 +73,7 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (temporary file, then rename)."""
     tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(json.dumps(data, indent=1))
@@ -82,6 +83,7 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The terminal summary of a prune (rich tables) from ``summary_dict``."""
     table = Table(title="onnxprune summary", show_lines=False)
     table.add_column("")
     table.add_column("dense", justify="right")
@@ -132,6 +134,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
 
 def print_analysis(console: Console, analysis: Analysis, flops_share: list[float],
                    sparse: list[SparseLayer] | None = None) -> None:
+    """The terminal view of an analysis: groups, classes, frozen channels, 2:4 eligibility."""
     table = Table(title="coupled channel groups")
     for col in ("#", "class", "channels", "width", "FLOPs share", "first member", "members"):
         table.add_column(col, justify="right" if col not in ("first member",) else "left")
@@ -178,3 +181,10 @@ def print_bench(console: Console, result: BenchResult) -> None:
                       f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""), str(lat.runs),
                       f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
     console.print(table)
+    for name, build in zip(names, result.engine_reports or [], strict=True):
+        if build:
+            ran = ", ".join(build["ran_sparse"][:8]) + (" ..." if len(build["ran_sparse"]) > 8 else "")
+            console.print(f"{name}: TensorRT {build['tensorrt']} engine ({', '.join(build['flags']) or 'FP32'}), "
+                          f"built in {build['build_s']:.1f} s; {len(build['eligible_sparse'])} layers eligible for "
+                          f"sparse math, {len(build['ran_sparse'])} ran sparse{': ' + ran if ran else ''}",
+                          highlight=False)

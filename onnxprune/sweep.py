@@ -53,6 +53,7 @@ class SweepPoint:
     model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     def row(self) -> dict[str, Any]:
+        """The point as one CSV/JSON row (no model)."""
         return {k: getattr(self, k) for k in COLUMNS}
 
 
@@ -68,10 +69,12 @@ class SweepResult:
     external_data: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: dense costs and every point."""
         return {"metric": self.metric, "dense": asdict(self.dense), "dense_latency_ms": self.dense_latency_ms,
                 "calibration": self.calibration, "points": [p.row() for p in self.points]}
 
     def to_csv(self, path: str | os.PathLike) -> None:
+        """Write the points as CSV, atomically."""
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
@@ -81,6 +84,7 @@ class SweepResult:
         _atomic(path, write)
 
     def to_json(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON, atomically."""
         import json
 
         _atomic(path, lambda tmp: tmp.write_text(json.dumps(self.to_dict(), indent=1)))
@@ -159,13 +163,14 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
           params: list[float] | None = None, calib: str | os.PathLike | CalibrationSet | None = None,
           calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, reconstruct: bool = False,
           criterion: str = "l2", scope: str = "isomorphic", round_to: int = 1, bench: bool = False,
-          threads: int = 1, bench_runs: int = 20, keep_models: bool = False,
+          threads: int = 1, backend: str = "ort-cpu", batch: int = 1, fp16: bool = False, bench_runs: int = 20,
+          keep_models: bool = False,
           progress: Progress | None = None) -> SweepResult:
     """Prune ``model`` at each FLOPs (or params) target, reusing one analysis, one calibration set
     and one set of channel scores. Every pruned model is verified as ``prune`` verifies it.
 
     ``keep_models`` keeps each pruned ModelProto on its point (for saving). With ``bench`` the
-    dense and all pruned models are timed alternating (onnxruntime CPU, ``threads`` threads).
+    dense and all pruned models are timed alternating on ``backend`` (see ``bench``).
     """
     metric, targets = _targets(flops, params)
     if reconstruct and calib is None:
@@ -214,13 +219,10 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
             models.append(pruned_proto)
     dense_ms = None
     if bench:
-        import onnx_graphsurgeon as gs
-
-        from .capture import input_feed
         from .deploy import measure
 
-        step("measuring onnxruntime CPU latency, dense and pruned alternating")
-        lat = measure([proto, *models], input_feed(gs.import_onnx(proto)), runs=bench_runs, threads=threads)
+        step(f"timing the dense and the pruned models on {backend}, alternating")
+        lat = measure([proto, *models], runs=bench_runs, threads=threads, backend=backend, batch=batch, fp16=fp16)
         dense_ms = lat[0].median_ms
         for point, latency in zip(points, lat[1:], strict=True):
             point.latency_ms = latency.median_ms

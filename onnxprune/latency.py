@@ -35,7 +35,7 @@ from .select import Plan, select
 log = logging.getLogger(__name__)
 
 ROUNDINGS = (1, 8)
-PREFER_ROUNDED = 0.03  # a coarser rounding must be this much faster to be chosen
+PREFER_ROUNDED = 0.05  # a coarser rounding must be this much faster per FLOP to be chosen (noise)
 
 
 @dataclass

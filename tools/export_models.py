@@ -5,9 +5,11 @@ Usage::
     python tools/export_models.py resnet50 deit_tiny_patch16_224 \
         --exporter both --out /tmp/onnx_models
 
-Weights are random (``torch.manual_seed(seed)`` before building), never
-downloaded. Each export is written to ``<out>/<name>_<exporter>.onnx``; the
-dynamo exporter also writes its weights next to it as
+Names: the keys of ``MODELS``, any torchvision classifier, or ``timm/NAME`` for any timm
+model (built offline with ``pretrained=False``). Weights are random
+(``torch.manual_seed(seed)`` before building), never downloaded. Each export
+is written to ``<out>/<name>_<exporter>.onnx`` (``/`` in a name becomes
+``-``); the dynamo exporter also writes its weights next to it as
 ``<name>_dynamo.onnx.data``. An existing ``.onnx`` file is reused as is.
 """
 
@@ -31,6 +33,7 @@ __all__ = [
     "EXPORTERS",
     "MODELS",
     "build_model",
+    "default_input_size",
     "export_model",
     "has_dynamic_batch",
     "input_shape",
@@ -95,6 +98,9 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 #: Models whose example input differs from DEFAULT_INPUT_SHAPE.
 _INPUT_SHAPES: dict[str, tuple[int, int, int, int]] = {}
 
+#: Prefix that names a timm model explicitly (``timm/resnet50``: timm's, not torchvision's).
+TIMM_PREFIX = "timm/"
+
 
 def _torchvision_classification_models() -> list[str]:
     import torchvision
@@ -102,22 +108,51 @@ def _torchvision_classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def _is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
 def is_known_model(name: str) -> bool:
-    """Whether ``name`` is a key of :data:`MODELS` or a torchvision classifier."""
+    """Whether ``name`` is a key of :data:`MODELS`, a torchvision classifier or ``timm/NAME``."""
+    if name.startswith(TIMM_PREFIX):
+        return _is_timm_model(name[len(TIMM_PREFIX):])
     return name in MODELS or name in _torchvision_classification_models()
 
 
 def build_model(name: str, *, seed: int = 0) -> nn.Module:
     """Build model ``name`` with deterministic random weights, in eval mode.
 
-    ``name`` is a key of :data:`MODELS` or any torchvision classification
-    model name.
+    ``name`` is a key of :data:`MODELS`, any torchvision classification
+    model name, or ``timm/NAME`` for a timm model.
     """
     if not is_known_model(name):
-        raise ValueError(f"unknown model {name!r}: not in MODELS and not a torchvision classifier")
-    builder = MODELS.get(name) or _torchvision(name)
+        raise ValueError(f"unknown model {name!r}: not in MODELS, not a torchvision classifier, not timm/NAME")
+    if name.startswith(TIMM_PREFIX):
+        builder = _timm(name[len(TIMM_PREFIX):])
+    else:
+        builder = MODELS.get(name) or _torchvision(name)
     torch.manual_seed(seed)
     return builder().eval()
+
+
+def default_input_size(name: str) -> int:
+    """The model's own input size: 224 for the :data:`MODELS` test set (as exported so far);
+    timm's pretrained config for ``timm/NAME``; otherwise the crop size of the torchvision
+    model's default weights (inception_v3 299, efficientnet_b4 380), except a ViT, whose
+    weightless build fixes ``image_size`` 224."""
+    if name in MODELS:
+        return input_shape(name)[-1]
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        return int(timm.get_pretrained_cfg(name[len(TIMM_PREFIX):]).input_size[-1])
+    from torchvision.models import get_model_weights
+
+    if name.startswith("vit_"):
+        return 224
+    return int(get_model_weights(name).DEFAULT.transforms().crop_size[0])
 
 
 def input_shape(name: str) -> tuple[int, int, int, int]:
@@ -125,9 +160,10 @@ def input_shape(name: str) -> tuple[int, int, int, int]:
     return _INPUT_SHAPES.get(name, DEFAULT_INPUT_SHAPE)
 
 
-def output_path(name: str, exporter: str, out_dir: Path) -> Path:
-    """Where :func:`export_model` writes ``name`` exported by ``exporter``."""
-    return Path(out_dir) / f"{name}_{exporter}.onnx"
+def output_path(name: str, exporter: str, out_dir: Path, size: int | None = None) -> Path:
+    """Where :func:`export_model` writes ``name`` exported by ``exporter`` (at input ``size``, if given)."""
+    stem = name.replace("/", "-") + (f"_{size}px" if size is not None else "")
+    return Path(out_dir) / f"{stem}_{exporter}.onnx"
 
 
 def has_dynamic_batch(path: Path) -> bool:
@@ -230,23 +266,26 @@ def _export(exporter: str, model: nn.Module, x: torch.Tensor, path: Path) -> str
     return None
 
 
-def export_model(name: str, exporter: str, out_dir: Path, *, seed: int = 0) -> Path:
+def export_model(name: str, exporter: str, out_dir: Path, *, seed: int = 0, size: int | None = None) -> Path:
     """Export model ``name`` to ONNX with ``exporter`` ("legacy" or "dynamo").
 
-    Returns the path of the ``.onnx`` file; if it already exists it is
-    returned without exporting again. The batch axis is dynamic; should the
-    dynamo exporter fail with it, the model is exported with a static batch
-    of 1 and a warning is logged (:func:`has_dynamic_batch` tells which).
+    ``size`` sets the square input size (default: :func:`input_shape`; the
+    file name then carries the size). Returns the path of the ``.onnx`` file;
+    if it already exists it is returned without exporting again. The batch
+    axis is dynamic; should the dynamo exporter fail with it, the model is
+    exported with a static batch of 1 and a warning is logged
+    (:func:`has_dynamic_batch` tells which).
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     out_dir = Path(out_dir)
-    path = output_path(name, exporter, out_dir)
+    path = output_path(name, exporter, out_dir, size)
     if path.exists():
         return path
 
     model = build_model(name, seed=seed)
-    x = torch.randn(input_shape(name), generator=torch.Generator().manual_seed(seed))
+    shape = input_shape(name) if size is None else (1, 3, size, size)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Export into a private directory under the final name (the dynamo
     # exporter records the name of its external data file inside the model),
@@ -274,11 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         "names",
         nargs="+",
         metavar="NAME",
-        help=f"model names: {', '.join(MODELS)} or any torchvision classifier",
+        help=f"model names: {', '.join(MODELS)}, any torchvision classifier, or timm/NAME",
     )
     parser.add_argument("--exporter", choices=[*EXPORTERS, "both"], default="both")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=None, help="square input size (default: 224)")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if not is_known_model(name)]
     if unknown:
@@ -290,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.names:
         for exporter in exporters:
             try:
-                path = export_model(name, exporter, args.out, seed=args.seed)
+                path = export_model(name, exporter, args.out, seed=args.seed, size=args.size)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"{name} ({exporter}) failed: {exc}", file=sys.stderr)
                 failed = True

@@ -118,13 +118,20 @@ def main() -> None:
         for point, ratio, fid in zip(swept.points, ratios[1:], fids[1:], strict=True):
             table.add_row("", f"--flops {point.target:g}", f"{point.flops_ratio:.3f}", f"{ratio:.3f}",
                           f"{fid.top1_agreement:.1%}", f"{fid.kl:.4f}", f"{fid.cosine:.4f}", "", "")
-        if kl_at is None:
+        same = [p.target for p, f in zip(swept.points, fids[1:], strict=True)
+                if abs(p.flops_ratio - target.flops_ratio) < 1e-3 and abs(f.kl - fids[0].kl) < 1e-6]
+        if same:  # the search ended on a --flops grid model: equal fidelity; interpolating would compare noise
+            verdict = f"tie: the same model as --flops {same[0]:g}"
+        elif kl_at is None:
             verdict = "n/a: latency outside the --flops grid"
         else:
             better = fids[0].kl <= kl_at and fids[0].cosine >= cos_at
             verdict = "pass" if better else "MISS: --flops keeps more fidelity"
+        if kl_at is not None:
             table.add_row("", f"--flops at latency {reached:.3f} (interpolated)", "", f"{reached:.3f}",
                           f"{agree_at:.1%}", f"{kl_at:.4f}", f"{cos_at:.4f}", "", verdict)
+        else:
+            table.add_row("", "", "", "", "", "", "", "", verdict)
         table.add_section()
     console.print(table)
 

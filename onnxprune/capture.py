@@ -115,17 +115,62 @@ def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, list[str]]:
     return model, [o.name for o in model.graph.output]
 
 
+SMALL = 64  # run-time values up to this many elements are kept (shape arithmetic, bounds, scales)
+CHUNK_BYTES = 1 << 30  # the second run fetches its outputs in groups of about this size
+GROWTH = 3.0  # the second run's tensors are at most about this much larger (batch 2, free dims +32)
+
+
+@dataclass
+class _Seen:
+    """What the analysis keeps of one tensor of one run: its shape and, if small, its value."""
+
+    shape: tuple[int, ...]
+    value: np.ndarray | None
+    nbytes: int
+    finite: bool = True
+
+
+def _seen(value) -> _Seen:
+    value = np.asarray(value)
+    numeric = np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
+    finite = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all())
+    return _Seen(tuple(value.shape), value if numeric and value.size <= SMALL else None, value.nbytes, finite)
+
+
+def _run(sess: ort.InferenceSession, groups: list[list[str]], feed: dict[str, np.ndarray]) -> dict[str, _Seen]:
+    """Run once per group of outputs, keeping only shapes and small values: the big activations of
+    one group are freed before the next group runs, so memory stays bounded on large inputs."""
+    seen = {name: _seen(value) for name, value in feed.items()}
+    for group in groups:
+        seen.update((name, _seen(value)) for name, value in zip(group, sess.run(group, feed), strict=True))
+    return seen
+
+
+def _groups(names: list[str], first: dict[str, _Seen], budget: float) -> list[list[str]]:
+    groups: list[list[str]] = [[]]
+    used = 0.0
+    for name in names:
+        size = first[name].nbytes * GROWTH
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0.0
+        groups[-1].append(name)
+        used += size
+    return groups
+
+
 def capture(graph: gs.Graph) -> Capture:
     """Run the graph twice with every tensor as an output; record shapes and dynamic axes."""
     model, names = _all_outputs_model(graph)
     try:
         sess = session(model)  # onnxruntime keeps every requested output through its fusions
-        feed1 = input_feed(graph)
-        first = dict(zip(names, sess.run(names, feed1), strict=True))
-        first.update(feed1)
+        first = _run(sess, [names], input_feed(graph))
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot run the model: {first_line}") from None
+    groups = _groups(names, first, CHUNK_BYTES)
+    if len(groups) > 1:
+        log.debug("capture: second run in %d groups of outputs to bound memory", len(groups))
     second = None
     for grow in (32, 0):  # try growing every free dim, then batch only
         feed = input_feed(graph, grow=grow)
@@ -133,28 +178,25 @@ def capture(graph: gs.Graph) -> Capture:
             feed = {k: np.concatenate([v, v]) if v.ndim and _free_batch(graph, k) else v
                     for k, v in feed.items()}
         try:
-            second = dict(zip(names, sess.run(names, feed), strict=True))
-            second.update(feed)
+            second = _run(sess, groups, feed)
             break
         except Exception:  # the model does not allow those sizes; fall back
             continue
     result = Capture()
-    for name, value in first.items():
-        value = np.asarray(value)
-        result.shapes[name] = tuple(value.shape)
-        other = np.asarray(second[name]) if second is not None else value
-        result.shapes2[name] = tuple(other.shape)
-        result.dynamic[name] = {a for a in range(value.ndim)
-                                if other.ndim != value.ndim or other.shape[a] != value.shape[a]}
+    for name, one in first.items():
+        other = second[name] if second is not None else one
+        result.shapes[name] = one.shape
+        result.shapes2[name] = other.shape
+        result.dynamic[name] = {a for a in range(len(one.shape))
+                                if len(other.shape) != len(one.shape) or other.shape[a] != one.shape[a]}
         # Small tensors computed at run time (shape arithmetic, slice bounds, scales), and whether
         # both runs agree (then the value does not depend on the batch or other free dims).
-        if (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)) and value.size <= 64:
-            result.values[name] = value
-            if other.shape == value.shape and np.array_equal(other, value):
+        if one.value is not None:
+            result.values[name] = one.value
+            if other.value is not None and other.shape == one.shape and np.array_equal(other.value, one.value):
                 result.stable.add(name)
     for tensor in graph.outputs:
-        value = np.asarray(first[tensor.name])
-        result.finite[tensor.name] = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all())
+        result.finite[tensor.name] = first[tensor.name].finite
     for tensor in graph.inputs:
         dims = tensor.shape or []
         result.dynamic.setdefault(tensor.name, set()).update(

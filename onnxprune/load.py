@@ -121,8 +121,8 @@ def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> No
     try:
         try:
             onnx.checker.check_model(model)
-        except ValueError as exc:  # over protobuf's 2 GiB: check the graph without its weights
-            if "2GB" not in str(exc) and model.ByteSize() < PROTO_LIMIT:
+        except Exception as exc:  # over protobuf's 2 GiB (ValueError or "Failed to serialize proto"):
+            if "2GB" not in str(exc) and model.ByteSize() < PROTO_LIMIT:  # check the graph without weights
                 raise
             onnx.checker.check_model(strip_weights(model))
     except Exception as exc:

@@ -181,7 +181,7 @@ def print_bench(console: Console, result: BenchResult) -> None:
                       f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""), str(lat.runs),
                       f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
     console.print(table)
-    for name, build in zip(names, result.engine_reports or [], strict=True):
+    for name, build in zip(names, result.engine_reports or [None] * len(names), strict=True):
         if build:
             ran = ", ".join(build["ran_sparse"][:8]) + (" ..." if len(build["ran_sparse"]) > 8 else "")
             console.print(f"{name}: TensorRT {build['tensorrt']} engine ({', '.join(build['flags']) or 'FP32'}), "

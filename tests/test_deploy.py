@@ -195,3 +195,23 @@ def test_cli_latency_target_report(tmp_path):
     chosen = report["latency_target"]["chosen"]
     assert chosen["latency_ratio"] <= 0.7 + report["latency_target"]["tolerance"]
     assert report["flops"]["ratio"] < 1.0 and report["latency_ms"]["pruned"] > 0
+
+
+def test_bench_table_lists_tensorrt_sparse_layers():
+    """The table's engine line, from a build report's plain data (the GPU run itself is in test_gpu.py)."""
+    from rich.console import Console
+
+    from onnxprune.deploy import BenchResult
+    from onnxprune.report import print_bench
+
+    build = {"tensorrt": "10.3", "flags": ["FP16", "SPARSE_WEIGHTS"], "build_s": 12.3,
+             "eligible_sparse": ["conv1", "conv2"], "ran_sparse": ["conv2"]}
+    result = BenchResult(["a/dense.onnx", "b/pruned.onnx"], [latency_stats([2.0, 2.1]), latency_stats([1.0, 1.1])],
+                         "tensorrt", 1, 1, True, None, [None, build])
+    console = Console(record=True, width=200, color_system=None)
+    print_bench(console, result)
+    text = console.export_text()
+    assert "pruned.onnx: TensorRT 10.3 engine (FP16, SPARSE_WEIGHTS)" in text
+    assert "2 layers eligible for sparse math, 1 ran sparse: conv2" in text
+    assert "dense.onnx: TensorRT" not in text
+    assert result.to_dict()["models"][1]["engine_build"]["ran_sparse"] == ["conv2"]

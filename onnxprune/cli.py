@@ -180,6 +180,12 @@ def _add_backend_options(group) -> None:
     group.add_argument("--fp16", action="store_true", help="FP16 engines (tensorrt, ort-trt)")
 
 
+def _check_fp16(args: argparse.Namespace) -> None:
+    """Before any work: --fp16 only where the backend can build FP16 engines."""
+    if args.fp16 and args.backend not in ("tensorrt", "ort-trt"):
+        raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     p = _parser("onnxprune bench", usage="%(prog)s model [model ...] [options]",
                 description="Time one or more models the way trtexec does: warm-up by time, at least N runs and\n"
@@ -373,8 +379,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .report import file_size, print_summary, summary_dict, write_json
 
     dst = _check_output(args)
-    if args.fp16 and args.backend not in ("tensorrt", "ort-trt"):
-        raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+    _check_fp16(args)
     with _stages(io, args.quiet, f"reading {args.model}") as progress, _discarded_on_failure(dst):
         result = prune(args.model, flops=args.flops, params=args.params, sparsity=args.sparsity,
                        pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
@@ -475,6 +480,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
 
     out = _sweep_folder(args)
     _check_sweep_outputs(args, out)
+    _check_fp16(args)
     with _stages(io, args.quiet, f"reading {args.model}") as progress:
         result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
                        calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
@@ -547,8 +553,7 @@ def _run_bench(args: argparse.Namespace, io: _Io) -> None:
             _check_writable(Path(engine), "engine", args.force, *map(Path, args.models))
     if args.json:
         _check_writable(Path(args.json), "JSON", True, *map(Path, args.models))
-    if args.fp16 and args.backend not in ("tensorrt", "ort-trt"):
-        raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+    _check_fp16(args)
     with _stages(io, args.quiet, f"timing {len(args.models)} model(s) on {args.backend}"):
         result = bench(args.models, backend=args.backend, batch=args.batch, threads=args.threads, fp16=args.fp16,
                        runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup, save_engines=engines)

@@ -118,9 +118,10 @@ def make_runners(models: list[onnx.ModelProto], feeds: list[dict[str, np.ndarray
     return [tensorrt_runner(m, f, fp16=fp16, save_engine=p) for m, f, p in zip(models, feeds, paths, strict=True)]
 
 
-def time_runners(runners: list[Runner], *, runs: int = 20, min_seconds: float = 0.0, warmup_s: float = 0.3,
-                 batch: int = 1) -> list[Latency]:
-    """Warm every runner up for ``warmup_s``, then time them in rotating rounds (see module doc)."""
+def time_samples(runners: list[Runner], *, runs: int = 20, min_seconds: float = 0.0,
+                 warmup_s: float = 0.3) -> list[list[float]]:
+    """Per runner, the milliseconds of each timed run: every runner warmed up for ``warmup_s``, then
+    all timed in rotating rounds until ``runs`` rounds and ``min_seconds`` (see module doc)."""
     for run in runners:
         end = time.perf_counter() + warmup_s
         run()
@@ -134,6 +135,13 @@ def time_runners(runners: list[Runner], *, runs: int = 20, min_seconds: float = 
             i = (rounds + k) % len(runners)  # rotate who goes first: no model always follows another
             samples[i].append(runners[i]())
         rounds += 1
+    return samples
+
+
+def time_runners(runners: list[Runner], *, runs: int = 20, min_seconds: float = 0.0, warmup_s: float = 0.3,
+                 batch: int = 1) -> list[Latency]:
+    """``time_samples`` summarised into latency statistics per runner."""
+    samples = time_samples(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s)
     return [latency_stats(s, batch) for s in samples]
 
 

@@ -454,16 +454,10 @@ def time_engine(engine: bytes | EngineReport, feed: dict[str, np.ndarray], warmu
                 min_iters: int = 50, min_seconds: float = 1.0) -> list[float]:
     """Milliseconds per inference: warm up for ``warmup_s``, then run until at least ``min_iters``
     runs and ``min_seconds`` have passed."""
+    from .deploy import time_samples  # deploy imports this module lazily; no cycle at import time
+
     runner = EngineRunner(engine.engine if isinstance(engine, EngineReport) else engine, feed)
-    end = time.perf_counter() + warmup_s
-    runner()
-    while time.perf_counter() < end:
-        runner()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_iters or time.perf_counter() - start < min_seconds:
-        times.append(runner())
-    return times
+    return time_samples([runner], runs=min_iters, min_seconds=min_seconds, warmup_s=warmup_s)[0]
 
 
 def tensorrt_runner(model: onnx.ModelProto, feed: dict[str, np.ndarray], *, fp16: bool = True,

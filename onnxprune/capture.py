@@ -127,22 +127,25 @@ class _Seen:
     shape: tuple[int, ...]
     value: np.ndarray | None
     nbytes: int
-    finite: bool = True
+    finite: bool | None = None  # checked for the graph's outputs only
 
 
-def _seen(value) -> _Seen:
+def _seen(value, check_finite: bool = False) -> _Seen:
     value = np.asarray(value)
     numeric = np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
-    finite = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all())
+    finite = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all()) if check_finite else None
     return _Seen(tuple(value.shape), value if numeric and value.size <= SMALL else None, value.nbytes, finite)
 
 
-def _run(sess: ort.InferenceSession, groups: list[list[str]], feed: dict[str, np.ndarray]) -> dict[str, _Seen]:
-    """Run once per group of outputs, keeping only shapes and small values: the big activations of
-    one group are freed before the next group runs, so memory stays bounded on large inputs."""
-    seen = {name: _seen(value) for name, value in feed.items()}
+def _run(sess: ort.InferenceSession, groups: list[list[str]], feed: dict[str, np.ndarray],
+         outputs: frozenset[str] = frozenset()) -> dict[str, _Seen]:
+    """Run once per group of outputs, keeping only shapes and small values (and, for ``outputs``,
+    whether they are finite): the big activations of one group are freed before the next group
+    runs, so memory stays bounded on large inputs."""
+    seen = {name: _seen(value, name in outputs) for name, value in feed.items()}
     for group in groups:
-        seen.update((name, _seen(value)) for name, value in zip(group, sess.run(group, feed), strict=True))
+        seen.update((name, _seen(value, name in outputs))
+                    for name, value in zip(group, sess.run(group, feed), strict=True))
     return seen
 
 
@@ -164,7 +167,7 @@ def capture(graph: gs.Graph) -> Capture:
     model, names = _all_outputs_model(graph)
     try:
         sess = session(model)  # onnxruntime keeps every requested output through its fusions
-        first = _run(sess, [names], input_feed(graph))
+        first = _run(sess, [names], input_feed(graph), frozenset(t.name for t in graph.outputs))
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot run the model: {first_line}") from None

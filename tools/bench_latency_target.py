@@ -80,60 +80,65 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "models")
     args = parser.parse_args()
 
-    from export_models import export_model
-
     console = Console(width=160)
     table = Table(title=f"--latency {args.latency} vs --flops pruning, onnxruntime CPU, {args.threads} thread(s), "
                         f"median of {args.runs} alternating runs")
     for col in ("model", "run", "FLOPs ratio", "latency ratio", "top-1 agree", "KL", "cosine", "search s", "bar"):
         table.add_column(col, justify="right")
-    tmp = Path(tempfile.mkdtemp(prefix="onnxprune-bench-"))
-    for name in args.models:
-        dense, _ = read_model(export_model(name, args.exporter, args.cache))
-        if randomise_zero_weights(dense):
-            console.print(f"{name}: all-zero classifier weights replaced by random ones (see randomise_zero_weights)")
-        path = tmp / f"{name}.onnx"
-        save_model(dense, path, external=True)
-        start = time.perf_counter()
-        target = onnxprune.prune(path, latency=args.latency, threads=args.threads)
-        search_s = time.perf_counter() - start
-        swept = onnxprune.sweep(path, flops=args.grid, keep_models=True)
-        models = [target.model] + [p.model for p in swept.points]
-        lat = measure([dense, *models], bench_feed(dense), runs=args.runs, threads=args.threads)
-        ratios = [x.median_ms / lat[0].median_ms for x in lat[1:]]
-        rng = np.random.default_rng(0)
-        feed = bench_feed(dense, 1)
-        samples = {k: rng.standard_normal((args.samples, *v.shape[1:])).astype(v.dtype) for k, v in feed.items()}
-        fids = [fidelity(dense, m, samples) for m in models]
-
-        reached = ratios[0]
-        in_band = 0.55 <= reached <= 0.65
-        kl_at = _interp(reached, ratios[1:], [f.kl for f in fids[1:]])
-        agree_at = _interp(reached, ratios[1:], [f.top1_agreement for f in fids[1:]])
-        cos_at = _interp(reached, ratios[1:], [f.cosine for f in fids[1:]])
-        chosen = target.latency_search.chosen
-        table.add_row(name, f"--latency {args.latency} (round-to {chosen.round_to})", f"{target.flops_ratio:.3f}",
-                      f"{reached:.3f}", f"{fids[0].top1_agreement:.1%}", f"{fids[0].kl:.4f}", f"{fids[0].cosine:.4f}",
-                      f"{search_s:.1f}", "in 0.55-0.65" if in_band else "MISS: outside 0.55-0.65")
-        for point, ratio, fid in zip(swept.points, ratios[1:], fids[1:], strict=True):
-            table.add_row("", f"--flops {point.target:g}", f"{point.flops_ratio:.3f}", f"{ratio:.3f}",
-                          f"{fid.top1_agreement:.1%}", f"{fid.kl:.4f}", f"{fid.cosine:.4f}", "", "")
-        same = [p.target for p, f in zip(swept.points, fids[1:], strict=True)
-                if abs(p.flops_ratio - target.flops_ratio) < 1e-3 and abs(f.kl - fids[0].kl) < 1e-6]
-        if same:  # the search ended on a --flops grid model: equal fidelity; interpolating would compare noise
-            verdict = f"tie: the same model as --flops {same[0]:g}"
-        elif kl_at is None:
-            verdict = "n/a: latency outside the --flops grid"
-        else:
-            better = fids[0].kl <= kl_at and fids[0].cosine >= cos_at
-            verdict = "pass" if better else "MISS: --flops keeps more fidelity"
-        if kl_at is not None:
-            table.add_row("", f"--flops at latency {reached:.3f} (interpolated)", "", f"{reached:.3f}",
-                          f"{agree_at:.1%}", f"{kl_at:.4f}", f"{cos_at:.4f}", "", verdict)
-        else:
-            table.add_row("", "", "", "", "", "", "", "", verdict)
-        table.add_section()
+    with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as folder:
+        for name in args.models:
+            _bench_one(name, args, Path(folder), table, console)
     console.print(table)
+
+
+def _bench_one(name: str, args: argparse.Namespace, tmp: Path, table: Table, console: Console) -> None:
+    """Prune one model both ways, time and score them together, and add its rows to the table."""
+    from export_models import export_model
+
+    dense, _ = read_model(export_model(name, args.exporter, args.cache))
+    if randomise_zero_weights(dense):
+        console.print(f"{name}: all-zero classifier weights replaced by random ones (see randomise_zero_weights)")
+    path = tmp / f"{name}.onnx"
+    save_model(dense, path, external=True)
+    start = time.perf_counter()
+    target = onnxprune.prune(path, latency=args.latency, threads=args.threads)
+    search_s = time.perf_counter() - start
+    swept = onnxprune.sweep(path, flops=args.grid, keep_models=True)
+    models = [target.model] + [p.model for p in swept.points]
+    lat = measure([dense, *models], bench_feed(dense), runs=args.runs, threads=args.threads)
+    ratios = [x.median_ms / lat[0].median_ms for x in lat[1:]]
+    rng = np.random.default_rng(0)
+    feed = bench_feed(dense, 1)
+    samples = {k: rng.standard_normal((args.samples, *v.shape[1:])).astype(v.dtype) for k, v in feed.items()}
+    fids = [fidelity(dense, m, samples) for m in models]
+
+    reached = ratios[0]
+    in_band = 0.55 <= reached <= 0.65
+    kl_at = _interp(reached, ratios[1:], [f.kl for f in fids[1:]])
+    agree_at = _interp(reached, ratios[1:], [f.top1_agreement for f in fids[1:]])
+    cos_at = _interp(reached, ratios[1:], [f.cosine for f in fids[1:]])
+    chosen = target.latency_search.chosen
+    table.add_row(name, f"--latency {args.latency} (round-to {chosen.round_to})", f"{target.flops_ratio:.3f}",
+                  f"{reached:.3f}", f"{fids[0].top1_agreement:.1%}", f"{fids[0].kl:.4f}", f"{fids[0].cosine:.4f}",
+                  f"{search_s:.1f}", "in 0.55-0.65" if in_band else "MISS: outside 0.55-0.65")
+    for point, ratio, fid in zip(swept.points, ratios[1:], fids[1:], strict=True):
+        table.add_row("", f"--flops {point.target:g}", f"{point.flops_ratio:.3f}", f"{ratio:.3f}",
+                      f"{fid.top1_agreement:.1%}", f"{fid.kl:.4f}", f"{fid.cosine:.4f}", "", "")
+    same = [p.target for p, f in zip(swept.points, fids[1:], strict=True)
+            if abs(p.flops_ratio - target.flops_ratio) < 1e-3 and abs(f.kl - fids[0].kl) < 1e-6]
+    if same:  # the search ended on a --flops grid model: equal fidelity; interpolating would compare noise
+        verdict = f"tie: the same model as --flops {same[0]:g}"
+    elif kl_at is None:
+        verdict = "n/a: latency outside the --flops grid"
+    else:
+        better = fids[0].kl <= kl_at and fids[0].cosine >= cos_at
+        verdict = "pass" if better else "MISS: --flops keeps more fidelity"
+    if kl_at is not None:
+        table.add_row("", f"--flops at latency {reached:.3f} (interpolated)", "", f"{reached:.3f}",
+                      f"{agree_at:.1%}", f"{kl_at:.4f}", f"{cos_at:.4f}", "", verdict)
+    else:
+        table.add_row("", "", "", "", "", "", "", "", verdict)
+    table.add_section()
 
 
 if __name__ == "__main__":

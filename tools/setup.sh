@@ -2,6 +2,8 @@
 # Create .venv (if missing) and install onnxprune with its test extras.
 # torch/torchvision are pinned to the builds pip finds on this project's machines' local disk.
 set -euo pipefail
+# No wheel cache: CI starts clean, and a cached copy of torch doubles its 5.5 GB on a shared disk.
+export PIP_NO_CACHE_DIR=1
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .activations import batch_size_for, batched, layer_inputs
-from .errors import UsageError
+from .errors import ModelError, UsageError
 from .layers import Layer, find_layers, subsample
 from .load import reshare_constants, unshare_constants
 from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
@@ -83,6 +83,10 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
     shared = unshare_constants(graph)  # a weight two layers share is pruned for each separately
     layers = []
     for layer in find_layers(graph):
+        if not np.isfinite(np.asarray(layer.weight.values, dtype=np.float64)).all():
+            # a mask of NaN magnitudes (or an OBS solve on them) would be arbitrary, not an error
+            raise ModelError(f"weight {layer.weight.name} has NaN or infinite values: it cannot be sparsified "
+                             "(fix the weights, or export the model again)")
         why = eligible(layer, pattern)
         if why:
             report.dense.append((layer.name, why))

@@ -58,6 +58,9 @@ class Layer:
         return unfold(x, np.asarray(self.weight.values).shape[2:], self.node.attrs)
 
 
+MAX_ROWS = 32768  # rows of X per calibration batch and layer that enter a Hessian
+
+
 def subsample(rows: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
     """At most ``limit`` rows, a fixed random subset: Hessians of early Conv layers are estimated
     from a sample of spatial positions instead of all of them (millions per batch)."""

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .activations import batch_size_for, batched, layer_inputs
+from .activations import batch_size_for, batched, paired_statistics
 from .analyze import Slot
-from .layers import Layer, find_layers, subsample
-from .sparsify import MAX_ROWS
+from .layers import Layer, find_layers
 
 
 @dataclass
@@ -103,8 +102,11 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
     feeds = batched(samples, batch_size_for(dense, batch_size))
     results = []
     for chunk in ([[job] for job in jobs] if sequential else [jobs]):
-        stats = _statistics(dense, pruned, chunk, feeds, sequential)
-        for (layer, _ref, cols, target, (b_node, b_port)), (hpp, cross, hdd) in zip(chunk, stats, strict=True):
+        # X' and X_p' carry a ones column: the bias is fitted with the weights
+        pairs = [(ref, layer, cols) for layer, ref, cols, _target, _bias in chunk]
+        stats = paired_statistics(dense, pruned if sequential else None, pairs, feeds, ones=True, dense_gram=True)
+        for (layer, _ref, cols, target, (b_node, b_port)), stat in zip(chunk, stats, strict=True):
+            hpp, cross, hdd = stat.pp, stat.pd, stat.dd
             step(f"re-fitting {layer.name}")
             with_bias = b_node is not None
             keep = np.r_[np.arange(len(cols)), len(cols)] if with_bias else np.arange(len(cols))
@@ -119,25 +121,6 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
                 _set_bias(layer, b_node, b_port, v[:, -1])
             results.append(Refit(layer.name, before, after))
     return results
-
-
-def _statistics(dense, pruned, chunk, feeds, sequential):
-    """Per job: X_p'^T X_p', X_p'^T X' and X'^T X' ('= with a ones column), summed over batches."""
-    sums = [None] * len(chunk)
-    dense_names = sorted({job[1].x.name for job in chunk})
-    dense_iter = layer_inputs(dense, dense_names, feeds)
-    pruned_iter = layer_inputs(pruned, sorted({job[0].x.name for job in chunk}), feeds) if sequential else None
-    for dense_vals in dense_iter:
-        pruned_vals = next(pruned_iter) if pruned_iter is not None else None
-        for i, (layer, ref, cols, _target, _b) in enumerate(chunk):
-            xd = subsample(ref.rows_of(dense_vals[ref.x.name]), MAX_ROWS).astype(np.float32)
-            xp = (subsample(layer.rows_of(pruned_vals[layer.x.name]), MAX_ROWS).astype(np.float32) if sequential
-                  else xd[:, cols])
-            ones = np.ones((xd.shape[0], 1), np.float32)
-            xd, xp = np.hstack([xd, ones]), np.hstack([xp, ones])
-            stats = (xp.T @ xp, xp.T @ xd, xd.T @ xd)
-            sums[i] = stats if sums[i] is None else tuple(a + b for a, b in zip(sums[i], stats, strict=True))
-    return [tuple(s.astype(np.float64) for s in stat) for stat in sums]
 
 
 def _error(target, v, hpp, cross, hdd) -> float:

@@ -15,16 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .activations import batch_size_for, batched, layer_inputs
+from .activations import batch_size_for, batched, layer_inputs, paired_statistics
 from .errors import ModelError, UsageError
-from .layers import Layer, find_layers, subsample
+from .layers import MAX_ROWS, Layer, find_layers, subsample
 from .load import reshare_constants, unshare_constants
 from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 
 log = logging.getLogger(__name__)
 
 METHODS = ("magnitude", "wanda", "obs")
-MAX_ROWS = 32768  # rows of X per calibration batch and layer that enter the Hessian
 
 
 @dataclass
@@ -141,17 +140,8 @@ def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, n
 def _refit_to_dense(ref: Layer, dense_graph: gs.Graph, layer: Layer, graph: gs.Graph, feeds,
                     percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """(H of the pruned model's inputs, W' fitted to reproduce the dense layer's outputs)."""
-    hpp = np.zeros((layer.columns, layer.columns))
-    cross = np.zeros((layer.columns, ref.columns))
-    rows = 0
-    for xd_batch, xp_batch in zip(layer_inputs(dense_graph, [ref.x.name], feeds),
-                                  layer_inputs(graph, [layer.x.name], feeds), strict=True):
-        xd = subsample(ref.rows_of(xd_batch[ref.x.name]), MAX_ROWS).astype(np.float32)
-        xp = subsample(layer.rows_of(xp_batch[layer.x.name]), MAX_ROWS).astype(np.float32)
-        hpp += xp.T @ xp
-        cross += xp.T @ xd
-        rows += len(xp)
-    hpp, cross = 2.0 * hpp / max(rows, 1), 2.0 * cross / max(rows, 1)
+    stats = paired_statistics(dense_graph, graph, [(ref, layer, None)], feeds)[0]
+    hpp, cross = 2.0 * stats.pp / max(stats.rows, 1), 2.0 * stats.pd / max(stats.rows, 1)
     damped, _ = damp(hpp, percdamp)
     w_fit = np.linalg.solve(damped, cross @ ref.matrix().astype(np.float64).T).T
     return hpp, w_fit

@@ -134,10 +134,34 @@ def _seen(value, check_finite: bool = False) -> _Seen:
     value = np.asarray(value)
     numeric = np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
     finite = bool(not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all()) if check_finite else None
-    return _Seen(tuple(value.shape), value if numeric and value.size <= SMALL else None, value.nbytes, finite)
+    # a copy: an array onnxruntime returns may share its buffer and so keep the whole session arena alive
+    return _Seen(tuple(value.shape), value.copy() if numeric and value.size <= SMALL else None, value.nbytes, finite)
 
 
-def _run(sess: ort.InferenceSession, groups: list[list[str]], feed: dict[str, np.ndarray],
+class _GroupSessions:
+    """onnxruntime sessions on ``model`` in which one group of tensors is the graph's output.
+
+    onnxruntime keeps every graph output alive to the end of a run, whatever a run fetches, so
+    bounding memory takes a session whose outputs are only the group. The latest session is kept:
+    a model small enough for one group runs both captures on one session.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.group: list[str] | None = None
+        self.sess: ort.InferenceSession | None = None
+
+    def __call__(self, group: list[str]) -> ort.InferenceSession:
+        if group != self.group:
+            self.sess = None  # free the previous session's weights and buffers before the next one
+            del self.model.graph.output[:]
+            self.model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in group)
+            self.sess = session(self.model)  # onnxruntime keeps every requested output through its fusions
+            self.group = group
+        return self.sess
+
+
+def _run(sessions: _GroupSessions, groups: list[list[str]], feed: dict[str, np.ndarray],
          outputs: frozenset[str] = frozenset()) -> dict[str, _Seen]:
     """Run once per group of outputs, keeping only shapes and small values (and, for ``outputs``,
     whether they are finite): the big activations of one group are freed before the next group
@@ -145,15 +169,16 @@ def _run(sess: ort.InferenceSession, groups: list[list[str]], feed: dict[str, np
     seen = {name: _seen(value, name in outputs) for name, value in feed.items()}
     for group in groups:
         seen.update((name, _seen(value, name in outputs))
-                    for name, value in zip(group, sess.run(group, feed), strict=True))
+                    for name, value in zip(group, sessions(group).run(group, feed), strict=True))
     return seen
 
 
-def _groups(names: list[str], first: dict[str, _Seen], budget: float) -> list[list[str]]:
+def _groups(names: list[str], sizes: dict[str, float], budget: float) -> list[list[str]]:
+    """Consecutive runs of ``names`` whose ``sizes`` add up to about ``budget`` bytes each."""
     groups: list[list[str]] = [[]]
     used = 0.0
     for name in names:
-        size = first[name].nbytes * GROWTH
+        size = sizes.get(name, 0.0)
         if groups[-1] and used + size > budget:
             groups.append([])
             used = 0.0
@@ -162,16 +187,67 @@ def _groups(names: list[str], first: dict[str, _Seen], budget: float) -> list[li
     return groups
 
 
+KEEP_ELEMENTS = 4096  # initializers up to this size keep their values for shape inference's data propagation
+
+
+def estimated_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray], outputs: int) -> dict[str, float]:
+    """Bytes of each tensor by ONNX shape inference at the feed's shapes, before anything runs.
+
+    Used only to split the first run into groups that fit in memory (every activation of a giant
+    at 600 px is over 10 GB at once). Big weights are left out of the copy that is inferred (their
+    shapes are enough), so this costs no memory on large models. A tensor inference cannot size
+    gets the size of the largest input of the node that makes it; without any, it counts 0.
+    """
+    graph = model.graph
+    light = onnx.GraphProto(name=graph.name, node=graph.node, output=graph.output[:outputs],
+                            value_info=graph.value_info, sparse_initializer=graph.sparse_initializer)
+    for tensor in graph.input:
+        entry = light.input.add()
+        entry.CopyFrom(tensor)
+        if tensor.name in feed and entry.type.HasField("tensor_type"):
+            entry.type.tensor_type.shape.Clear()
+            for dim in feed[tensor.name].shape:
+                entry.type.tensor_type.shape.dim.add().dim_value = dim
+    for init in graph.initializer:
+        if int(np.prod(init.dims, dtype=np.int64)) <= KEEP_ELEMENTS:
+            light.initializer.append(init)
+        else:
+            light.initializer.add(name=init.name, dims=init.dims, data_type=init.data_type)
+    light_model = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import, graph=light,
+                                  functions=model.functions)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light_model, strict_mode=False, data_prop=True).graph
+    except Exception as exc:  # an estimate only: without it the first run is split by the fallback
+        log.debug("capture: shape inference failed (%s); sizing the first run's groups without it", exc)
+        inferred = light
+    sizes: dict[str, float] = {}
+    for info in (*inferred.input, *inferred.value_info, *inferred.output):
+        kind = info.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in kind.shape.dim]
+        if kind.HasField("shape") and all(d >= 0 for d in dims) and kind.elem_type:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type)).itemsize
+            sizes[info.name] = float(np.prod(dims, dtype=np.float64) * itemsize)
+    for node in graph.node:  # topological order: a node's inputs are sized before its outputs
+        guess = max((sizes.get(name, 0.0) for name in node.input if name), default=0.0)
+        for name in node.output:
+            sizes.setdefault(name, guess)
+    return sizes
+
+
 def capture(graph: gs.Graph) -> Capture:
     """Run the graph twice with every tensor as an output; record shapes and dynamic axes."""
     model, names = _all_outputs_model(graph)
+    feed = input_feed(graph)
+    first_groups = _groups(names, estimated_sizes(model, feed, len(graph.outputs)), CHUNK_BYTES)
+    if len(first_groups) > 1:
+        log.debug("capture: first run in %d groups of outputs to bound memory", len(first_groups))
     try:
-        sess = session(model)  # onnxruntime keeps every requested output through its fusions
-        first = _run(sess, [names], input_feed(graph), frozenset(t.name for t in graph.outputs))
+        sessions = _GroupSessions(model)
+        first = _run(sessions, first_groups, feed, frozenset(t.name for t in graph.outputs))
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot run the model: {first_line}") from None
-    groups = _groups(names, first, CHUNK_BYTES)
+    groups = _groups(names, {name: seen.nbytes * GROWTH for name, seen in first.items()}, CHUNK_BYTES)
     if len(groups) > 1:
         log.debug("capture: second run in %d groups of outputs to bound memory", len(groups))
     second = None
@@ -181,7 +257,7 @@ def capture(graph: gs.Graph) -> Capture:
             feed = {k: np.concatenate([v, v]) if v.ndim and _free_batch(graph, k) else v
                     for k, v in feed.items()}
         try:
-            second = _run(sess, groups, feed)
+            second = _run(sessions, groups, feed)
             break
         except Exception:  # the model does not allow those sizes; fall back
             continue

@@ -87,8 +87,18 @@ def upgrade(model: onnx.ModelProto, name: str | os.PathLike = "model") -> onnx.M
     return model
 
 
+# Ops whose inputs after the first are learned weights (weight, bias): a 0-sized one is a layer without channels.
+_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def refuse_unsupported(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
-    """Raise ModelError for an opset newer than onnx knows, or an input with a 0-sized dimension."""
+    """Raise ModelError for an opset newer than onnx knows, an input with a 0-sized dimension, or a
+    layer whose weight has a 0-sized dimension.
+
+    A layer with no channels computes nothing; onnxruntime releases disagree on whether to run it
+    (1.32 does, older ones refuse), so onnxprune refuses it itself, naming the weight, whatever the
+    installed onnxruntime does. 0-sized initializers elsewhere (Resize's empty roi) are fine.
+    """
     opset = _default_opset(model)
     if opset is not None and opset > onnx.defs.onnx_opset_version():
         raise ModelError(f"{name}: opset {opset} is newer than onnx {onnx.__version__} knows "
@@ -99,6 +109,12 @@ def refuse_unsupported(model: onnx.ModelProto, name: str | os.PathLike = "model"
         if value.name not in weights and any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
             shape = [d.dim_param or d.dim_value for d in dims]
             raise ModelError(f"{name}: input {value.name} has a 0-sized dimension {shape}; there is nothing to run")
+    empty = {t.name: list(t.dims) for t in model.graph.initializer if 0 in t.dims}
+    for node in model.graph.node:
+        for weight in node.input[1:] if node.op_type in _LAYER_OPS else ():
+            if weight in empty:
+                raise ModelError(f"{name}: weight {weight} of {node.op_type} {node.name or node.output[0]} has a "
+                                 f"0-sized dimension {empty[weight]}; a layer without channels is not supported")
 
 
 def _default_opset(model: onnx.ModelProto) -> int | None:

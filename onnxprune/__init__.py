@@ -1,13 +1,49 @@
-"""onnxprune: structured pruning of exported ONNX vision models."""
+"""onnxprune: structured pruning of exported ONNX vision models.
 
-from .analyze import Analysis, CoupledGroup, FrozenGroup, Slot
-from .api import Costs, PruneResult, analyze, bench, measure_costs, prune
-from .deploy import BenchResult, Latency
-from .errors import ModelError, OnnxPruneError, UsageError
-from .sweep import SweepPoint, SweepResult, sweep
+The public names load on first use (PEP 562), so ``import onnxprune.cli`` is quick and a Ctrl-C
+while the command starts is caught by the command, not shown as a traceback.
+"""
+
+import sys
+import types
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Analysis", "BenchResult", "CoupledGroup", "Costs", "FrozenGroup", "Latency", "ModelError",
-           "OnnxPruneError", "PruneResult", "Slot", "SweepPoint", "SweepResult", "UsageError", "analyze", "bench",
-           "measure_costs", "prune", "sweep", "__version__"]
+# name -> module that defines it
+_PUBLIC = {
+    "Analysis": "analyze", "CoupledGroup": "analyze", "FrozenGroup": "analyze", "Slot": "analyze",
+    "Costs": "api", "PruneResult": "api", "analyze": "api", "bench": "api", "measure_costs": "api", "prune": "api",
+    "BenchResult": "deploy", "Latency": "deploy",
+    "ModelError": "errors", "OnnxPruneError": "errors", "UsageError": "errors",
+    "SweepPoint": "sweep", "SweepResult": "sweep", "sweep": "sweep",
+}
+
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+    value = getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+class _Package(types.ModuleType):
+    """``analyze`` and ``sweep`` name both a submodule and a public function. Importing a submodule
+    sets the package attribute of that name to the module; the function must win, as it did when
+    this file imported everything eagerly (the modules stay in sys.modules for ``from ... import``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -33,7 +33,8 @@ import onnxruntime as ort
 from .calibration import InputSpec, input_specs
 from .capture import session
 from .errors import ModelError, UsageError
-from .load import check_writable_path, read_model, save_model
+from .load import read_model, save_model
+from .outputs import check_output_path, write_atomic
 from .sparse24 import carries_24, sparse_eligibility
 
 log = logging.getLogger(__name__)
@@ -321,7 +322,7 @@ def build_engine(onnx_path: str | os.PathLike, options: EngineOptions | None = N
     trt = require_tensorrt()
     path = Path(onnx_path)
     if save_engine is not None:
-        check_writable_path(Path(save_engine), "engine")
+        check_output_path(save_engine, "engine")
     proto, _ = read_model(path)
     settings = builder_settings(options, input_specs(proto),
                                 carries_24(sparse_eligibility(proto)) if options.sparse is None else False)
@@ -341,7 +342,7 @@ def build_engine(onnx_path: str | os.PathLike, options: EngineOptions | None = N
         raise ModelError(f"TensorRT engine build failed: {logger.last_errors()}")
     engine = bytes(serialized)
     if save_engine is not None:
-        _write_atomic(Path(save_engine), engine)
+        write_atomic(save_engine, lambda tmp: tmp.write_bytes(engine))
     eligible, picked = parse_sparse_log(logger.lines)
     return EngineReport(engine=engine, settings=settings, layers=_layer_information(trt, logger, engine),
                         eligible_sparse=eligible, ran_sparse=picked, build_s=build_s,
@@ -380,15 +381,6 @@ def _layer_information(trt: Any, logger: Any, engine: bytes) -> list[Any]:
         raise ModelError(f"TensorRT cannot load the engine it built: {logger.last_errors()}")
     inspector = loaded.create_engine_inspector()
     return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON)).get("Layers", [])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- running and timing --------------------------------------------------------------------------

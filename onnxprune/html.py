@@ -14,9 +14,9 @@ import os
 import platform
 import shlex
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .outputs import write_atomic
 from .report import _human
 
 if TYPE_CHECKING:
@@ -380,14 +380,8 @@ def analysis_html(analysis: Analysis, flops_share: list[float], command: Sequenc
 
 
 def write_html(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary file beside it, then renamed)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``text`` to ``path`` atomically (a staged file beside it, then renamed)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 __all__ = ["analysis_html", "prune_html", "sweep_html", "versions", "write_html"]

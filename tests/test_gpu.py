@@ -23,7 +23,6 @@ from onnxprune.calibration import InputSpec, input_specs
 from onnxprune.errors import ModelError, UsageError
 from onnxprune.gpu import (
     EngineOptions,
-    _write_atomic,
     build_engine,
     builder_settings,
     ort_gpu_session,
@@ -176,17 +175,6 @@ def test_parse_sparse_log_without_sparsity_lines() -> None:
 
 
 # --- files ---------------------------------------------------------------------------------------
-
-
-def test_engine_write_is_atomic(tmp_path: Path) -> None:
-    path = tmp_path / "model.engine"
-    _write_atomic(path, b"engine bytes")
-    assert path.read_bytes() == b"engine bytes"
-    _write_atomic(path, b"new")
-    assert path.read_bytes() == b"new"
-    with pytest.raises(OSError):
-        _write_atomic(tmp_path / "missing" / "model.engine", b"x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine"], "no temporary file is left behind"
 
 
 # --- refusals where the GPU stack is missing -------------------------------------------------

@@ -357,3 +357,21 @@ def test_api_writers_are_atomic_and_refuse_special_files(tmp_path: Path):
     save_model(small_model(), tmp_path / "m.onnx")
     save_model(small_model(), tmp_path / "m.onnx")  # the API overwrites, like any file write
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "m.onnx"]
+
+
+def test_write_atomic_replaces_whole_files_and_leaves_no_temporary(tmp_path: Path):
+    """The one writer behind engines, JSON, HTML and sweep files written from the API."""
+    from onnxprune.errors import UsageError
+    from onnxprune.outputs import write_atomic
+
+    path = tmp_path / "model.engine"
+    write_atomic(path, lambda tmp: tmp.write_bytes(b"engine bytes"))
+    assert path.read_bytes() == b"engine bytes"
+    write_atomic(path, lambda tmp: tmp.write_bytes(b"new"))
+    assert path.read_bytes() == b"new"
+    with pytest.raises(UsageError, match="does not exist"):
+        write_atomic(tmp_path / "missing" / "model.engine", lambda tmp: tmp.write_bytes(b"x"))
+    with pytest.raises(ZeroDivisionError):
+        write_atomic(path, lambda tmp: (tmp.write_bytes(b"half"), 1 / 0))
+    assert path.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine"], "no temporary file is left behind"

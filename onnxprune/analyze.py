@@ -93,6 +93,7 @@ class SlotGraph:
         self.frozen_elems: list[tuple[np.ndarray, str]] = []
         self.weights: set[Slot] = set()
         self.factor_slots: dict[str, list[Slot]] = defaultdict(list)
+        self.apart: dict[str, np.ndarray] = {}  # node -> elements its choice expects in different atoms
         self.current: gs.Node | None = None
         self.probe = probe  # splits only claim their factors (see analyze_graph)
         self.frozen_values: set[str] = set()  # computed scalars the rewrite replaces by constants
@@ -171,13 +172,26 @@ class SlotGraph:
         idx = np.arange(self.sizes[slot]) if idx is None else np.asarray(idx, dtype=np.int64)
         self.frozen_elems.append((idx + self.offsets[slot], reason))
 
+    def _key(self) -> str:
+        """The current node's key in ``factor_choice`` (its first output: node names may be empty)."""
+        return self.current.outputs[0].name
+
     def choice(self, options: int) -> int:
-        """Which of ``options`` ways to factor a Reshape this pass tries (see analyze())."""
-        return min(self.factor_choice.get(self.current.name, 0), options - 1)
+        """Which of ``options`` ways to tie the current node (the factor a Reshape keeps, the rule
+        of a grouped Conv) this pass tries (see analyze_graph)."""
+        return min(self.factor_choice.get(self._key(), 0), options - 1)
 
     def factor_slot(self, slot_tensor: gs.Tensor, axis: int) -> None:
         """Record a factor a split Reshape could tie to (probe pass), in factor order."""
-        self.factor_slots[self.current.name].append(Slot(slot_tensor.name, axis))
+        self.factor_slots[self._key()].append(Slot(slot_tensor.name, axis))
+
+    def keep_apart(self, tensor: gs.Tensor, axis: int, idx: np.ndarray) -> None:
+        """Say the current choice is only worth it while these elements end up in different
+        atoms; where the rest of the graph ties them all into one, analyze_graph moves the node
+        to its next choice (so only a choice that has a next one may say this)."""
+        slot = self._slot(tensor, axis)
+        if slot is not None:
+            self.apart[self._key()] = np.asarray(idx, dtype=np.int64) + self.offsets[slot]
 
 
 def _freeze_unclaimed(sg: SlotGraph, graph: gs.Graph) -> None:
@@ -238,18 +252,31 @@ def analyze_graph(graph: gs.Graph, capture: Capture) -> Analysis:
     channels] for a shuffle) must tie it to one factor. A probe pass, where splits only claim
     their axes, shows which factors their consumers leave free; the real pass ties each split
     to the outermost free factor.
+
+    A grouped Conv removes whole groups (its first choice) unless the real pass ties all its
+    groups into one atom, as a channel shuffle between grouped convolutions does (ShuffleNet
+    v1); such a Conv moves to its second choice, the same position of every group, and both
+    passes run again. Its new ties only split the atom that whole groups made, and nodes only
+    move forward, so this ends.
     """
-    sg, _ = run_rules(graph, capture, {}, probe=True)
-    ncomp, labels = _components(sg)
-    frozen = _frozen_components(sg, ncomp, labels)
-    choice: dict[str, int] = {}
-    for node_name, slots in sg.factor_slots.items():
-        for i, s in enumerate(slots):
-            if not frozen[labels[sg.offsets[s]:sg.offsets[s] + sg.sizes[s]]].all():
-                choice[node_name] = i
-                break
-    sg, no_rule = run_rules(graph, capture, choice)
-    ncomp, labels = _components(sg)
+    moved: dict[str, int] = {}  # nodes a real pass moved past their first choice (keep_apart)
+    while True:
+        sg, _ = run_rules(graph, capture, moved, probe=True)
+        ncomp, labels = _components(sg)
+        frozen = _frozen_components(sg, ncomp, labels)
+        choice = dict(moved)
+        for node_name, slots in sg.factor_slots.items():
+            for i, s in enumerate(slots):
+                if not frozen[labels[sg.offsets[s]:sg.offsets[s] + sg.sizes[s]]].all():
+                    choice[node_name] = i
+                    break
+        sg, no_rule = run_rules(graph, capture, choice)
+        ncomp, labels = _components(sg)
+        stuck = [key for key, elems in sg.apart.items() if len(np.unique(labels[elems])) == 1]
+        if not stuck:
+            break
+        for key in stuck:
+            moved[key] = choice.get(key, 0) + 1
     frozen = _frozen_components(sg, ncomp, labels)
     return _collect(graph, capture, sg, ncomp, labels, frozen, choice, no_rule)
 

@@ -42,9 +42,10 @@ def flops_of(node: gs.Node, shape: Shapes) -> tuple[float, list[Slot]]:
             return 0.0, []
         groups = node.attrs.get("group", 1)
         if node.op == "Conv":
-            # each output element: Cin/group * kernel multiply-adds
+            # each output element: Cin/group * kernel multiply-adds (a grouped Conv that loses
+            # the same positions of every group loses columns of its weight)
             flops = 2.0 * np.prod(ys, dtype=np.float64) * np.prod(ws[1:], dtype=np.float64)
-            return flops, out_slots + ([Slot(x.name, 1)] if groups == 1 else [])
+            return flops, out_slots + [Slot(x.name, 1) if groups == 1 else Slot(w.name, 1)]
         flops = 2.0 * np.prod(xs, dtype=np.float64) * np.prod(ws[1:], dtype=np.float64)
         return flops, [Slot(x.name, a) for a in range(len(xs))] + ([Slot(y.name, 1)] if groups == 1 else [])
     if node.op == "MatMul":

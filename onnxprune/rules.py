@@ -159,21 +159,33 @@ def conv(node: gs.Node, sg: SlotGraph) -> None:
         sg.tie(x, 1, w, 1)
         sg.weight(w, 1)
         return
-    # Grouped / depthwise: remove whole groups, so every kept group keeps its shape and
-    # only the ``group`` attribute changes. Tie each group's inputs and outputs into one atom.
     per_in, per_out = xshape[1] // groups, wshape[0] // groups
+    if per_in > 1 and sg.choice(2) == 1:
+        # Same position in every group: ``group`` stays and every group shrinks alike. Input
+        # channel g*per_in + j is the weight's column j in every group; output channel
+        # g*per_out + j goes with the same channel of every other group.
+        sg.tie(x, 1, w, 1, np.arange(xshape[1]), np.arange(xshape[1]) % per_in)
+        sg.tie(y, 1, y, 1, np.arange(wshape[0]), np.arange(wshape[0]) % per_out)
+        sg.weight(w, 1)
+        return
+    # Whole groups (depthwise: single channels): every kept group keeps its shape and only
+    # ``group`` changes. Tie each group's inputs and outputs into one atom. Where the rest of
+    # the graph ties all the groups together anyway (a channel shuffle between grouped
+    # convolutions), analyze_graph moves the Conv to the rule above.
     gid_in, gid_out = np.arange(xshape[1]) // per_in, np.arange(wshape[0]) // per_out
     sg.tie(x, 1, y, 1, np.arange(xshape[1]), gid_in * per_out)
     sg.tie(y, 1, y, 1, np.arange(wshape[0]), gid_out * per_out)
+    if per_in > 1:
+        sg.keep_apart(y, 1, np.arange(groups) * per_out)
 
 
 @fixes("Conv")
 def conv_fix(node: gs.Node, ctx) -> None:
-    groups = node.attrs.get("group", 1)
-    if groups > 1:
-        old_out = ctx.old_shape(node.outputs[0])[1]
-        new_out = ctx.new_shape(node.outputs[0])[1]
-        node.attrs["group"] = groups * new_out // old_out
+    """``group`` = input channels / weight columns: fewer groups where whole groups went, the
+    same where every group lost the same positions (depthwise: one group per channel)."""
+    x, w = node.inputs[0], node.inputs[1]
+    if node.attrs.get("group", 1) > 1 and ctx.changed(x):
+        node.attrs["group"] = ctx.new_shape(x)[1] // ctx.new_shape(w)[1]
 
 
 @ties("ConvTranspose")

@@ -13,8 +13,9 @@ from onnxprune.load import to_model
 
 
 def reduction_axes(node: gs.Node) -> list[tuple[gs.Tensor, int]]:
-    """(weight, axis) pairs that sum over the node's input channels."""
-    if node.op == "Conv" and node.attrs.get("group", 1) == 1:
+    """(weight, axis) pairs that sum over the node's input channels (a grouped Conv's weight
+    columns are positions within a group; whole groups removed leave them all)."""
+    if node.op == "Conv":
         return [(node.inputs[1], 1)]
     if node.op == "Gemm":
         return [(node.inputs[1], 1 if node.attrs.get("transB", 0) else 0)]

@@ -537,6 +537,52 @@ def test_channel_shuffle():
     prune_checked(model, 0.4)
 
 
+def test_grouped_convs_around_a_shuffle_lose_the_same_positions_in_every_group():
+    """ShuffleNet v1: grouped 1x1 (g=3) -> shuffle -> grouped 1x1 (g=3). Removing whole groups
+    would tie every group to every other through the shuffle, so both convolutions keep
+    ``group`` and lose the same within-group positions from every group instead."""
+    g, m = 3, 6  # 18 shuffled channels, 6 per group
+    net = Net(channels=4)
+    h = net.relu(net.conv("x", 4, 12, 1, name="c1"))
+    h = net.relu(net.conv(h, 12, g * m, 1, group=g, name="g1"))
+    split = net.reshape(h, [1, g, m, 8, 8], name="split")
+    t = net.node("Transpose", [split], perm=[0, 2, 1, 3, 4])
+    merged = net.reshape(t, [1, g * m, 8, 8], name="merge")
+    h = net.relu(net.conv(merged, g * m, 12, 1, group=g, name="g2"))
+    net.head(h, 12)
+    model = net.model()
+
+    analysis = onnxprune.analyze(model)
+    assert analysis.factor_choice["g1"] == analysis.factor_choice["g2"] == 1, "both moved to positions"
+    # g1's inputs: position j of each 4-channel group, tied to weight column j
+    into = group_with(analysis, Slot("c1.w", 0))
+    assert into.size == 4
+    assert sorted(map(tuple, members(into, "c1.w", 0))) == [(j, 4 + j, 8 + j) for j in range(4)]
+    np.testing.assert_array_equal(members(into, "g1.w", 1)[:, 0], members(into, "c1.w", 0)[:, 0])
+    # shuffled channels: g2 group h reads rows j of every g1 group with j // 2 == h, so a unit
+    # is the positions j of one parity in every g1 group (9 channels)
+    mid = group_with(analysis, Slot("g1.w", 0))
+    assert mid.size == 2 and mid.width == 9
+    assert sorted(map(tuple, members(mid, "g1.w", 0))) == [
+        tuple(sorted(k * m + j for k in range(g) for j in range(t, m, 2))) for t in range(2)]
+    assert Slot("g2.w", 1) in mid.members
+    out = group_with(analysis, Slot("g2.w", 0))
+    assert out.size == 4 and Slot("fc.w", 1) in out.members
+
+    _, kept, pruned = mask_equivalent(model, 0.5)
+    w = initializers(pruned)
+    for name in ("g1", "g2"):
+        assert attr(node_of(pruned, name), "group") == g
+    kept_mid = kept[Slot("g1.w", 0)]
+    per = len(kept_mid) // g
+    assert len(kept_mid) == g * per and 0 < per < m
+    np.testing.assert_array_equal(kept_mid.reshape(g, per), kept_mid[:per] + np.arange(g)[:, None] * m)
+    assert w["g1.w"].shape == (g * per, w["c1.w"].shape[0] // g, 1, 1)
+    assert w["g2.w"].shape == (w["fc.w"].shape[1], per, 1, 1)
+    assert list(const_input(pruned, node_of(pruned, "split"), 1)) == [1, g, per, 8, 8]
+    prune_checked(model, 0.5)
+
+
 # --- LayerNormalization ----------------------------------------------------------------------
 
 

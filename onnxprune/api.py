@@ -18,7 +18,7 @@ from .deploy import BenchResult, bench_feed, make_runners, time_runners
 from .errors import UsageError
 from .fidelity import Fidelity, fidelity
 from .latency import LatencySearch, search_latency
-from .load import read_model, save_model, to_graph, to_model, unshare_constants, upgrade
+from .load import read_model, refuse_nonfinite, save_model, to_graph, to_model, unshare_constants, upgrade
 from .obs import Pattern
 from .reconstruct import Refit, refit_layers
 from .rewrite import apply_plan
@@ -99,6 +99,7 @@ def _analyze(proto: onnx.ModelProto, progress: Progress | None) -> Analysis:
     step = progress or (lambda _msg: None)
     step("folding constants")
     graph = to_graph(proto)
+    refuse_nonfinite(graph)  # a NaN bias: the dense model is broken, a pruned one may look fine
     shared = unshare_constants(graph)
     step("running the model once to read every shape")
     cap = capture_mod.capture(graph)

@@ -38,6 +38,7 @@ log = logging.getLogger("onnxprune.calibration")
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "calibration"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_NAMED = 5  # unreadable images named one by one in the log; more are counted
 RANDOM = "random"
 LAYOUTS = ("NCHW", "NHWC", "auto")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -297,13 +298,13 @@ def load_calibration(source: str | os.PathLike, inputs: list[InputSpec], *, coun
         spec = _single_input(inputs, "a folder of images" if images else "a folder of .npy files")
         if images:
             return _images(images, shown_dir, spec, count, prep, rng)
-        return _npy_files(arrays, shown_dir, spec, count, rng)
+        return _npy_files(arrays, shown_dir, spec, count, rng, prep)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         spec = _single_input(inputs, "a .npy file")
-        return _npy_files([path], shown, spec, count, rng)
+        return _npy_files([path], shown, spec, count, rng, prep)
     if suffix == ".npz":
-        return _npz(path, shown, inputs, count, rng)
+        return _npz(path, shown, inputs, count, rng, prep)
     raise UsageError(f"unsupported calibration source {shown}: expected a folder of images or .npy files, "
                      f"a .npy or .npz file, or 'random'")
 
@@ -379,6 +380,37 @@ def _check_int_range(array: np.ndarray, spec: InputSpec, origin: str) -> None:
             raise UsageError(f"{origin}: values {lo}..{hi} do not fit model input {spec.name!r} of dtype {spec.dtype}")
 
 
+def _check_finite(rows: np.ndarray, origin: str, indices: np.ndarray) -> None:
+    """Refuse NaN/Inf samples, naming the first bad one by its index in the source (``indices[row]``)."""
+    if not np.issubdtype(rows.dtype, np.floating) or not rows.size:
+        return
+    bad = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+    if bad.any():
+        index = int(indices[int(np.argmax(bad))])
+        raise UsageError(f"{origin}: sample {index} holds NaN/Inf values; calibration data must be finite")
+
+
+RAW_PIXEL_FLOOR = 32.0  # a float input whose samples reach above this (and stay within 0..255) looks like raw pixels
+
+
+def _normalising(prep: Preprocess) -> bool:
+    """Whether ``prep`` maps raw pixels 0..255 into a small (normalised) range, as ImageNet presets do."""
+    pixels = np.array([[0.0], [255.0]])  # black and white, against each channel's mean and std (1 or 3 values)
+    ends = (pixels * prep.scale - np.resize(prep.mean, 3)) / np.resize(prep.std, 3)
+    return float(np.abs(ends).max()) <= RAW_PIXEL_FLOOR / 2
+
+
+def _warn_raw_pixels(samples: np.ndarray, spec: InputSpec, origin: str, prep: Preprocess) -> None:
+    """Arrays are fed as they are; warn when they look like raw pixels while the preset normalises images."""
+    if not np.issubdtype(spec.dtype, np.floating) or samples.size == 0 or not _normalising(prep):
+        return
+    lo, hi = float(samples.min()), float(samples.max())
+    if lo >= 0 and RAW_PIXEL_FLOOR < hi <= 255:
+        log.warning("%s: the samples look like raw pixels (values %g..%g, 0..255 range); .npy/.npz data is fed "
+                    "to input %r as is, without the %r preprocessing: normalise it first if the model expects "
+                    "normalised input", origin, lo, hi, spec.name, prep.name)
+
+
 def _starts_with(path: Path, magic: bytes) -> bool:
     try:
         with open(path, "rb") as f:
@@ -401,8 +433,8 @@ def _load_npy(path: Path) -> np.ndarray:
     return array
 
 
-def _npy_files(paths: list[Path], shown: str, spec: InputSpec, count: int, rng: np.random.Generator
-               ) -> CalibrationSet:
+def _npy_files(paths: list[Path], shown: str, spec: InputSpec, count: int, rng: np.random.Generator,
+               prep: Preprocess) -> CalibrationSet:
     arrays = [_conform(_load_npy(p), spec, str(p)) for p in paths]  # memory-mapped, nothing read yet
     sizes = [len(a) for a in arrays]
     total = sum(sizes)
@@ -415,13 +447,17 @@ def _npy_files(paths: list[Path], shown: str, spec: InputSpec, count: int, rng: 
         which = int(np.searchsorted(starts, index, side="right") - 1)
         row = np.asarray(arrays[which][index - starts[which]])
         _check_int_range(row, spec, str(paths[which]))
-        out[i] = row
+        with np.errstate(over="ignore", invalid="ignore"):  # a float64 beyond float32 becomes inf: refused below
+            out[i] = row
+        _check_finite(out[i:i + 1], str(paths[which]), [index - starts[which]])  # after the cast
+    _warn_raw_pixels(out, spec, shown, prep)
     files = f" ({len(paths)} .npy files)" if len(paths) > 1 else ""
     return CalibrationSet({spec.name: out},
                           f"{len(out)} samples from {shown}{files} (input {spec.name!r} {_per_sample(out)})")
 
 
-def _npz(path: Path, shown: str, inputs: list[InputSpec], count: int, rng: np.random.Generator) -> CalibrationSet:
+def _npz(path: Path, shown: str, inputs: list[InputSpec], count: int, rng: np.random.Generator,
+         prep: Preprocess) -> CalibrationSet:
     if not _starts_with(path, b"PK"):
         raise UsageError(f"cannot read {shown}: not an .npz archive")
     try:
@@ -442,8 +478,12 @@ def _npz(path: Path, shown: str, inputs: list[InputSpec], count: int, rng: np.ra
     samples = {}
     for spec in inputs:
         part = arrays[spec.name][picked]
-        _check_int_range(part, spec, f"{shown} array {chosen[spec.name]!r}")
-        samples[spec.name] = part.astype(spec.dtype, copy=False)
+        origin = f"{shown} array {chosen[spec.name]!r}"
+        _check_int_range(part, spec, origin)
+        with np.errstate(over="ignore", invalid="ignore"):  # a float64 beyond float32 becomes inf: refused below
+            samples[spec.name] = part.astype(spec.dtype, copy=False)
+        _check_finite(samples[spec.name], origin, picked)  # after the cast
+        _warn_raw_pixels(samples[spec.name], spec, origin, prep)
     n = len(picked)
     shapes = ", ".join(f"{name} {_per_sample(a)}" for name, a in samples.items())
     return CalibrationSet(samples, f"{n} samples from {shown} ({shapes})")
@@ -583,18 +623,23 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
     except ImportError:
         raise UsageError("image calibration needs Pillow: pip install pillow") from None
     geo = _geometry(spec, prep)
-    picked = [paths[i] for i in _pick(len(paths), count, rng)]
+    order = [paths[i] for i in _pick(len(paths), len(paths), rng)]  # the first `count` unless some are unreadable
+    wanted = min(count, len(paths))
     mean = _per_channel(prep.mean, geo.channels, prep.channel_order)
     std = _per_channel(prep.std, geo.channels, prep.channel_order)
     resample = getattr(Image.Resampling, prep.interpolation.upper())
     if geo.layout == "NCHW":
-        shape = (len(picked), geo.channels, geo.height, geo.width)
+        shape = (wanted, geo.channels, geo.height, geo.width)
     else:
-        shape = (len(picked), geo.height, geo.width, geo.channels)
+        shape = (wanted, geo.height, geo.width, geo.channels)
     out = np.empty(shape, dtype=spec.dtype)  # preallocated; images decoded one at a time
     integer = np.issubdtype(spec.dtype, np.integer)
     bounds = np.iinfo(spec.dtype) if integer else None
-    for i, path in enumerate(picked):
+    i = 0
+    unreadable: list[str] = []
+    for path in order:
+        if i == wanted:
+            break
         try:
             with Image.open(path) as img:
                 img.load()
@@ -614,7 +659,10 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
             pixels = np.asarray(rgb, dtype=np.float32)
         except Exception as exc:  # any decoder failure: truncated, corrupt, unsupported mode, bomb
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot read image {path}: {reason}") from None
+            unreadable.append(f"{path} ({reason})")
+            if len(unreadable) <= MAX_NAMED:
+                log.warning("skipping unreadable calibration image %s: %s", path, reason)
+            continue
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         elif prep.channel_order == "BGR":
@@ -625,10 +673,20 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
         if integer:
             values = np.clip(np.rint(values), bounds.min, bounds.max)
         out[i] = values
+        i += 1
+    out = out[:i]
+    if unreadable:
+        if len(unreadable) > MAX_NAMED:
+            log.warning("skipped %d unreadable calibration images in %s in all", len(unreadable), shown)
+        if i < min(2, wanted):
+            raise UsageError(f"calibration folder {shown}: {len(unreadable)} of {len(paths)} images are unreadable "
+                             f"(first: {unreadable[0]}), {i} left; calibration needs at least 2")
     details = f"{geo.layout} {geo.height}x{geo.width}"
     if geo.channels == 1:
         details += ", grayscale"
     if prep.channel_order == "BGR":
         details += ", BGR"
+    if unreadable:
+        details += f"; {len(unreadable)} unreadable skipped"
     return CalibrationSet({spec.name: out},
                           f"{len(out)} images from {shown} ({prep.name} preprocessing, {details})")

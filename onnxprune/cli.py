@@ -27,8 +27,10 @@ log = logging.getLogger("onnxprune.cli")
 
 EXIT_CODES = """exit codes:
   0    success
-  1    model problem: it cannot be read, analysed, pruned or verified
-  2    usage problem: a bad option or target, an output that exists (without --force)
+  1    model problem: the file is not a readable model (corrupt, truncated), or it cannot be analysed,
+       pruned or verified
+  2    usage problem: a model path that does not exist or is a folder, a bad option or target, bad
+       calibration data, an output that exists (without --force)
   130  interrupted; nothing is left behind
 """
 

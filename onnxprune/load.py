@@ -30,10 +30,10 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     model can keep the same layout).
     """
     path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
+    if not path.exists():  # a wrong path is a usage problem (exit 2); a file that is no model, a model one
+        raise UsageError(f"{path}: no such file")
     if path.is_dir():
-        raise ModelError(f"{path}: is a directory, expected an .onnx file")
+        raise UsageError(f"{path}: is a directory, expected an .onnx file")
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file, not an ONNX model")
     try:
@@ -115,6 +115,46 @@ def refuse_unsupported(model: onnx.ModelProto, name: str | os.PathLike = "model"
             if weight in empty:
                 raise ModelError(f"{name}: weight {weight} of {node.op_type} {node.name or node.output[0]} has a "
                                  f"0-sized dimension {empty[weight]}; a layer without channels is not supported")
+
+
+# Ops whose constant inputs are learned parameters (weights, biases, norm statistics): never infinite.
+_PARAM_OPS = frozenset(_LAYER_OPS) | {"BatchNormalization", "InstanceNormalization", "LayerNormalization",
+                                      "GroupNormalization"}
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def refuse_nonfinite(graph: gs.Graph) -> None:
+    """Raise ModelError, naming the initializer, for NaN in any float constant or an infinity in a
+    layer's parameters (Conv/Gemm/MatMul weight or bias, normalisation scale, bias and statistics).
+
+    The dense model computes NaN from it, and pruning may remove exactly the bad channel, leaving a
+    finite model that looks fine. Infinities elsewhere are legitimate (attention masks of -inf).
+    One pass over each constant, one at a time: values not yet loaded stay lazy in the graph.
+    """
+    params = {id(t) for node in graph.nodes if node.op in _PARAM_OPS for t in node.inputs}
+    users: dict[int, gs.Node] = {}
+    for node in graph.nodes:
+        for t in node.inputs:
+            users.setdefault(id(t), node)
+    for tensor in graph.tensors().values():
+        if not isinstance(tensor, gs.Constant):
+            continue
+        raw = getattr(tensor, "_values", None)
+        if isinstance(raw, gs.ir.tensor.LazyValues):  # read it without keeping a copy in the graph
+            if raw.tensor.data_type not in _FLOAT_TYPES:
+                continue
+            values = onnx.numpy_helper.to_array(raw.tensor)
+        else:
+            values = np.asarray(tensor.values)
+            if values.dtype.kind != "f":
+                continue
+        nan = bool(np.isnan(values).any())
+        if nan or (id(tensor) in params and not np.isfinite(values).all()):
+            node = users.get(id(tensor))
+            where = f" ({node.op} {node.name})" if node is not None and node.name else ""
+            raise ModelError(f"weight {tensor.name}{where} has {'NaN' if nan else 'infinite'} values: the model "
+                             "computes NaN/Inf from it, and pruning could hide that by removing the bad channel "
+                             "(fix the weights, or export the model again)")
 
 
 def _default_opset(model: onnx.ModelProto) -> int | None:

@@ -118,10 +118,10 @@ def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], 
         return selector.plan(counts, 0.0, 1.0)
     floor, counts_hi = cost(1.0)
     if floor > target:
-        frozen_ops = sorted({r for f in analysis.frozen for r in f.reasons})
-        why = f"; frozen by: {', '.join(frozen_ops[:8])}" if frozen_ops else ""
+        unrounded = cost_of(np.array([g.size - 1 for g in analysis.groups], dtype=np.int64))
+        why = _unreachable_cause(analysis, round_to, counts_hi, floor, unrounded)
         raise ModelError(f"{what} target {target:g} is unreachable: pruning every prunable group as far "
-                         f"as possible still leaves {floor:.3f} of the dense {what}{why}")
+                         f"as possible still leaves {floor:.3f} of the dense {what}; {why}")
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -164,3 +164,57 @@ def _fill(selector: Selector, scores: list[np.ndarray], counts: np.ndarray, valu
         if not changed:
             break
     return counts, value
+
+
+# Ops that tie channel c of their input to channel c of their output (or only carry channels through a
+# layer): they never tie several channels into one unit, so a message about tied units leaves them out.
+_POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
+           "LayerNormalization", "Flatten", "QuantizeLinear", "DequantizeLinear")
+
+
+def _unreachable_cause(analysis: Analysis, round_to: int, counts: np.ndarray, floor: float,
+                       unrounded: float) -> str:
+    """Why no plan meets the target: the channel rounding, channels tied into single units, or frozen
+    channels (graph inputs/outputs, ops without a rule)."""
+    groups = analysis.groups
+    if round_to > 1 and unrounded < floor:
+        widest = max(g.size for g in groups if g.width == 1)  # wider units (heads) are not rounded
+        if not counts.any():
+            return (f"--round-to {round_to} leaves no group able to lose channels: the widest prunable group has "
+                    f"{widest} channels")
+        return (f"--round-to {round_to} keeps too many channels (every group keeps a multiple of {round_to}); "
+                f"without it the floor would be {unrounded:.3f}")
+    if groups and all(g.size == 1 for g in groups):
+        channels = sum(next(iter(g.members.values())).shape[1] for g in groups)
+        ops = _tying_ops(analysis, groups)
+        through = f"through {', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''}" if ops else ""
+        if len(groups) == 1:
+            return (f"all {channels} prunable channels are tied into one unit{f' ({through})' if through else ''}; "
+                    "removing it would remove every channel")
+        return (f"each of the {len(groups)} prunable groups is one tied unit ({channels} channels in all"
+                f"{f', {through}' if through else ''}); removing one would remove all its channels")
+    frozen_ops = sorted({r for f in analysis.frozen for r in f.reasons})
+    if frozen_ops:
+        return f"the rest is frozen by: {', '.join(frozen_ops[:8])}"
+    return "every group keeps at least one unit" if groups else "no channel can be removed"
+
+
+def _tying_ops(analysis: Analysis, groups: list) -> list[str]:
+    """The ops, in graph order, touching the groups' tensors that tie several channels together
+    (Reshape, Transpose, Concat, grouped Conv as ``Conv(group=3)``, ...)."""
+    from .rules import BROADCAST, REDUCE, UNARY
+
+    plain = {*UNARY, *BROADCAST, *REDUCE, *_POOLS, *_LAYERS}
+    names = {slot.tensor for g in groups for slot in g.members}
+    seen: list[str] = []
+    for node in analysis.graph.nodes:
+        if not any(t.name in names for t in (*node.inputs, *node.outputs)):
+            continue
+        group = node.attrs.get("group", 1) if node.op in ("Conv", "ConvTranspose") else 1
+        if node.op in plain and group == 1:
+            continue
+        label = f"{node.op}(group={group})" if group != 1 else node.op
+        if label not in seen:
+            seen.append(label)
+    return seen

@@ -377,3 +377,111 @@ def test_error_corrupt_arrays(tmp_path, nchw):
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     with pytest.raises(UsageError, match="bad.npz: not an .npz archive"):
         load_calibration(tmp_path / "bad.npz", nchw)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad samples: NaN/Inf, unreadable images, raw pixels fed as arrays
+
+
+def _with_bad_sample(n: int, bad: int, value: float) -> np.ndarray:
+    rows = _rows(n, dtype=np.float32) / n
+    rows[bad, 1, 2, 3] = value
+    return rows
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_sample_in_npy_refused_naming_the_sample(tmp_path, nchw, value):
+    np.save(tmp_path / "calib.npy", _with_bad_sample(20, 17, value))
+    with pytest.raises(UsageError, match=r"calib\.npy: sample 17 holds NaN/Inf values; calibration data must be "
+                                         r"finite$"):
+        load_calibration(tmp_path / "calib.npy", nchw)
+
+
+def test_nan_sample_in_npz_refused_naming_the_sample(tmp_path, two_inputs):
+    meta = np.zeros((6, 4), dtype=np.float32)
+    meta[4, 2] = np.nan
+    np.savez(tmp_path / "d.npz", image=_rows(6, (3, 8, 8)), meta=meta)
+    with pytest.raises(UsageError, match=r"d\.npz array 'meta': sample 4 holds NaN/Inf"):
+        load_calibration(tmp_path / "d.npz", two_inputs)
+
+
+def test_nan_sample_in_folder_of_npy_refused_naming_the_file(tmp_path, nchw):
+    folder = tmp_path / "arrays"
+    folder.mkdir()
+    np.save(folder / "a.npy", _rows(3))
+    np.save(folder / "b.npy", _with_bad_sample(4, 2, np.nan))
+    with pytest.raises(UsageError, match=r"arrays/b\.npy: sample 2 holds NaN/Inf"):
+        load_calibration(folder, nchw)
+
+
+def test_float64_sample_overflowing_float32_refused(tmp_path, nchw):
+    rows = _rows(3)
+    rows[1, 0, 0, 0] = 1e300  # finite in the file, infinite in the model's float32
+    np.save(tmp_path / "big.npy", rows)
+    with pytest.raises(UsageError, match="sample 1 holds NaN/Inf"):
+        load_calibration(tmp_path / "big.npy", nchw)
+
+
+def test_unreadable_images_skipped_with_a_warning_naming_them(photos, nchw, caplog):
+    (photos / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    whole = (photos / "whole.jpg")
+    Image.new("RGB", (64, 48), (9, 99, 199)).save(whole)
+    (photos / "truncated.jpg").write_bytes(whole.read_bytes()[:200])
+    whole.unlink()
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+        calib = load_calibration(photos, nchw)
+    assert len(calib) == 6  # every readable image
+    assert np.isfinite(calib.samples["image"]).all()
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "garbage.jpg" in warned and "truncated.jpg" in warned
+    assert "2 unreadable skipped" in calib.description
+
+
+def test_unreadable_images_replaced_by_others_when_capped(photos, nchw):
+    (photos / "garbage.jpg").write_bytes(b"not an image at all")
+    counts = {len(load_calibration(photos, nchw, count=6, seed=seed)) for seed in range(6)}
+    assert counts == {6}  # a skipped image is replaced by one that was not picked
+
+
+def test_too_few_readable_images_says_how_many_were_unreadable(tmp_path, nchw):
+    folder = tmp_path / "bad"
+    _save(folder / "ok.png", (1, 2, 3))
+    for name in ("x.jpg", "y.png", "z.webp"):
+        (folder / name).write_bytes(b"garbage")
+    with pytest.raises(UsageError, match=r"3 of 4 images are unreadable.*1 left.*at least 2"):
+        load_calibration(folder, nchw)
+
+
+def _raw_pixels_warned(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "raw pixels" in r.getMessage()]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.int64])
+def test_raw_pixel_arrays_warn_they_are_fed_without_preprocessing(tmp_path, nchw, caplog, dtype):
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32)).astype(dtype)
+    np.save(tmp_path / "pixels.npy", pixels)
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+        calib = load_calibration(tmp_path / "pixels.npy", nchw)
+    assert calib.samples["image"].dtype == np.float32 and calib.samples["image"].max() == 255
+    (line,) = _raw_pixels_warned(caplog)
+    assert "pixels.npy" in line and "0..255" in line and "imagenet" in line and "as is" in line
+
+
+def test_raw_pixel_npz_warns_too(tmp_path, nchw, caplog):
+    np.savez(tmp_path / "d.npz", x=np.full((2, 3, 32, 32), 200, dtype=np.uint8))
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+        load_calibration(tmp_path / "d.npz", nchw)
+    assert _raw_pixels_warned(caplog)
+
+
+def test_no_raw_pixel_warning_for_normalised_data_raw_presets_or_integer_inputs(tmp_path, nchw, caplog):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "norm.npy", rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
+    np.save(tmp_path / "pixels.npy", rng.integers(0, 256, (4, 3, 32, 32)).astype(np.uint8))
+    u8 = _specs(("u8", TensorProto.UINT8, [None, 3, 32, 32]))
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+        load_calibration(tmp_path / "norm.npy", nchw)
+        load_calibration(tmp_path / "pixels.npy", nchw, preprocess="none")  # the model takes raw pixels
+        x = load_calibration(tmp_path / "pixels.npy", u8).samples["u8"]  # an integer input: raw pixels are right
+    assert x.dtype == np.uint8 and x.max() > 200
+    assert not _raw_pixels_warned(caplog)

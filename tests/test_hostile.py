@@ -205,9 +205,8 @@ def _sub_and_small(d: Path) -> None:
 PRUNE = ["--flops", "0.5", "-o", "out.onnx"]
 
 # Broken files: the same refusal from prune and from analyze.
+# (A missing path or a folder is a usage problem: test_missing_or_folder_model_is_a_usage_error_everywhere.)
 BROKEN_FILES: dict[str, tuple[Callable[[Path], None], str, str]] = {
-    "missing file": (lambda d: None, "missing.onnx", "no such file"),
-    "directory": (lambda d: (d / "folder.onnx").mkdir(), "folder.onnx", "directory"),
     "empty file": (_bytes("empty.onnx", lambda: b""), "empty.onnx", "empty"),
     "random bytes": (_bytes("random.onnx", lambda: np.random.default_rng(0).bytes(4096)), "random.onnx",
                      "random.onnx"),
@@ -388,3 +387,103 @@ def test_save_interrupted_between_data_and_model_leaves_nothing(tmp_path: Path, 
         save_model(wide_model(), tmp_path / "out.onnx", external=True)
     assert calls == ["out.onnx.data", "out.onnx"]
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a wrong model path: exit 2 from every command ----------------------------------------------------
+
+WRONG_PATHS = {"missing file": (lambda d: None, "missing.onnx", ("no such file", "does not exist")),
+               "directory": (lambda d: (d / "folder.onnx").mkdir(), "folder.onnx", ("directory", "not a file"))}
+COMMANDS = {"prune": lambda f: [f, *PRUNE], "analyze": lambda f: ["analyze", f],
+            "sweep": lambda f: ["sweep", f, "--flops", "0.8", "0.5"], "bench": lambda f: ["bench", f]}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize("wrong", list(WRONG_PATHS))
+def test_missing_or_folder_model_is_a_usage_error_everywhere(command: str, wrong: str, tmp_path: Path):
+    """A model path that does not exist, or names a folder, is a usage problem (exit 2) in every command;
+    a file that is there but is no model stays a model problem (exit 1, the corpus above)."""
+    setup, name, needles = WRONG_PATHS[wrong]
+    setup(tmp_path)
+    before = snapshot(tmp_path)
+    line = assert_one_line_error(cli(*COMMANDS[command](name), cwd=tmp_path), USAGE)
+    assert name in line and any(needle in line for needle in needles), line
+    assert snapshot(tmp_path) == before
+
+
+# --- NaN in a bias: the dense model is broken, whatever channel pruning would cut ---------------------
+
+
+def _bad_bias(name: str, value: float) -> onnx.ModelProto:
+    model = small_model()
+    for init in model.graph.initializer:
+        if init.name == name:
+            values = numpy_helper.to_array(init).copy()
+            values[5 % len(values)] = value
+            init.CopyFrom(numpy_helper.from_array(values, init.name))
+    return model
+
+
+@pytest.mark.parametrize("name, value", [("c1.b", np.nan), ("c1.b", np.inf), ("fc.b", np.nan)])
+def test_nan_or_inf_bias_is_refused_naming_the_initializer(name: str, value: float, tmp_path: Path):
+    """A NaN in channel 5 of c1's bias: the dense model outputs NaN; --flops 0.5 may prune that very
+    channel and write a finite model, exit 0. It must be refused like a NaN weight."""
+    onnx.save(_bad_bias(name, value), str(tmp_path / "nan.onnx"))
+    before = snapshot(tmp_path)
+    line = assert_one_line_error(cli("nan.onnx", "--flops", "0.5", cwd=tmp_path), MODEL)
+    assert name in line and ("NaN" if np.isnan(value) else "infinite") in line, line
+    assert snapshot(tmp_path) == before, "no output may be written"
+    with pytest.raises(ModelError, match=name.replace(".", r"\.")):
+        onnxprune.analyze(_bad_bias(name, value))
+
+
+def test_infinite_attention_mask_is_not_a_bad_weight(tmp_path: Path):
+    """-inf in a constant added before a Softmax (an attention mask) is legitimate: the model is finite."""
+    net = Net(channels=4)
+    h = net.conv("x", 4, 8, 3, name="c1")
+    mask = np.zeros((1, 1, 1, 8), dtype=np.float32)
+    mask[..., 0] = -np.inf
+    h = net.node("Softmax", [net.node("Add", [h, net.const("mask", mask)])], axis=-1)
+    h = net.relu(net.conv(h, 8, 6, 1, name="c2"))
+    net.head(h, 6)
+    onnx.save(net.model(), str(tmp_path / "masked.onnx"))
+    proc = cli("masked.onnx", "--flops", "0.7", "-o", "out.onnx", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.onnx").exists()
+
+
+# --- an unreachable target names its real cause ----------------------------------------------------
+
+
+def _all_tied() -> onnx.ModelProto:
+    """c1's 24 channels feed a group=3 and a group=8 Conv: the groups of 8 and of 3 overlap, so
+    every channel is tied to every other (one removable unit), however grouped Convs tie them."""
+    net = Net(channels=4)
+    h = net.relu(net.conv("x", 4, 24, 3, name="c1"))
+    h = net.node("Add", [net.conv(h, 24, 24, 3, group=3, name="g3"), net.conv(h, 24, 24, 3, group=8, name="g8")])
+    net.head(net.relu(h), 24)
+    return net.model()
+
+
+def test_unreachable_because_of_round_to_says_so(tmp_path: Path):
+    _write_small(tmp_path)
+    before = snapshot(tmp_path)
+    line = assert_one_line_error(cli("small.onnx", "--flops", "0.5", "--round-to", "100000", cwd=tmp_path), MODEL)
+    assert "unreachable" in line and "frozen by" not in line, line
+    assert ("--round-to 100000 leaves no group able to lose channels: the widest prunable group has 8 channels"
+            in line), line
+    assert snapshot(tmp_path) == before
+
+
+def test_unreachable_because_every_channel_is_one_tied_unit_says_so(tmp_path: Path):
+    onnx.save(_all_tied(), str(tmp_path / "tied.onnx"))
+    line = assert_one_line_error(cli("tied.onnx", "--flops", "0.5", cwd=tmp_path), MODEL)
+    assert "unreachable" in line and "frozen by" not in line, line
+    assert "tied unit" in line or "tied into one unit" in line, line
+    assert "Conv(group=3)" in line and "Conv(group=8)" in line, line
+    assert "removing" in line and "would remove" in line, line
+
+
+def test_unreachable_because_of_frozen_channels_still_names_them(tmp_path: Path):
+    _write_small(tmp_path)
+    line = assert_one_line_error(cli("small.onnx", "--flops", "0.05", cwd=tmp_path), MODEL)
+    assert "frozen by: graph input, graph output" in line, line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnx
@@ -24,12 +24,14 @@ from .reconstruct import Refit, refit_layers
 from .rewrite import apply_plan
 from .score import CALIBRATED, calibrated_scores, magnitude_scores
 from .select import Plan, select
+from .shapes import announce_guesses, check_input_shapes, graph_inputs, resolve_input_shapes, size_failure
 from .sparsify import SparsifyReport, parse_pattern, sparsify_graph
 from .verify import verify
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+InputShapes = dict[str, "tuple[int, ...] | list[int]"]  # {"x": (1, 3, 48, 320)}: sizes of free input dims
 
 
 @dataclass
@@ -59,6 +61,7 @@ class PruneResult:
     fidelity: Fidelity | None = None
     calibration: str | None = None
     latency_search: LatencySearch | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what FLOPs were measured at (batch 1)
 
     @property
     def flops_ratio(self) -> float:
@@ -89,20 +92,34 @@ def _load(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, 
     return read_model(model)
 
 
-def analyze(model: str | os.PathLike | onnx.ModelProto, progress: Progress | None = None) -> Analysis:
-    """Find the coupled-channel groups of a model (path or ModelProto)."""
+def analyze(model: str | os.PathLike | onnx.ModelProto, progress: Progress | None = None, *,
+            input_shapes: InputShapes | None = None) -> Analysis:
+    """Find the coupled-channel groups of a model (path or ModelProto).
+
+    ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims (else 224, with a
+    warning); FLOPs shares are measured there (``measured_at``)."""
     proto, _ = _load(model)
-    return _analyze(proto, progress)
+    return _analyze(proto, progress, resolve_input_shapes(proto, input_shapes), input_shapes)
 
 
-def _analyze(proto: onnx.ModelProto, progress: Progress | None) -> Analysis:
+def measured_at(analysis: Analysis) -> dict[str, tuple[int, ...]]:
+    """The shape (batch 1) each graph input had in the run FLOPs are counted from."""
+    return {t.name: tuple(analysis.capture.shapes[t.name]) for t in analysis.graph.inputs
+            if t.name in analysis.capture.shapes}
+
+
+def _analyze(proto: onnx.ModelProto, progress: Progress | None,
+             shapes: dict[str, tuple[int, ...]] | None = None, given: InputShapes | None = None) -> Analysis:
+    """Load, capture at ``shapes`` (resolved from ``given``; warns about guessed sizes once the model ran
+    there) and find the groups."""
     step = progress or (lambda _msg: None)
     step("folding constants")
     graph = to_graph(proto)
     refuse_nonfinite(graph)  # a NaN bias: the dense model is broken, a pruned one may look fine
     shared = unshare_constants(graph)
     step("running the model once to read every shape")
-    cap = capture_mod.capture(graph)
+    cap = capture_mod.capture(graph, shapes)
+    announce_guesses(proto, given)
     step("finding coupled channel groups")
     analysis = analyze_graph(graph, cap)
     analysis.shared = shared
@@ -133,7 +150,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
           calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, sequential: bool = False,
           reconstruct: bool = False, scope: str = "isomorphic", criterion: str = "l2", round_to: int | None = None,
           latency: float | None = None, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
-          progress: Progress | None = None) -> PruneResult:
+          input_shapes: InputShapes | None = None, progress: Progress | None = None) -> PruneResult:
     """Prune a model (path or ModelProto) and verify the result.
 
     Structured: ``flops`` or ``params`` (fraction of the dense cost to keep) removes channels;
@@ -146,6 +163,10 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
     ``latency`` (fraction of the dense model's measured latency on ``backend`` with ``threads``
     threads at ``batch``) removes channels until the measured latency meets it; ``round_to``
     (channel counts kept multiples of it, default 1) is then chosen by measurement unless given.
+
+    ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims other than the batch
+    (else 224, with a warning): FLOPs (per sample: the batch entry is not used), calibration
+    images and random data, and latency are measured there; the pruned model keeps its free dims.
 
     The returned model has passed onnx.checker and run in onnxruntime at batch 1 and 2 (when
     the batch is dynamic) with the same input/output names, ranks and non-channel dims.
@@ -162,8 +183,9 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
                          "or --calib random for a mechanics-only run")
     step = progress or (lambda _msg: None)
     proto, external = _load(model)
-    calib_set, held_out = _calibration(proto, calib, calib_count, preprocess, holdout)
-    analysis = _analyze(proto, progress)
+    shapes = resolve_input_shapes(proto, input_shapes, batch=batch)
+    calib_set, held_out = _calibration(proto, calib, calib_count, preprocess, holdout, input_shapes)
+    analysis = _analyze(proto, progress, shapes, input_shapes)
     dense = model_costs(analysis)
     plan, kept, refits, sparse, search = None, {}, [], None, None
     structured = flops is not None or params is not None or latency is not None
@@ -176,7 +198,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
         scores = score_groups(analysis, criterion, calib_set.samples if calib_set else None)
         plan, search = search_latency(analysis, proto, scores, flops_terms(analysis.graph, _shapes(analysis.capture)),
                                       latency, backend=backend, threads=threads, batch=batch, scope=scope,
-                                      round_to=round_to, progress=step)
+                                      round_to=round_to, progress=step, shapes=shapes)
     elif structured:
         step("scoring and selecting channels")
         plan = make_plan(analysis, flops=flops, params=params, scope=scope, criterion=criterion,
@@ -194,7 +216,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
                                 sequential=sequential, progress=step)
     pruned_proto = to_model(graph, proto)
     step("verifying with onnx.checker and onnxruntime")
-    pruned_graph, pruned_capture = verify(pruned_proto, analysis.capture, [t.name for t in analysis.graph.outputs])
+    pruned_graph, pruned_capture = verify(pruned_proto, analysis.capture, [t.name for t in analysis.graph.outputs],
+                                          shapes)
     quality = None
     if held_out is not None:
         step("measuring fidelity on held-out calibration samples")
@@ -208,6 +231,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
         ratio=plan.ratio if plan else 0.0, external_data=external,
         channels=_channel_table(analysis, plan) if plan else [], sparsity=sparse, refits=refits,
         fidelity=quality, calibration=calib_set.description if calib_set else None, latency_search=search,
+        input_shapes=measured_at(analysis),
     )
 
 
@@ -226,12 +250,15 @@ def _check_targets(flops, params, sparsity, pattern, latency=None) -> None:
         raise UsageError(f"sparsity must be in [0, 1), got {sparsity}")
 
 
-def _calibration(proto, calib, count, preprocess, holdout):
-    """(calibration samples, held-out samples) or (None, None) without data."""
+def _calibration(proto, calib, count, preprocess, holdout, input_shapes=None):
+    """(calibration samples, held-out samples) or (None, None) without data. ``input_shapes``
+    (as given) sizes the free dims of images and random data."""
     if calib is None:
         return None, None
+    given = check_input_shapes(proto, input_shapes)
+    specs = [replace(spec, size=given.get(spec.name)) for spec in input_specs(proto)]
     data = calib if isinstance(calib, CalibrationSet) else load_calibration(
-        calib, input_specs(proto), count=count, preprocess=preprocess)
+        calib, specs, count=count, preprocess=preprocess)
     if len(data) < 2:
         raise UsageError("calibration needs at least 2 samples (some are held out to measure fidelity)")
     return data.split(holdout)
@@ -275,13 +302,16 @@ def apply(analysis: Analysis, plan: Plan, like: onnx.ModelProto) -> tuple[onnx.M
     return to_model(graph, like), kept
 
 
-def measure_costs(model: str | os.PathLike | onnx.ModelProto) -> Costs:
-    """FLOPs and params read from a model itself (every shape from a real onnxruntime run)."""
+def measure_costs(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: InputShapes | None = None) -> Costs:
+    """FLOPs and params read from a model itself (every shape from a real onnxruntime run, free
+    input dims at ``input_shapes``, else 224)."""
     import onnx_graphsurgeon as gs
 
     proto, _ = _load(model)
     graph = gs.import_onnx(proto)
-    return _costs(graph, capture_mod.capture(graph))
+    cap = capture_mod.capture(graph, resolve_input_shapes(proto, input_shapes))
+    announce_guesses(proto, input_shapes)
+    return _costs(graph, cap)
 
 
 def _plan_report(analysis: Analysis, kept) -> dict[str, dict[int, list[int]]]:
@@ -307,13 +337,15 @@ def _channel_table(analysis: Analysis, plan: Plan) -> list[dict]:
 
 def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "ort-cpu", batch: int = 1,
           threads: int = 1, fp16: bool = False, runs: int = 50, min_seconds: float = 3.0, warmup_s: float = 1.0,
-          save_engines: list[str | os.PathLike | None] | None = None) -> BenchResult:
+          save_engines: list[str | os.PathLike | None] | None = None,
+          input_shapes: InputShapes | None = None) -> BenchResult:
     """Time ``models`` (paths or ModelProtos) on ``backend``, alternating in one process.
 
     Backends: ``ort-cpu`` (default), ``ort-cuda``, ``ort-trt`` (onnxruntime-gpu) and ``tensorrt``
     (an FP16/sparse engine built with TensorRT; ``save_engines`` keeps them). Each model runs at
     least ``runs`` times and for at least ``min_seconds`` after ``warmup_s`` of warm-up; see
-    ``deploy.py`` for the statistics.
+    ``deploy.py`` for the statistics. ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with
+    free dims other than the batch (else 224, with a warning); ``batch`` sets the batch.
     """
     if not models:
         raise UsageError("give at least one model to time")
@@ -321,18 +353,42 @@ def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "
     for m in models:
         protos.append(_load(m)[0])
         names.append(m.graph.name or "model" if isinstance(m, onnx.ModelProto) else str(m))
-    feeds = [bench_feed(p, batch) for p in protos]
+    shapes = [resolve_input_shapes(p, input_shapes, batch=batch) for p in protos]
+    feeds = [bench_feed(p, batch, shapes=sh) for p, sh in zip(protos, shapes, strict=True)]
     engines = [str(e) if e else None for e in save_engines] if save_engines else None
     if engines is not None and len(engines) != len(protos):
         raise UsageError("give one engine path per model")
     runners = make_runners(protos, feeds, backend, threads, fp16, engines)
-    latencies = time_runners(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, batch=batch)
+    try:
+        latencies = time_runners(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, batch=batch)
+    except Exception as exc:
+        error = _bench_size_failure(exc, protos, feeds) if backend.startswith("ort") else None
+        if error is None:
+            raise
+        raise error from None
+    warned: set[str] = set()  # dense and pruned share their inputs: one warning each
+    for proto in protos:
+        announce_guesses(proto, input_shapes, warned)
     for name, lat in zip(names, latencies, strict=True):
         if lat.noisy:
             log.warning("%s: latency varies by %.0f%% run to run (coefficient of variation); the machine is busy: "
                         "trust the ratios more than the absolute times", name, lat.cv * 100)
     builds = [r.report.summary() if getattr(r, "report", None) else None for r in runners]
-    return BenchResult(names, latencies, backend, batch, threads, fp16, engines, builds if any(builds) else None)
+    return BenchResult(names, latencies, backend, batch, threads, fp16, engines, builds if any(builds) else None,
+                       [{k: tuple(v.shape) for k, v in feed.items()} for feed in feeds])
+
+
+def _bench_size_failure(exc: Exception, protos: list[onnx.ModelProto], feeds: list[dict]) -> UsageError | None:
+    """A usage error if onnxruntime failed to run a model whose inputs have free dims (the size
+    given or assumed may be wrong for it); None for anything else."""
+    if not type(exc).__module__.startswith("onnxruntime"):
+        return None
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for proto, feed in zip(protos, feeds, strict=True):
+        error = size_failure(graph_inputs(proto), {k: v.shape for k, v in feed.items()}, reason)
+        if error is not None:
+            return error
+    return None
 
 
 def default_output(path: str | os.PathLike) -> Path:

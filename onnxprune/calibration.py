@@ -59,11 +59,17 @@ class InputSpec:
     name: str
     shape: tuple[int | str | None, ...]
     dtype: np.dtype
+    size: tuple[int, ...] | None = None  # the size --input-shape gives (images and random data use its free dims)
 
     def static(self, axis: int) -> int | None:
         """The size of ``axis`` when it is static, else None."""
         dim = self.shape[axis]
         return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 else None
+
+    def sized(self, axis: int) -> int | None:
+        """The size of ``axis`` when it is static, else the size given for it (``size``), else None."""
+        static = self.static(axis)
+        return static if static is not None or self.size is None else self.size[axis]
 
     def show(self) -> str:
         """The shape written as ``[N,3,224,224]`` (symbolic dims by name, unknown as ``?``)."""
@@ -331,7 +337,7 @@ def _random(inputs: list[InputSpec], count: int, rng: np.random.Generator) -> Ca
     for spec in inputs:
         if not spec.shape:
             raise UsageError(f"input {spec.name!r} is a scalar: calibration samples need a batch axis")
-        dims = [spec.static(a) or 224 for a in range(1, len(spec.shape))]
+        dims = [spec.sized(a) or 224 for a in range(1, len(spec.shape))]
         shape = (count, *dims)
         if np.issubdtype(spec.dtype, np.floating):
             samples[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
@@ -574,7 +580,7 @@ def _geometry(spec: InputSpec, prep: Preprocess) -> _Geometry:
                          f"images give 1 or 3")
     sizes = []
     for axis, which in ((h_axis, 0), (w_axis, 1)):
-        size = spec.static(axis)
+        size = spec.sized(axis)
         if size is None or size == 0:
             if prep.crop is None:
                 raise UsageError(f"model input {spec.name!r} {spec.show()} has a dynamic "

@@ -2,8 +2,10 @@
 
 ONNX shape inference gives up on many real exports (shapes computed at run time by
 Shape/Gather/Concat), so the analysis runs the graph twice with every tensor marked as an
-output: once at batch 1 and once at batch 2 (other free dims +32 where the model allows).
-Axes whose size differs between the runs are dynamic and never carry prunable channels.
+output: once at batch 1 and once at batch 2 (other free dims +32 where the model allows; one
+at a time where it refuses them all). Axes whose size differs between the runs are dynamic and
+never carry prunable channels. Free dims other than the batch take the size ``--input-shape``
+gives, else 224 (``shapes.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import onnxruntime as ort
 
 from .errors import ModelError
 from .load import save_model
+from .shapes import GUESS, free_dims, size_failure
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class Capture:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     stable: set[str] = field(default_factory=set)
     finite: dict[str, bool] = field(default_factory=dict)  # graph outputs only
+    second_inputs: dict[str, tuple[int, ...]] | None = None  # the second run's input shapes (None: no second run)
 
     def fixed(self, tensor: gs.Tensor) -> np.ndarray | None:
         """A small input's value if it is constant or computed the same whatever the batch (then
@@ -47,21 +51,27 @@ class Capture:
         return axis not in self.dynamic.get(name, set())
 
 
-def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0, batch: int | None = None) -> dict[str, np.ndarray]:
-    """Random inputs: free dims take batch 1 (axis 0) or 224; ``grow`` enlarges the free dims.
+def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0, batch: int | None = None,
+               shapes: dict[str, tuple[int, ...]] | None = None,
+               only: set[tuple[str, int]] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs: free dims take batch 1 (axis 0) or their size in ``shapes`` (else 224);
+    ``grow`` enlarges the free dims (those in ``only``, (input, axis) pairs, when given).
 
     ``batch`` sets a free axis 0 (it overrides ``grow`` there)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for tensor in graph.inputs:
         shape = []
-        for axis, dim in enumerate(tensor.shape or []):
+        given = (shapes or {}).get(tensor.name)
+        dims = tensor.shape if tensor.shape is not None else ([None] * len(given) if given else [])
+        for axis, dim in enumerate(dims):
             if isinstance(dim, int) and dim >= 0:
                 shape.append(dim)
             elif axis == 0:
                 shape.append(batch if batch is not None else 1 + (1 if grow else 0))
             else:
-                shape.append(224 + grow)
+                grown = grow if only is None or (tensor.name, axis) in only else 0
+                shape.append((given[axis] if given else GUESS) + grown)
         dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
         if np.issubdtype(dtype, np.floating):
             feed[tensor.name] = rng.standard_normal(shape).astype(dtype)
@@ -168,8 +178,13 @@ def _run(sessions: _GroupSessions, groups: list[list[str]], feed: dict[str, np.n
     runs, so memory stays bounded on large inputs."""
     seen = {name: _seen(value, name in outputs) for name, value in feed.items()}
     for group in groups:
-        seen.update((name, _seen(value, name in outputs))
-                    for name, value in zip(group, sessions(group).run(group, feed), strict=True))
+        sess = sessions(group)
+        try:
+            values = sess.run(group, feed)
+        except Exception as exc:
+            raise _RunFailed(str(exc)) from exc
+        seen.update((name, _seen(value, name in outputs)) for name, value in zip(group, values, strict=True))
+        del values
     return seen
 
 
@@ -234,10 +249,19 @@ def estimated_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray], outputs
     return sizes
 
 
-def capture(graph: gs.Graph) -> Capture:
-    """Run the graph twice with every tensor as an output; record shapes and dynamic axes."""
+def capture(graph: gs.Graph, shapes: dict[str, tuple[int, ...]] | None = None,
+            second_inputs: dict[str, tuple[int, ...]] | None = None) -> Capture:
+    """Run the graph twice with every tensor as an output; record shapes and dynamic axes.
+
+    ``shapes`` (input name -> dims, see ``shapes.resolve_input_shapes``) sizes the free dims of the
+    first run (224 where not given); its batch entry is not used: the first run is at batch 1.
+    ``second_inputs`` (another capture's ``second_inputs``) makes the second run at exactly those
+    sizes, without trying others: verify runs a pruned model where the dense model ran.
+    A first run that fails while some input has a free dim other than the batch is a usage error
+    (the size may be wrong for the model) that says how to give the size.
+    """
     model, names = _all_outputs_model(graph)
-    feed = input_feed(graph)
+    feed = input_feed(graph, shapes=shapes)
     first_groups = _groups(names, estimated_sizes(model, feed, len(graph.outputs)), CHUNK_BYTES)
     if len(first_groups) > 1:
         log.debug("capture: first run in %d groups of outputs to bound memory", len(first_groups))
@@ -245,22 +269,21 @@ def capture(graph: gs.Graph) -> Capture:
         sessions = _GroupSessions(model)
         first = _run(sessions, first_groups, feed, frozenset(t.name for t in graph.outputs))
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot run the model: {first_line}") from None
+        failed = exc.__cause__ if isinstance(exc, _RunFailed) else exc
+        first_line = str(failed).strip().splitlines()[0] if str(failed).strip() else type(failed).__name__
+        error = size_failure(_input_dims(graph), {k: v.shape for k, v in feed.items()}, first_line) \
+            if isinstance(exc, _RunFailed) else None
+        raise error or ModelError(f"onnxruntime cannot run the model: {first_line}") from None
     groups = _groups(names, {name: seen.nbytes * GROWTH for name, seen in first.items()}, CHUNK_BYTES)
     if len(groups) > 1:
         log.debug("capture: second run in %d groups of outputs to bound memory", len(groups))
-    second = None
-    for grow in (32, 0):  # try growing every free dim, then batch only
-        feed = input_feed(graph, grow=grow)
-        if grow == 0:
-            feed = {k: np.concatenate([v, v]) if v.ndim and _free_batch(graph, k) else v
-                    for k, v in feed.items()}
+    if second_inputs is not None:
         try:
-            second = _run(sessions, groups, feed)
-            break
-        except Exception:  # the model does not allow those sizes; fall back
-            continue
+            second = _run(sessions, groups, input_feed(graph, batch=2, shapes=second_inputs))
+        except Exception:  # the caller compares the runs' shapes and says what changed
+            second = None
+    else:
+        second = _second_run(graph, sessions, groups, shapes)
     result = Capture()
     for name, one in first.items():
         other = second[name] if second is not None else one
@@ -276,11 +299,57 @@ def capture(graph: gs.Graph) -> Capture:
                 result.stable.add(name)
     for tensor in graph.outputs:
         result.finite[tensor.name] = first[tensor.name].finite
+    if second is not None:
+        result.second_inputs = {t.name: second[t.name].shape for t in graph.inputs if t.name in second}
     for tensor in graph.inputs:
         dims = tensor.shape or []
         result.dynamic.setdefault(tensor.name, set()).update(
             a for a, d in enumerate(dims) if not (isinstance(d, int) and d >= 0))
     return result
+
+
+class _RunFailed(Exception):
+    """onnxruntime failed while running the model (not while building the session); the cause is
+    onnxruntime's exception."""
+
+
+def _input_dims(graph: gs.Graph) -> dict[str, tuple | None]:
+    return {t.name: tuple(t.shape) if t.shape is not None else None for t in graph.inputs}
+
+
+def _second_run(graph: gs.Graph, sessions: _GroupSessions, groups: list[list[str]],
+                shapes: dict[str, tuple[int, ...]] | None) -> dict[str, _Seen] | None:
+    """The second run: batch 2 with every free dim +32; where the model refuses that, the free dims
+    it allows grown one at a time (greedily, so a recogniser with a fixed height still shows its
+    dynamic width), then batch 2 only; None if the model runs at no other size."""
+    free = [(name, axis) for name, dims in _input_dims(graph).items() for axis in free_dims(dims)]
+
+    def attempt(only: set[tuple[str, int]] | None) -> dict[str, _Seen] | None:
+        try:
+            return _run(sessions, groups, input_feed(graph, grow=32, shapes=shapes, only=only))
+        except Exception:  # the model does not allow those sizes
+            return None
+
+    second = attempt(None)
+    if second is not None:
+        return second
+    if len(free) > 1:
+        grown: set[tuple[str, int]] = set()
+        for dim in free:
+            trial = attempt(grown | {dim})
+            if trial is not None:
+                grown.add(dim)
+                second = trial
+        log.debug("capture: growing every free dim failed; grown in the second run: %s",
+                  ", ".join(f"{n}[{a}]" for n, a in sorted(grown)) or "none")
+        if second is not None:
+            return second
+    feed = input_feed(graph, shapes=shapes)  # batch only: the first run's inputs twice
+    feed = {k: np.concatenate([v, v]) if v.ndim and _free_batch(graph, k) else v for k, v in feed.items()}
+    try:
+        return _run(sessions, groups, feed)
+    except Exception:
+        return None
 
 
 def _free_batch(graph: gs.Graph, name: str) -> bool:

@@ -44,6 +44,7 @@ EPILOG_PRUNE = """examples:
   onnxprune model.onnx --flops 0.5 -v              # log each pipeline stage on stderr
   onnxprune model.onnx --latency 0.6               # prune until measured onnxruntime CPU latency <= 60%
   onnxprune model.onnx --flops 0.5 --bench --backend tensorrt --fp16   # time dense and pruned engines
+  onnxprune rec.onnx --flops 0.5 --input-shape x:1x3x48x320   # free input dims (OCR, detection): their size
 
 """ + EXIT_CODES
 
@@ -51,6 +52,7 @@ EPILOG_ANALYZE = """examples:
   onnxprune analyze model.onnx                     # groups, isomorphic classes, FLOPs shares, frozen channels
   onnxprune analyze model.onnx --json groups.json  # the same as JSON
   onnxprune analyze model.onnx --html groups.html  # one self-contained page with a FLOPs-share plot
+  onnxprune analyze rec.onnx --input-shape x:1x3x48x320   # FLOPs shares at this size (free input dims)
 
 """ + EXIT_CODES
 
@@ -59,6 +61,7 @@ EPILOG_BENCH = """examples:
   onnxprune bench dense.onnx pruned.onnx --threads 4 --batch 8 --json times.json   # alternating, ratio
   onnxprune bench dense.onnx pruned.onnx --backend ort-cuda        # onnxruntime-gpu, CUDA provider
   onnxprune bench pruned.onnx --backend tensorrt --fp16 --save-engine pruned.engine   # sparse 2:4 if present
+  onnxprune bench rec.onnx rec.pruned.onnx --input-shape x:1x3x48x320   # free input dims timed at this size
 
 backends: ort-cpu (default), ort-cuda and ort-trt (need onnxruntime-gpu and a GPU), tensorrt (needs the
 tensorrt package, torch with CUDA and a GPU); a missing library or device is an error, never a silent
@@ -70,6 +73,7 @@ EPILOG_SWEEP = """examples:
   onnxprune sweep model.onnx --flops 0.9 0.7 0.5   # -> model.sweep/sweep.csv, sweep.json, sweep.png
   onnxprune sweep model.onnx --params 0.8 0.6 --bench      # add onnxruntime CPU latency
   onnxprune sweep model.onnx --flops 0.8 0.6 --calib photos/ --html sweep.html   # fidelity; one HTML page
+  onnxprune sweep rec.onnx --flops 0.7 0.5 --input-shape x:1x3x48x320   # free input dims: their size
 
 """ + EXIT_CODES
 
@@ -157,6 +161,7 @@ def _prune_parser() -> argparse.ArgumentParser:
                          help="time the dense and the pruned model, alternating, and show both in the summary")
     _add_backend_options(latency)
     latency.add_argument("--no-latency", action="store_true", help=argparse.SUPPRESS)  # the old default-on switch
+    _add_input_shape(p)
     _add_general(p)
     return p
 
@@ -180,6 +185,28 @@ def _add_backend_options(group) -> None:
     group.add_argument("--threads", type=_positive, default=1, metavar="N",
                        help="onnxruntime intra-op threads (default 1)")
     group.add_argument("--fp16", action="store_true", help="FP16 engines (tensorrt, ort-trt)")
+
+
+class _InputShapes(argparse.Action):
+    """``--input-shape NAME:1x3x48x320`` (or ``NAME:1,3,48,320``), repeatable: {name: dims}."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from .shapes import parse_input_shape
+
+        name, dims = parse_input_shape(value)
+        shapes = dict(getattr(namespace, self.dest, None) or {})
+        if name in shapes:
+            raise UsageError(f"--input-shape {name} given twice")
+        shapes[name] = dims
+        setattr(namespace, self.dest, shapes)
+
+
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument_group("input size").add_argument(
+        "--input-shape", action=_InputShapes, metavar="NAME:1x3xHxW",
+        help="size of an input with free dims (repeatable; also NAME:1,3,H,W): FLOPs, calibration and latency "
+             "are measured there (default 224 for free dims other than the batch, with a warning); the batch "
+             "entry is not used (FLOPs are per sample, --batch sets the timed batch)")
 
 
 def _check_fp16(args: argparse.Namespace) -> None:
@@ -207,6 +234,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     out.add_argument("--force", action="store_true", help="overwrite existing engine files")
+    _add_input_shape(p)
     _add_general(p)
     return p
 
@@ -219,6 +247,7 @@ def _analyze_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
     out.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
+    _add_input_shape(p)
     _add_general(p)
     return p
 
@@ -251,6 +280,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
     latency = p.add_argument_group("latency")
     latency.add_argument("--bench", action="store_true", help="time the dense and every pruned model, alternating")
     _add_backend_options(latency)
+    _add_input_shape(p)
     _add_general(p)
     return p
 
@@ -387,7 +417,8 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
                        pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
                        preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
                        scope=args.scope, criterion=args.criterion, round_to=args.round_to, latency=args.latency,
-                       backend=args.backend, threads=args.threads, batch=args.batch, progress=progress)
+                       backend=args.backend, threads=args.threads, batch=args.batch,
+                       input_shapes=args.input_shape, progress=progress)
         progress(f"writing the pruned model to {dst}")
         result.save(dst)
         latency = None
@@ -396,7 +427,8 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
             from .load import read_model
             dense, _ = read_model(args.model)
             latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
-                                    threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16))
+                                    threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
+                                    shapes=result.input_shapes))
         summary = summary_dict(result, (file_size(args.model), file_size(dst)), latency, args.backend)
         summary["output"] = str(dst)
         summary["command"] = io.command
@@ -416,7 +448,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
 
 
 def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
-    from .api import analyze, group_flops_share
+    from .api import analyze, group_flops_share, measured_at
     from .report import print_analysis, write_json
     from .sparse24 import sparse_eligibility
 
@@ -426,7 +458,7 @@ def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
         _check_writable(Path(args.html), "HTML report", True, Path(args.model))
 
     with _stages(io, args.quiet, f"reading {args.model}") as progress:
-        analysis = analyze(args.model, progress=progress)
+        analysis = analyze(args.model, progress=progress, input_shapes=args.input_shape)
     shares = group_flops_share(analysis)
     sparse = sparse_eligibility(analysis.graph)
     if not args.quiet:
@@ -440,6 +472,7 @@ def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
                         "members": [f"{m.tensor}[{m.axis}]" for m in f.slots]} for f in analysis.frozen],
             "ops_without_rule": analysis.no_rule_ops,
             "sparse_24": [vars(layer) for layer in sparse],
+            "input_shapes": {k: list(v) for k, v in measured_at(analysis).items()},  # FLOPs measured there
         })
     if args.html:
         from .html import analysis_html, write_html
@@ -478,6 +511,7 @@ def _check_sweep_outputs(args: argparse.Namespace, out: Path) -> None:
 def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from rich.table import Table
 
+    from .report import measured_at_line
     from .sweep import save_models, sweep
 
     out = _sweep_folder(args)
@@ -488,7 +522,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
                        calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
                        criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
                        threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
-                       keep_models=args.save_models, progress=progress)
+                       keep_models=args.save_models, input_shapes=args.input_shape, progress=progress)
         progress(f"writing the results to {out}")
         out.mkdir(parents=True, exist_ok=True)
         written = [out / "sweep.csv", out / "sweep.json", out / "sweep.png"]
@@ -522,6 +556,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
             row += [f"{p.top1_agreement:.1%}", f"{p.kl:.3f}"]
         table.add_row(*row)
     io.out.print(table)
+    io.out.print(measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
     for path in written:
@@ -558,7 +593,8 @@ def _run_bench(args: argparse.Namespace, io: _Io) -> None:
     _check_fp16(args)
     with _stages(io, args.quiet, f"timing {len(args.models)} model(s) on {args.backend}"):
         result = bench(args.models, backend=args.backend, batch=args.batch, threads=args.threads, fp16=args.fp16,
-                       runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup, save_engines=engines)
+                       runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup, save_engines=engines,
+                       input_shapes=args.input_shape)
     if args.json:
         write_json(args.json, {**result.to_dict(), "command": io.command})
     if not args.quiet:

@@ -69,8 +69,10 @@ def latency_stats(samples_ms: list[float] | np.ndarray, batch: int = 1) -> Laten
                    cv=float(s.std() / mean) if mean > 0 else 0.0, batch=batch)
 
 
-def bench_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs at ``batch``; refuses a batch the model's inputs do not allow."""
+def bench_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0,
+               shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs at ``batch``; refuses a batch the model's inputs do not allow. ``shapes``
+    (``shapes.resolve_input_shapes``) sizes the free dims other than the batch (else 224)."""
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
     graph = gs.import_onnx(model)
@@ -79,7 +81,7 @@ def bench_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0) -> dict[st
         if isinstance(dim, int) and dim >= 0 and dim != batch:
             raise UsageError(f"input {tensor.name!r} has a fixed batch of {dim}; --batch {batch} is not possible "
                              "(export the model with a dynamic batch)")
-    return input_feed(graph, batch=batch, seed=seed)
+    return input_feed(graph, batch=batch, seed=seed, shapes=shapes)
 
 
 def ort_runner(model: onnx.ModelProto, feed: dict[str, np.ndarray], backend: str = "ort-cpu",
@@ -147,12 +149,13 @@ def time_runners(runners: list[Runner], *, runs: int = 20, min_seconds: float = 
 
 def measure(models: list[onnx.ModelProto], feed: dict[str, np.ndarray] | None = None, *, runs: int = 20,
             min_seconds: float = 0.0, warmup_s: float = 0.3, threads: int = 1, backend: str = "ort-cpu",
-            batch: int = 1, fp16: bool = False) -> list[Latency]:
+            batch: int = 1, fp16: bool = False, shapes: dict[str, tuple[int, ...]] | None = None) -> list[Latency]:
     """Latency of each model on ``backend``, timed in alternation (see module doc).
 
-    ``feed`` (the same inputs for every model) defaults to random inputs at ``batch``.
+    ``feed`` (the same inputs for every model) defaults to random inputs at ``batch`` (free dims
+    sized by ``shapes``, see ``bench_feed``).
     """
-    feeds = [feed] * len(models) if feed is not None else [bench_feed(m, batch) for m in models]
+    feeds = [feed] * len(models) if feed is not None else [bench_feed(m, batch, shapes=shapes) for m in models]
     runners = make_runners(models, feeds, backend, threads, fp16)
     return time_runners(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, batch=batch)
 
@@ -169,6 +172,7 @@ class BenchResult:
     fp16: bool = False
     engines: list[str | None] | None = None
     engine_reports: list[dict | None] | None = None  # tensorrt: flags, layers eligible for / run with 2:4
+    inputs: list[dict[str, tuple[int, ...]]] | None = None  # per model, the shape each input was timed at
 
     def ratios(self) -> list[float]:
         """Each model's median latency over the first model's."""
@@ -179,7 +183,8 @@ class BenchResult:
         """Plain data for JSON: the settings and, per model, its statistics and ratio."""
         none = [None] * len(self.names)
         return {"backend": self.backend, "batch": self.batch, "threads": self.threads, "fp16": self.fp16,
-                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e, "engine_build": b}
-                           for n, lat, r, e, b in zip(self.names, self.latencies, self.ratios(),
-                                                      self.engines or none, self.engine_reports or none,
-                                                      strict=True)]}
+                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e, "engine_build": b,
+                            "inputs": {k: list(v) for k, v in i.items()} if i else None}
+                           for n, lat, r, e, b, i in zip(self.names, self.latencies, self.ratios(),
+                                                         self.engines or none, self.engine_reports or none,
+                                                         self.inputs or none, strict=True)]}

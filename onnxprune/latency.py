@@ -76,9 +76,10 @@ class _Timer:
     batch: int
     runs: int
     min_seconds: float
+    shapes: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self):
-        self.feed = bench_feed(self.dense, self.batch)
+        self.feed = bench_feed(self.dense, self.batch, shapes=self.shapes)
         self.dense_runner = make_runners([self.dense], [self.feed], self.backend, self.threads)[0]
 
     def ratios(self, models: list[onnx.ModelProto]) -> tuple[float, list[float]]:
@@ -91,10 +92,12 @@ def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.nd
                    target: float, *, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
                    scope: str = "isomorphic", round_to: int | None = None, tolerance: float = 0.025,
                    max_probes: int = 8, runs: int = 15, min_seconds: float = 1.0,
-                   progress: Callable[[str], None] | None = None) -> tuple[Plan, LatencySearch]:
-    """The plan whose measured latency ratio is closest to ``target`` (see module doc)."""
+                   progress: Callable[[str], None] | None = None,
+                   shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Plan, LatencySearch]:
+    """The plan whose measured latency ratio is closest to ``target`` (see module doc); the models
+    are timed with their free input dims at ``shapes`` (see ``deploy.bench_feed``)."""
     step = progress or (lambda _msg: None)
-    timer = _Timer(like, backend, threads, batch, runs, min_seconds)
+    timer = _Timer(like, backend, threads, batch, runs, min_seconds, shapes)
     search = LatencySearch(target=target, backend=backend, tolerance=tolerance)
     plans: dict[int, Plan] = {}
 

@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .analyze import Analysis
-from .api import PruneResult
+from .api import PruneResult, measured_at
 from .deploy import BenchResult, Latency
+from .shapes import spelled
 from .sparse24 import SparseLayer, reason_counts
 
 
@@ -43,6 +44,7 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
         "frozen": result.frozen,
         "shared_ratio": result.ratio,
         "channels": result.channels,
+        "input_shapes": {k: list(v) for k, v in result.input_shapes.items()},  # FLOPs measured there (batch 1)
     }
     if result.sparsity is not None:
         sp = result.sparsity
@@ -82,6 +84,13 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def measured_at_line(shapes: dict[str, Any], batch: int | None = None) -> str:
+    """``measured at x[1,3,48,320] (FLOPs per sample; latency at batch 1)``: the input sizes FLOPs (and
+    latency, if timed at ``batch``) were measured at."""
+    timed = f"; latency at batch {batch}" if batch else ""
+    return f"measured at {', '.join(spelled(k, v) for k, v in shapes.items())} (FLOPs per sample{timed})"
+
+
 def print_summary(console: Console, summary: dict[str, Any]) -> None:
     """The terminal summary of a prune (rich tables) from ``summary_dict``."""
     table = Table(title="onnxprune summary", show_lines=False)
@@ -98,6 +107,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",
                       f"{lat['speedup']:.2f}x faster")
     console.print(table)
+    if summary.get("input_shapes"):
+        console.print(measured_at_line(summary["input_shapes"], summary.get("latency_ms", {}).get("batch")),
+                      highlight=False)
     if "latency_target" in summary:
         t = summary["latency_target"]
         c = t["chosen"]
@@ -143,6 +155,8 @@ def print_analysis(console: Console, analysis: Analysis, flops_share: list[float
         table.add_row(str(i), str(group.iso_class), str(group.size), str(group.width), f"{share:.1%}",
                       f"{first.tensor}[{first.axis}]", str(len(group.members)))
     console.print(table)
+    if measured_at(analysis):
+        console.print(measured_at_line(measured_at(analysis)), highlight=False)
     classes = len({g.iso_class for g in analysis.groups})
     console.print(f"{len(analysis.groups)} prunable groups in {classes} isomorphic classes; "
                   f"{len(analysis.frozen)} frozen")
@@ -181,6 +195,12 @@ def print_bench(console: Console, result: BenchResult) -> None:
                       f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""), str(lat.runs),
                       f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
     console.print(table)
+    inputs = [", ".join(spelled(k, v) for k, v in feed.items()) for feed in result.inputs or []]
+    if inputs and len(set(inputs)) == 1:
+        console.print(f"inputs timed at {inputs[0]}", highlight=False)
+    elif inputs:
+        for name, shown in zip(names, inputs, strict=True):
+            console.print(f"{name}: inputs timed at {shown}", highlight=False)
     for name, build in zip(names, result.engine_reports or [None] * len(names), strict=True):
         if build:
             ran = ", ".join(build["ran_sparse"][:8]) + (" ..." if len(build["ran_sparse"]) > 8 else "")

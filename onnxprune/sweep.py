@@ -67,11 +67,15 @@ class SweepResult:
     dense_latency_ms: float | None = None
     calibration: str | None = None
     external_data: bool = False
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # FLOPs measured there (batch 1)
+    batch: int = 1  # the batch latency was timed at
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON: dense costs and every point."""
+        """Plain data for JSON: dense costs, the input sizes they were measured at, and every point."""
         return {"metric": self.metric, "dense": asdict(self.dense), "dense_latency_ms": self.dense_latency_ms,
-                "calibration": self.calibration, "points": [p.row() for p in self.points]}
+                "calibration": self.calibration, "points": [p.row() for p in self.points],
+                "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+                "latency_batch": self.batch if self.dense_latency_ms is not None else None}
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write the points as CSV, atomically."""
@@ -164,13 +168,14 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
           calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, reconstruct: bool = False,
           criterion: str = "l2", scope: str = "isomorphic", round_to: int = 1, bench: bool = False,
           threads: int = 1, backend: str = "ort-cpu", batch: int = 1, fp16: bool = False, bench_runs: int = 20,
-          keep_models: bool = False,
+          keep_models: bool = False, input_shapes: api.InputShapes | None = None,
           progress: Progress | None = None) -> SweepResult:
     """Prune ``model`` at each FLOPs (or params) target, reusing one analysis, one calibration set
     and one set of channel scores. Every pruned model is verified as ``prune`` verifies it.
 
     ``keep_models`` keeps each pruned ModelProto on its point (for saving). With ``bench`` the
     dense and all pruned models are timed alternating on ``backend`` (see ``bench``).
+    ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims, as in ``prune``.
     """
     metric, targets = _targets(flops, params)
     if reconstruct and calib is None:
@@ -180,8 +185,9 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
         raise UsageError(f"--criterion {criterion} needs calibration data: give --calib PATH")
     step = progress or (lambda _msg: None)
     proto, external = api._load(model)
-    calib_set, held_out = api._calibration(proto, calib, calib_count, preprocess, holdout)
-    analysis = api._analyze(proto, progress)
+    shapes = api.resolve_input_shapes(proto, input_shapes, batch=batch)
+    calib_set, held_out = api._calibration(proto, calib, calib_count, preprocess, holdout, input_shapes)
+    analysis = api._analyze(proto, progress, shapes, input_shapes)
     dense = api.model_costs(analysis)
     step("scoring channels")
     scores = api.score_groups(analysis, criterion, calib_set.samples if calib_set else None)
@@ -201,7 +207,7 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
             refit_layers(analysis.graph, graph, kept, calib_set.samples, progress=lambda m, w=where: step(f"{w}: {m}"))
         pruned_proto = to_model(graph, proto)
         step(f"{where}: verifying")
-        pruned_graph, pruned_capture = api.verify(pruned_proto, analysis.capture, outputs)
+        pruned_graph, pruned_capture = api.verify(pruned_proto, analysis.capture, outputs, shapes)
         costs = api._costs(pruned_graph, pruned_capture)
         point = SweepPoint(target=float(target),
                            flops_ratio=costs.flops / dense.flops if dense.flops else 1.0,
@@ -222,13 +228,15 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
         from .deploy import measure
 
         step(f"timing the dense and the pruned models on {backend}, alternating")
-        lat = measure([proto, *models], runs=bench_runs, threads=threads, backend=backend, batch=batch, fp16=fp16)
+        lat = measure([proto, *models], runs=bench_runs, threads=threads, backend=backend, batch=batch, fp16=fp16,
+                      shapes=shapes)
         dense_ms = lat[0].median_ms
         for point, latency in zip(points, lat[1:], strict=True):
             point.latency_ms = latency.median_ms
             point.latency_ratio = latency.median_ms / dense_ms if dense_ms else None
     return SweepResult(metric=metric, dense=dense, points=points, dense_latency_ms=dense_ms,
-                       calibration=calib_set.description if calib_set else None, external_data=external)
+                       calibration=calib_set.description if calib_set else None, external_data=external,
+                       input_shapes=api.measured_at(analysis), batch=batch)
 
 
 def save_models(result: SweepResult, folder: str | os.PathLike) -> list[Path]:

@@ -10,7 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .capture import Capture, capture, session
-from .errors import ModelError
+from .errors import ModelError, OnnxPruneError
 from .load import check_model
 
 
@@ -21,9 +21,11 @@ def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.nda
     return dict(zip(names, sess.run(names, feed), strict=True))
 
 
-def verify(pruned: onnx.ModelProto, dense: Capture, output_names: list[str]) -> tuple[gs.Graph, Capture]:
+def verify(pruned: onnx.ModelProto, dense: Capture, output_names: list[str],
+           shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[gs.Graph, Capture]:
     """Raise ModelError unless the pruned model is a drop-in replacement for the dense one.
 
+    ``shapes``: the input sizes the dense model was captured at (``capture(graph, shapes)``).
     Returns the pruned graph and its capture (shapes of every tensor) for measuring costs.
     """
     check_model(pruned, "pruned model")
@@ -31,8 +33,8 @@ def verify(pruned: onnx.ModelProto, dense: Capture, output_names: list[str]) -> 
     if [t.name for t in graph.outputs] != output_names:
         raise ModelError("internal error: the pruned model's outputs differ in names; nothing was written")
     try:
-        cap = capture(graph)
-    except ModelError as exc:
+        cap = capture(graph, shapes, dense.second_inputs)  # the second run at the dense model's sizes
+    except OnnxPruneError as exc:  # the dense model ran at these sizes: a failure here is the rewrite's
         raise ModelError(f"internal error: the pruned model does not run ({exc}); nothing was written") from None
     for name in output_names:
         for run_shapes, label in ((cap.shapes, "batch 1"), (cap.shapes2, "the second run")):

@@ -13,15 +13,19 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import OnnxPruneError, UsageError
-from .load import check_writable_path
+
+if TYPE_CHECKING:  # imported inside main(): a Ctrl-C while they load is then one line, not a traceback
+    from rich.console import Console
+
+    from .outputs import OutputSet
 
 log = logging.getLogger("onnxprune.cli")
 
@@ -31,7 +35,12 @@ EXIT_CODES = """exit codes:
        pruned or verified
   2    usage problem: a model path that does not exist or is a folder, a bad option or target, bad
        calibration data, an output that exists (without --force)
-  130  interrupted; nothing is left behind
+  130  interrupted; nothing is left behind (an interrupt after the outputs were written says so)
+
+outputs: every file a command writes (models, their .data files, reports, JSON, HTML, sweep folders,
+engines) must be new or a regular file replaced with --force, differ from the inputs and from each
+other, and is written only when the whole command succeeded, all together; a second run writing
+the same file at the same time is refused.
 """
 
 EPILOG_PRUNE = """examples:
@@ -121,7 +130,7 @@ def _prune_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="input .onnx file (never modified)")
     out = p.add_argument_group("output")
     out.add_argument("-o", "--output", metavar="PATH", help="pruned model (default: <input>.pruned.onnx beside it)")
-    out.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    out.add_argument("--force", action="store_true", help="overwrite existing output files (model, reports)")
     out.add_argument("--report", metavar="JSON", help="write the summary and the kept channel indices as JSON")
     out.add_argument("--html", metavar="PATH", help="write a self-contained HTML report (tables, plots, versions)")
     target = p.add_argument_group("targets (a structured one, a sparsity one, or one of each)")
@@ -233,7 +242,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     timing.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up per model (default 1 s)")
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    out.add_argument("--force", action="store_true", help="overwrite existing engine files")
+    out.add_argument("--force", action="store_true", help="overwrite existing output files (JSON, engines)")
     _add_input_shape(p)
     _add_general(p)
     return p
@@ -247,6 +256,7 @@ def _analyze_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="also write the analysis as JSON")
     out.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report")
+    out.add_argument("--force", action="store_true", help="overwrite existing output files")
     _add_input_shape(p)
     _add_general(p)
     return p
@@ -285,32 +295,21 @@ def _sweep_parser() -> argparse.ArgumentParser:
     return p
 
 
-# --- output checks (before any work) -----------------------------------------------------------
+# --- outputs: claimed before any work, published together at the end ------------------------
 
 
-def _check_output(args: argparse.Namespace) -> Path:
-    from .api import default_output
+def _outputs(io: _Io, force: bool, *inputs: str | os.PathLike) -> OutputSet:
+    """The command's OutputSet, kept on ``io`` so an interrupt can say what was written."""
+    from .outputs import OutputSet
 
-    src = Path(args.model)
-    dst = Path(args.output) if args.output else default_output(src)
-    _check_writable(dst, "output", args.force, src)
-    if args.report:
-        _check_writable(Path(args.report), "report", True, src, dst)
-    if args.html:
-        _check_writable(Path(args.html), "HTML report", True, src, dst)
-    return dst
+    io.outputs = OutputSet(force=force, inputs=inputs)
+    return io.outputs
 
 
-def _check_writable(dst: Path, what: str, force: bool, *inputs: Path) -> None:
-    """Refuse, before any work, to write over an input, a folder, or an existing file without --force."""
-    for other in inputs:
-        if other.exists() and dst.exists() and dst.resolve() == other.resolve():
-            raise UsageError(f"{what} {dst} is the {'input' if other == inputs[0] else 'output'} file; choose another")
-        if other.exists() and dst.resolve() == other.resolve().with_name(other.name + ".data"):
-            raise UsageError(f"{what} {dst} is the weights file of {other}; choose another")
-    if dst.exists() and not force and not dst.is_dir():
-        raise UsageError(f"{what} {dst} exists; use --force to overwrite")
-    check_writable_path(dst, what)
+def _claim_optional(outputs: OutputSet, *paths: tuple[str | None, str]) -> None:
+    for path, what in paths:
+        if path:
+            outputs.claim(path, what)
 
 
 # --- progress, logging, colour -----------------------------------------------------------------
@@ -318,18 +317,28 @@ def _check_writable(dst: Path, what: str, force: bool, *inputs: Path) -> None:
 
 @dataclass
 class _Io:
-    """Where a command writes: results on ``out``, spinner and errors on ``err``; the command line."""
+    """Where a command writes: results on ``out``, spinner and errors on ``err``; the command line;
+    the files it writes (set by the command)."""
 
     out: Console
     err: Console
     command: list[str]
+    outputs: OutputSet | None = field(default=None)
 
 
 def _consoles() -> tuple[Console, Console]:
     """stdout and stderr consoles. Rich turns colour off when the stream is not a terminal and on with
-    FORCE_COLOR; NO_COLOR set to anything non-empty turns every style off (no escape codes at all)."""
-    plain = {"color_system": None} if os.environ.get("NO_COLOR", "") != "" else {}
-    return Console(**plain), Console(stderr=True, **plain)
+    FORCE_COLOR; NO_COLOR set to anything non-empty turns every style off (no escape codes at all).
+    stdout piped or redirected gets no width limit (rich would cut tables at 80 columns) unless
+    COLUMNS sets one."""
+    from rich.console import Console
+
+    plain: dict[str, Any] = {"color_system": None} if os.environ.get("NO_COLOR", "") != "" else {}
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(**plain, **({"width": PIPED_WIDTH} if piped else {})), Console(stderr=True, **plain)
+
+
+PIPED_WIDTH = 10_000  # tables take their natural width; nothing is that wide
 
 
 @contextlib.contextmanager
@@ -382,69 +391,55 @@ def _configure_logging(quiet: bool, verbose: int, debug: bool) -> None:
 # --- commands ----------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _discarded_on_failure(model: Path) -> Iterator[None]:
-    """If anything fails after the model was written (latency, reports), remove the model and its
-    .data file written by this run: a failed command leaves no output behind."""
-    files = [model, model.with_name(model.name + ".data")]
-    before = [_file_id(f) for f in files]
-    try:
-        yield
-    except BaseException:
-        for f, old in zip(files, before, strict=True):
-            if _file_id(f) not in (None, old):
-                f.unlink(missing_ok=True)
-        raise
-
-
-def _file_id(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 def _run_prune(args: argparse.Namespace, io: _Io) -> None:
-    from .api import prune
+    from .api import default_output, prune
     from .deploy import measure
+    from .load import read_model, write_model
     from .report import file_size, print_summary, summary_dict, write_json
 
-    dst = _check_output(args)
-    _check_fp16(args)
-    with _stages(io, args.quiet, f"reading {args.model}") as progress, _discarded_on_failure(dst):
-        result = prune(args.model, flops=args.flops, params=args.params, sparsity=args.sparsity,
-                       pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
-                       preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
-                       scope=args.scope, criterion=args.criterion, round_to=args.round_to, latency=args.latency,
-                       backend=args.backend, threads=args.threads, batch=args.batch,
-                       input_shapes=args.input_shape, progress=progress)
-        progress(f"writing the pruned model to {dst}")
-        result.save(dst)
-        latency = None
-        if args.bench:
-            progress(f"timing the dense and the pruned model on {args.backend}, alternating")
-            from .load import read_model
-            dense, _ = read_model(args.model)
-            latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
-                                    threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
-                                    shapes=result.input_shapes))
-        summary = summary_dict(result, (file_size(args.model), file_size(dst)), latency, args.backend)
-        summary["output"] = str(dst)
-        summary["command"] = io.command
-        if args.report:
-            progress(f"writing the JSON report to {args.report}")
-            write_json(args.report, {**summary, "plan": result.plan})
-        if args.html:
-            from .html import prune_html, write_html
+    dst = Path(args.output) if args.output else default_output(args.model)
+    with _outputs(io, args.force, args.model) as outputs:
+        outputs.claim_model(dst)
+        _claim_optional(outputs, (args.report, "JSON report"), (args.html, "HTML report"))
+        _check_fp16(args)
+        with _stages(io, args.quiet, f"reading {args.model}") as progress:
+            result = prune(args.model, flops=args.flops, params=args.params, sparsity=args.sparsity,
+                           pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
+                           preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
+                           scope=args.scope, criterion=args.criterion, round_to=args.round_to, latency=args.latency,
+                           backend=args.backend, threads=args.threads, batch=args.batch,
+                           input_shapes=args.input_shape, progress=progress)
+            progress(f"writing the pruned model to {dst}")
+            staged = outputs.stage(dst)
+            write_model(result.model, staged, external=result.external_data or None)
+            latency = None
+            if args.bench:
+                progress(f"timing the dense and the pruned model on {args.backend}, alternating")
+                dense, _ = read_model(args.model)
+                latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
+                                        threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
+                                        shapes=result.input_shapes))
+            summary = summary_dict(result, (file_size(args.model), file_size(staged)), latency, args.backend)
+            summary["output"] = str(dst)
+            summary["command"] = io.command
+            if args.report:
+                progress(f"writing the JSON report to {args.report}")
+                write_json(outputs.stage(args.report), {**summary, "plan": result.plan})
+            if args.html:
+                from .html import prune_html, write_html
 
-            progress(f"writing the HTML report to {args.html}")
-            write_html(args.html, prune_html(summary, result))
+                progress(f"writing the HTML report to {args.html}")
+                write_html(outputs.stage(args.html), prune_html(summary, result))
+            written = outputs.publish()
     if not args.quiet:
         print_summary(io.out, summary)
-        for path in (dst, args.report, args.html):
-            if path:
-                io.out.print(f"wrote {path}", highlight=False)
+        _print_written(io, written)
+
+
+def _print_written(io: _Io, paths: list[Path]) -> None:
+    for path in paths:
+        if not path.name.endswith(".data"):  # a model's weights file goes with its model
+            io.out.print(f"wrote {path}", highlight=False)
 
 
 def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
@@ -452,35 +447,32 @@ def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
     from .report import print_analysis, write_json
     from .sparse24 import sparse_eligibility
 
-    if args.json:
-        _check_writable(Path(args.json), "JSON", True, Path(args.model))
-    if args.html:
-        _check_writable(Path(args.html), "HTML report", True, Path(args.model))
+    with _outputs(io, args.force, args.model) as outputs:
+        _claim_optional(outputs, (args.json, "JSON"), (args.html, "HTML report"))
+        with _stages(io, args.quiet, f"reading {args.model}") as progress:
+            analysis = analyze(args.model, progress=progress, input_shapes=args.input_shape)
+        shares = group_flops_share(analysis)
+        sparse = sparse_eligibility(analysis.graph)
+        if args.json:
+            write_json(outputs.stage(args.json), {
+                "groups": [{"class": g.iso_class, "channels": g.size, "width": g.width, "flops_share": s,
+                            "members": [f"{m.tensor}[{m.axis}]" for m in g.members]}
+                           for g, s in zip(analysis.groups, shares, strict=True)],
+                "frozen": [{"channels": f.channels, "reasons": f.reasons,
+                            "members": [f"{m.tensor}[{m.axis}]" for m in f.slots]} for f in analysis.frozen],
+                "ops_without_rule": analysis.no_rule_ops,
+                "sparse_24": [vars(layer) for layer in sparse],
+                "input_shapes": {k: list(v) for k, v in measured_at(analysis).items()},  # FLOPs measured there
+            })
+        if args.html:
+            from .html import analysis_html, write_html
 
-    with _stages(io, args.quiet, f"reading {args.model}") as progress:
-        analysis = analyze(args.model, progress=progress, input_shapes=args.input_shape)
-    shares = group_flops_share(analysis)
-    sparse = sparse_eligibility(analysis.graph)
+            log.info("writing the HTML report to %s", args.html)
+            write_html(outputs.stage(args.html), analysis_html(analysis, shares, io.command))
+        written = outputs.publish()
     if not args.quiet:
         print_analysis(io.out, analysis, shares, sparse)
-    if args.json:
-        write_json(args.json, {
-            "groups": [{"class": g.iso_class, "channels": g.size, "width": g.width, "flops_share": s,
-                        "members": [f"{m.tensor}[{m.axis}]" for m in g.members]}
-                       for g, s in zip(analysis.groups, shares, strict=True)],
-            "frozen": [{"channels": f.channels, "reasons": f.reasons,
-                        "members": [f"{m.tensor}[{m.axis}]" for m in f.slots]} for f in analysis.frozen],
-            "ops_without_rule": analysis.no_rule_ops,
-            "sparse_24": [vars(layer) for layer in sparse],
-            "input_shapes": {k: list(v) for k, v in measured_at(analysis).items()},  # FLOPs measured there
-        })
-    if args.html:
-        from .html import analysis_html, write_html
-
-        log.info("writing the HTML report to %s", args.html)
-        write_html(args.html, analysis_html(analysis, shares, io.command))
-        if not args.quiet:
-            io.out.print(f"wrote {args.html}", highlight=False)
+        _print_written(io, written)
 
 
 def _sweep_folder(args: argparse.Namespace) -> Path:
@@ -491,50 +483,46 @@ def _sweep_folder(args: argparse.Namespace) -> Path:
     return src.with_name(stem + ".sweep")
 
 
-def _check_sweep_outputs(args: argparse.Namespace, out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output folder {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise UsageError(f"output folder {out} is not empty; use --force to write into it")
-    parent = out.resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot create output folder {out}")
-    if args.html:
-        html = Path(args.html)
-        if html.resolve().parent == out.resolve():  # inside the output folder, which is made later
-            if html.is_dir():
-                raise UsageError(f"HTML report {html} is a directory")
-        else:
-            _check_writable(html, "HTML report", True, Path(args.model))
-
-
 def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from rich.table import Table
 
+    from .load import write_model
     from .report import measured_at_line
-    from .sweep import save_models, sweep
+    from .sweep import model_filename, sweep
 
-    out = _sweep_folder(args)
-    _check_sweep_outputs(args, out)
-    _check_fp16(args)
-    with _stages(io, args.quiet, f"reading {args.model}") as progress:
-        result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
-                       calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
-                       criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
-                       threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
-                       keep_models=args.save_models, input_shapes=args.input_shape, progress=progress)
-        progress(f"writing the results to {out}")
-        out.mkdir(parents=True, exist_ok=True)
-        written = [out / "sweep.csv", out / "sweep.json", out / "sweep.png"]
-        result.to_csv(written[0])
-        result.to_json(written[1])
-        result.plot(written[2])
-        if args.save_models:
-            written += save_models(result, out)
-        if args.html:
-            progress(f"writing the HTML report to {args.html}")
-            result.to_html(args.html, io.command)
-            written.append(Path(args.html))
+    folder = _sweep_folder(args)
+    names = ["sweep.csv", "sweep.json", "sweep.png"]
+    if args.save_models:
+        metric = "flops" if args.flops else "params"
+        models = [model_filename(metric, target) for target in args.flops or args.params]
+        names += [n for m in models for n in (m + ".data", m)]  # a model's weights file before the model
+    html_inside = args.html and Path(os.path.realpath(args.html)).parent == Path(os.path.realpath(folder))
+    if html_inside:
+        names.append(Path(args.html).name)
+    with _outputs(io, args.force, args.model) as outputs:
+        files = dict(zip(names, outputs.claim_folder(folder, names), strict=True))
+        if args.html and not html_inside:
+            outputs.claim(args.html, "HTML report")
+        _check_fp16(args)
+        with _stages(io, args.quiet, f"reading {args.model}") as progress:
+            result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
+                           calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
+                           criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
+                           threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
+                           keep_models=args.save_models, input_shapes=args.input_shape, progress=progress)
+            progress(f"writing the results to {folder}")
+            result.write_csv(outputs.stage(files["sweep.csv"]))
+            result.write_json(outputs.stage(files["sweep.json"]))
+            result.figure().savefig(outputs.stage(files["sweep.png"]), format="png")
+            for point in result.points if args.save_models else ():
+                path = files[model_filename(result.metric, point.target)]
+                write_model(point.model, outputs.stage(path), external=result.external_data or None)
+            if args.html:
+                from .html import sweep_html, write_html
+
+                progress(f"writing the HTML report to {args.html}")
+                write_html(outputs.stage(args.html), sweep_html(result, io.command))
+            written = outputs.publish()
     if args.quiet:
         return
     table = Table(title=f"onnxprune sweep ({result.metric} targets)")
@@ -559,8 +547,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     io.out.print(measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
-    for path in written:
-        io.out.print(f"wrote {path}", highlight=False)
+    _print_written(io, written)
 
 
 @dataclass
@@ -574,11 +561,11 @@ class Command:
 
 def _run_bench(args: argparse.Namespace, io: _Io) -> None:
     from .api import bench
+    from .load import check_model_path
     from .report import print_bench, write_json
 
-    for path in map(Path, args.models):
-        if not path.is_file():
-            raise UsageError(f"model {path} does not exist" if not path.exists() else f"model {path} is not a file")
+    for path in args.models:  # every path before the first is timed
+        check_model_path(path)
     engines = args.save_engine
     if engines:
         if args.backend != "tensorrt":
@@ -586,22 +573,22 @@ def _run_bench(args: argparse.Namespace, io: _Io) -> None:
         if len(engines) != len(args.models):
             raise UsageError(f"--save-engine needs one path per model: {len(args.models)} models, "
                              f"{len(engines)} paths")
-        for engine in engines:
-            _check_writable(Path(engine), "engine", args.force, *map(Path, args.models))
-    if args.json:
-        _check_writable(Path(args.json), "JSON", True, *map(Path, args.models))
-    _check_fp16(args)
-    with _stages(io, args.quiet, f"timing {len(args.models)} model(s) on {args.backend}"):
-        result = bench(args.models, backend=args.backend, batch=args.batch, threads=args.threads, fp16=args.fp16,
-                       runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup, save_engines=engines,
-                       input_shapes=args.input_shape)
-    if args.json:
-        write_json(args.json, {**result.to_dict(), "command": io.command})
+    with _outputs(io, args.force, *args.models) as outputs:
+        _claim_optional(outputs, *((engine, "engine") for engine in engines or ()), (args.json, "JSON"))
+        _check_fp16(args)
+        with _stages(io, args.quiet, f"timing {len(args.models)} model(s) on {args.backend}"):
+            result = bench(args.models, backend=args.backend, batch=args.batch, threads=args.threads,
+                           fp16=args.fp16, runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup,
+                           save_engines=[outputs.stage(e) for e in engines] if engines else None,
+                           input_shapes=args.input_shape)
+        if engines:  # the table names the engines where they will be, not where they were staged
+            result.engines = list(engines)
+        if args.json:
+            write_json(outputs.stage(args.json), {**result.to_dict(), "command": io.command})
+        written = outputs.publish()
     if not args.quiet:
         print_bench(io.out, result)
-        for path in [*(engines or []), args.json]:
-            if path:
-                io.out.print(f"wrote {path}", highlight=False)
+        _print_written(io, written)
 
 
 COMMANDS: dict[str, Command] = {
@@ -618,9 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 model problem, 2 usage problem, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    _configure_logging(quiet=False, verbose=0, debug=debug)
-    out, err = _consoles()
+    io: _Io | None = None
     try:
+        _configure_logging(quiet=False, verbose=0, debug=debug)
+        io = _Io(*_consoles(), ["onnxprune", *argv])
         if argv and argv[0] in COMMANDS:
             command = COMMANDS[argv[0]]
             args = command.parser().parse_args(argv[1:])
@@ -630,22 +618,59 @@ def main(argv: list[str] | None = None) -> int:
             run = _run_prune
         _configure_logging(args.quiet, args.verbose, args.debug)
         log.debug("arguments: %s", vars(args))
-        run(args, _Io(out, err, ["onnxprune", *argv]))
+        with _library_noise_as_debug_logs(args.debug):
+            run(args, io)
         return 0
     except OnnxPruneError as exc:
         if debug:
             raise
-        err.print(f"onnxprune: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _error(io, f"onnxprune: error: {exc}{_written_note(io)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        err.print("onnxprune: interrupted; nothing was written", highlight=False)
+        written = io.outputs.published if io and io.outputs else []
+        _error(io, "onnxprune: interrupted after writing " + ", ".join(map(str, written)) if written
+               else "onnxprune: interrupted; nothing was written")
         return 130
     except Exception as exc:  # a bug: still one line unless --debug
         if debug:
             raise
-        err.print(f"onnxprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-                  highlight=False, markup=False, soft_wrap=True)
+        _error(io, f"onnxprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)"
+                   f"{_written_note(io)}")
         return 1
+
+
+def _written_note(io: _Io | None) -> str:
+    """What an error after the outputs were published must not hide."""
+    written = io.outputs.published if io and io.outputs else []
+    return f" (after writing {', '.join(map(str, written))})" if written else ""
+
+
+def _error(io: _Io | None, message: str) -> None:
+    """One line on stderr, through rich when the consoles exist (an interrupt may come before)."""
+    if io is None:
+        print(message, file=sys.stderr)
+    else:
+        io.err.print(message, highlight=False, markup=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _library_noise_as_debug_logs(debug: bool) -> Iterator[None]:
+    """Python warnings from libraries (numpy's RuntimeWarning, onnx's deprecations) become DEBUG logs
+    of ``onnxprune.libraries`` instead of lines on stderr; onnxruntime's own C++ logger, which no
+    Python handler can catch, is held at errors-only unless --debug. (onnx-graphsurgeon's printed
+    messages are routed in load.py, for API users too.)"""
+    import onnxruntime
+
+    noise = logging.getLogger("onnxprune.libraries")
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        noise.debug("%s: %s (%s:%s)", category.__name__, message, filename, lineno)
+
+    onnxruntime.set_default_logger_severity(0 if debug else 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always" if debug else "default")
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -13,9 +12,26 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper, version_converter
 
-from .errors import ModelError, OnnxPruneError, UsageError
+from .errors import ModelError, UsageError
+from .outputs import write_atomic
 
 log = logging.getLogger(__name__)
+
+
+def _graphsurgeon_logs_to_debug() -> None:
+    """onnx-graphsurgeon prints its messages on stdout ("[W] colored module is not installed",
+    "[W] ... foldable nodes"); a library must not, so they go to our logger at DEBUG (-vv shows
+    them). Its critical() still raises after logging."""
+    gs_log = logging.getLogger("onnxprune.libraries.graphsurgeon")
+
+    def log_message(message, severity, mode=None, stack_depth=2) -> None:
+        if gs_log.isEnabledFor(logging.DEBUG):
+            gs_log.debug("%s", message() if callable(message) else message)
+
+    gs.logger.G_LOGGER.log = log_message
+
+
+_graphsurgeon_logs_to_debug()
 
 # Protobuf cannot serialise a single message over 2 GiB; above this we keep weights external.
 PROTO_LIMIT = 2**31 - 1
@@ -29,11 +45,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     Returns the model and whether the file kept its weights as external data (so the pruned
     model can keep the same layout).
     """
-    path = Path(path)
-    if not path.exists():  # a wrong path is a usage problem (exit 2); a file that is no model, a model one
-        raise UsageError(f"{path}: no such file")
-    if path.is_dir():
-        raise UsageError(f"{path}: is a directory, expected an .onnx file")
+    path = check_model_path(path)
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file, not an ONNX model")
     try:
@@ -49,6 +61,17 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
     check_model(model, path)
     return upgrade(model, path), external
+
+
+def check_model_path(path: str | os.PathLike) -> Path:
+    """Refuse a model path that does not exist or is a folder: a wrong path is a usage problem
+    (exit 2); a file that is no model is a model problem (exit 1, read_model)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, expected an .onnx file")
+    return path
 
 
 def upgrade(model: onnx.ModelProto, name: str | os.PathLike = "model") -> onnx.ModelProto:
@@ -247,70 +270,44 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> None:
-    """Write atomically: into a private folder beside the target, then renamed into place (the
-    data file first, the .onnx last), so a crash never leaves a partial model.
+    """Write atomically (see ``outputs.write_atomic``): the data file and then the .onnx are renamed
+    into place from a private folder beside the target, so a crash never leaves a partial model.
 
     ``external`` None keeps weights inline unless the model is too big for one protobuf; with
     external data the weights go to ``<name>.data`` beside the model. ``model`` is not changed.
     """
+    write_atomic(path, lambda tmp: write_model(model, tmp, external=external), model=True)
+
+
+def write_model(model: onnx.ModelProto, path: str | os.PathLike, *, external: bool | None = None) -> None:
+    """Write ``model`` to ``path`` as is (not atomically: callers write into a staging folder), its
+    external weights, if any, to ``<name>.data`` beside it. ``external`` as in ``save_model``."""
     path = Path(path)
     if external is None:
         external = model.ByteSize() >= PROTO_LIMIT
-    published = None
-    try:
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    except OSError as exc:
-        raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
-    try:
-        tmp = tmp_dir / path.name
-        if external:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)  # converting to external data rewrites tensors in place
-            # No location here: onnx checks a given location against the *current* folder.
-            external_data_helper.convert_model_to_external_data(copy, all_tensors_to_one_file=True,
-                                                                size_threshold=1024)
-            data_name = f"{path.name}.data"
-            for tensor in external_data_helper._get_all_tensors(copy):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(copy, str(tmp))
-            if (tmp_dir / data_name).exists():  # absent when every weight is tiny
-                _publish(tmp_dir / data_name, path.with_name(data_name))
-                published = path.with_name(data_name)
-        else:
-            onnx.save_model(model, str(tmp))
-        _publish(tmp, path)
-    except BaseException as exc:
-        if published is not None:  # the .onnx never arrived: take its data file away again
-            published.unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full, permissions: the user's problem, in one line
-            raise OnnxPruneError(f"cannot write {path}: {exc.strerror or exc}; nothing was written") from None
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not external:
+        onnx.save_model(model, str(path))
+        return
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # converting to external data rewrites tensors in place
+    # No location here: onnx checks a given location against the *current* folder.
+    external_data_helper.convert_model_to_external_data(copy, all_tensors_to_one_file=True, size_threshold=1024)
+    for tensor in external_data_helper._get_all_tensors(copy):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = f"{path.name}.data"
+    onnx.save_model(copy, str(path))
 
 
-def _publish(src: Path, dst: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(src, 0o666 & ~umask)
-    os.replace(src, dst)
-
-
-def check_writable_path(dst: Path, what: str = "output") -> None:
-    """Refuse, before any work, a path that is a folder or whose folder is missing or not writable."""
-    if dst.is_dir():
-        raise UsageError(f"{what} {dst} is a directory")
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"{what} folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{what} folder {folder} is not writable")
-    try:  # what os.access cannot tell: root on a read-only or special filesystem
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
-        raise UsageError(f"{what} folder {folder} is not writable ({exc.strerror or exc})") from None
+def model_file_bytes(path: str | os.PathLike) -> int:
+    """Bytes of a model file plus every external data file its weights name (once each), so the
+    sizes of models with and without external data, or with data files of any name, compare."""
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    files = {entry.value for tensor in external_data_helper._get_all_tensors(model)
+             if tensor.data_location == onnx.TensorProto.EXTERNAL
+             for entry in tensor.external_data if entry.key == "location"}
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:

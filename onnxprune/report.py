@@ -13,16 +13,15 @@ from rich.table import Table
 from .analyze import Analysis
 from .api import PruneResult, measured_at
 from .deploy import BenchResult, Latency
+from .load import model_file_bytes
+from .outputs import write_atomic
 from .shapes import spelled
 from .sparse24 import SparseLayer, reason_counts
 
 
 def file_size(path: str | os.PathLike) -> int:
-    """Bytes of a model file plus its external data files, if any."""
-    p = Path(path)
-    size = p.stat().st_size
-    data = p.with_name(p.name + ".data")
-    return size + (data.stat().st_size if data.exists() else 0)
+    """Bytes of a model file plus every external data file it names."""
+    return model_file_bytes(path)
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -75,13 +74,8 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temporary file, then rename)."""
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``data`` as JSON atomically (a staged file beside it, then renamed)."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def measured_at_line(shapes: dict[str, Any], batch: int | None = None) -> str:

@@ -22,6 +22,7 @@ from .calibration import CalibrationSet
 from .cost import flops_terms, param_terms
 from .errors import UsageError
 from .load import to_model
+from .outputs import write_atomic
 from .reconstruct import refit_layers
 from .rewrite import apply_plan
 from .score import CALIBRATED
@@ -79,24 +80,30 @@ class SweepResult:
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write the points as CSV, atomically."""
-        def write(tmp: Path) -> None:
-            with tmp.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-                writer.writeheader()
-                for p in self.points:
-                    writer.writerow({k: "" if v is None else v for k, v in p.row().items()})
-        _atomic(path, write)
+        write_atomic(path, self.write_csv)
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as JSON, atomically."""
+        write_atomic(path, self.write_json)
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """Write the points as CSV to ``path`` as is (not atomically)."""
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+            writer.writeheader()
+            for p in self.points:
+                writer.writerow({k: "" if v is None else v for k, v in p.row().items()})
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON to ``path`` as is (not atomically)."""
         import json
 
-        _atomic(path, lambda tmp: tmp.write_text(json.dumps(self.to_dict(), indent=1)))
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     def plot(self, path: str | os.PathLike) -> None:
         """Write the trade-off plot (``figure``) as a PNG, atomically."""
         fig = self.figure()
-        _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
     def to_html(self, path: str | os.PathLike, command: list[str] | None = None) -> None:
         """Write a self-contained HTML report (table, plot, versions), atomically."""
@@ -139,16 +146,6 @@ class SweepResult:
         ax.set_title(f"onnxprune sweep ({self.metric} targets)")
         fig.tight_layout()
         return fig
-
-
-def _atomic(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _targets(flops, params) -> tuple[str, list[float]]:
@@ -239,6 +236,11 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
                        input_shapes=api.measured_at(analysis), batch=batch)
 
 
+def model_filename(metric: str, target: float) -> str:
+    """File name of a sweep point's model: ``flops0.5.onnx``."""
+    return f"{metric}{target:g}.onnx"
+
+
 def save_models(result: SweepResult, folder: str | os.PathLike) -> list[Path]:
     """Write each point's kept model as ``<metric><target>.onnx`` in ``folder``."""
     from .load import save_model
@@ -247,10 +249,10 @@ def save_models(result: SweepResult, folder: str | os.PathLike) -> list[Path]:
     for p in result.points:
         if p.model is None:
             raise UsageError("the sweep kept no models: run it with keep_models=True")
-        path = Path(folder) / f"{result.metric}{p.target:g}.onnx"
+        path = Path(folder) / model_filename(result.metric, p.target)
         save_model(p.model, path, external=result.external_data or None)
         paths.append(path)
     return paths
 
 
-__all__ = ["SweepPoint", "SweepResult", "save_models", "sweep"]
+__all__ = ["SweepPoint", "SweepResult", "model_filename", "save_models", "sweep"]

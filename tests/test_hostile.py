@@ -313,10 +313,10 @@ STAGES = [
     ("onnxprune.api", "apply_plan"),        # rewrite
     ("onnxprune.api", "to_model"),
     ("onnxprune.api", "verify"),            # verify
-    ("onnxprune.deploy", "measure"),        # latency, after the model is written
-    ("onnxprune.api", "save_model"),        # save, before anything is written
-    ("onnxprune.load", "_publish"),         # save, halfway: the data file is already in place
-    ("onnxprune.report", "write_json"),     # the report, after the model is written
+    ("onnxprune.load", "write_model"),      # the model, staged
+    ("onnxprune.deploy", "measure"),        # latency, after the model is staged
+    ("onnxprune.report", "write_json"),     # the report, after the model is staged
+    ("onnxprune.outputs", "_replace"),      # publishing, halfway: the data file is already in place
 ]
 FAULTS = [RuntimeError("injected fault"), MemoryError(), OSError(28, "No space left on device"),
           ModelError("injected model error"), KeyboardInterrupt()]
@@ -325,14 +325,14 @@ FAULTS = [RuntimeError("injected fault"), MemoryError(), OSError(28, "No space l
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stage=st.sampled_from(STAGES), fault=st.sampled_from(FAULTS), after=st.integers(0, 1),
        external=st.booleans(), existing=st.booleans())
-@example(stage=("onnxprune.load", "_publish"), fault=FAULTS[2], after=1, external=True, existing=False)
+@example(stage=("onnxprune.outputs", "_replace"), fault=FAULTS[2], after=1, external=True, existing=False)
 @example(stage=("onnxprune.report", "write_json"), fault=FAULTS[0], after=0, external=True, existing=True)
 @example(stage=("onnxprune.deploy", "measure"), fault=FAULTS[4], after=0, external=False, existing=False)
 def test_a_crash_in_any_stage_leaves_no_partial_output(stage: tuple[str, str], fault: BaseException, after: int,
                                                         external: bool, existing: bool,
                                                         monkeypatch: pytest.MonkeyPatch, capsys):
     """Run the command in-process with ``stage`` raising ``fault`` after ``after`` calls went through
-    (the second _publish is the .onnx, once the .data file is in place). It must fail, in one line,
+    (the second _replace is the .onnx, once the .data file is in place). It must fail, in one line,
     and leave the folder as it was; an older output it was told to overwrite (--force) is either
     untouched or gone, never replaced by a new or partial file."""
     module_name, attr = stage
@@ -377,9 +377,9 @@ def test_a_crash_in_any_stage_leaves_no_partial_output(stage: tuple[str, str], f
 def test_save_interrupted_between_data_and_model_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """save_model renames the .data file into place first; if the .onnx then fails to arrive, the
     data file is taken away again (API users get the same promise as the command)."""
-    import onnxprune.load as load
+    import onnxprune.outputs as outputs
 
-    real, calls = load._publish, []
+    real, calls = outputs._replace, []
 
     def publish(src: Path, dst: Path) -> None:
         calls.append(dst.name)
@@ -387,7 +387,7 @@ def test_save_interrupted_between_data_and_model_leaves_nothing(tmp_path: Path, 
             raise OSError(28, "No space left on device")
         real(src, dst)
 
-    monkeypatch.setattr(load, "_publish", publish)
+    monkeypatch.setattr(outputs, "_replace", publish)
     with pytest.raises(OnnxPruneError, match="No space left on device"):
         save_model(wide_model(), tmp_path / "out.onnx", external=True)
     assert calls == ["out.onnx.data", "out.onnx"]

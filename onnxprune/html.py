@@ -135,6 +135,9 @@ def _summary_section(summary: dict[str, Any]) -> str:
     body += _note(f"coupled groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen; "
                   f"shared ratio {summary.get('shared_ratio', 0.0):.4f}. FLOPs count a multiply-add as 2, at batch 1; "
                   "the pruned figures are measured on the pruned model itself.")
+    if "channel_multiple" in summary:
+        m = summary["channel_multiple"]
+        body += _note(f"channel counts: multiples of {m['multiple']} ({m['why']})")
     if summary.get("output"):
         body += _note(f"output: {summary['output']}")
     return _section("Summary", body, "summary-section")

@@ -13,6 +13,7 @@ from rich.table import Table
 from .analyze import Analysis
 from .api import PruneResult, measured_at
 from .deploy import BenchResult, Latency
+from .granularity import backend_multiple
 from .load import model_file_bytes
 from .outputs import write_atomic
 from .shapes import spelled
@@ -45,6 +46,8 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
         "channels": result.channels,
         "input_shapes": {k: list(v) for k, v in result.input_shapes.items()},  # FLOPs measured there (batch 1)
     }
+    if result.channel_multiple_why:
+        out["channel_multiple"] = {"multiple": result.channel_multiple, "why": result.channel_multiple_why}
     if result.sparsity is not None:
         sp = result.sparsity
         out["sparsity"] = {"pattern": sp.pattern, "method": sp.method, "sequential": sp.sequential,
@@ -104,6 +107,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     if summary.get("input_shapes"):
         console.print(measured_at_line(summary["input_shapes"], summary.get("latency_ms", {}).get("batch")),
                       highlight=False)
+    if "channel_multiple" in summary:
+        m = summary["channel_multiple"]
+        console.print(f"channel counts: multiples of {m['multiple']} ({m['why']})", highlight=False)
     if "latency_target" in summary:
         t = summary["latency_target"]
         c = t["chosen"]
@@ -154,6 +160,9 @@ def print_analysis(console: Console, analysis: Analysis, flops_share: list[float
     classes = len({g.iso_class for g in analysis.groups})
     console.print(f"{len(analysis.groups)} prunable groups in {classes} isomorphic classes; "
                   f"{len(analysis.frozen)} frozen")
+    multiple = backend_multiple("ort-cpu")
+    console.print(f"pruning rounds channel counts to multiples of {multiple.multiple} by default "
+                  f"({multiple.reason}; --round-to N to change)", highlight=False)
     for frozen in analysis.frozen:
         where = ", ".join(f"{s.tensor}[{s.axis}]" for s in frozen.slots[:2])
         console.print(f"  frozen: {frozen.channels} channel set(s) at {where} because of {', '.join(frozen.reasons)}")
@@ -198,7 +207,14 @@ def print_bench(console: Console, result: BenchResult) -> None:
     for name, build in zip(names, result.engine_reports or [None] * len(names), strict=True):
         if build:
             ran = ", ".join(build["ran_sparse"][:8]) + (" ..." if len(build["ran_sparse"]) > 8 else "")
-            console.print(f"{name}: TensorRT {build['tensorrt']} engine ({', '.join(build['flags']) or 'FP32'}), "
+            console.print(f"{name}: TensorRT {build['tensorrt']} engine ({_engine_precision(build)}), "
                           f"built in {build['build_s']:.1f} s; {len(build['eligible_sparse'])} layers eligible for "
                           f"sparse math, {len(build['ran_sparse'])} ran sparse{': ' + ran if ran else ''}",
                           highlight=False)
+
+
+def _engine_precision(build: dict[str, Any]) -> str:
+    """The engine's precision and its other builder flags, e.g. "FP16, SPARSE_WEIGHTS" (on TensorRT 11
+    FP16 is a float16 model, not a flag)."""
+    flags = [flag for flag in build["flags"] if flag != "FP16"]
+    return ", ".join([build.get("precision") or ("FP16" if "FP16" in build["flags"] else "FP32"), *flags])

@@ -27,6 +27,7 @@ class Plan:
     removed: list[np.ndarray]
     ratio: float
     predicted: float
+    round_to: int = 1  # channel counts kept multiples of this (groups of single channels)
 
     def removed_channels(self, analysis: Analysis) -> dict[Slot, np.ndarray]:
         """Indices removed from each slot."""
@@ -92,7 +93,7 @@ class Selector:
                 for slot, users in self.touch.items()}
 
     def plan(self, counts: np.ndarray, ratio: float, predicted: float) -> Plan:
-        return Plan([self.order[g][:c] for g, c in enumerate(counts)], ratio, predicted)
+        return Plan([self.order[g][:c] for g, c in enumerate(counts)], ratio, predicted, self.round_to)
 
 
 def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], target: float,
@@ -134,6 +135,28 @@ def select(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], 
             break
     counts_hi, floor = _fill(selector, scores, counts_hi, floor, target, cost_of)
     return selector.plan(counts_hi, hi, floor)
+
+
+# A plan meets a FLOPs/params target when its cost lies within 2% below it (relative).
+TARGET_TOLERANCE = 0.02
+
+
+def select_granular(analysis: Analysis, scores: list[np.ndarray], terms: list[CostTerm], target: float,
+                    multiples: list[int], scope: str = "isomorphic", what: str = "FLOPs") -> Plan:
+    """``select`` at the coarsest channel multiple in ``multiples`` (coarsest first) whose plan meets
+    the target within 2%; else at the finest one. A coarse multiple can overshoot (whole blocks of
+    channels move at once) or miss (groups smaller than it keep every channel)."""
+    for i, multiple in enumerate(multiples):
+        finest = i == len(multiples) - 1
+        try:
+            plan = select(analysis, scores, terms, target, scope=scope, round_to=multiple, what=what)
+        except ModelError:
+            if finest:
+                raise
+            continue
+        if finest or plan.predicted >= target * (1 - TARGET_TOLERANCE):
+            return plan
+    raise AssertionError("unreachable: the finest multiple returns or raises")
 
 
 def _fill(selector: Selector, scores: list[np.ndarray], counts: np.ndarray, value: float, target: float,

@@ -21,19 +21,20 @@ from . import api
 from .calibration import CalibrationSet
 from .cost import flops_terms, param_terms
 from .errors import UsageError
+from .granularity import candidate_multiples, parse_round_to
 from .load import to_model
 from .outputs import write_atomic
 from .reconstruct import refit_layers
 from .rewrite import apply_plan
 from .score import CALIBRATED
-from .select import select
+from .select import select_granular
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
 COLUMNS = ("target", "flops_ratio", "params_ratio", "latency_ms", "latency_ratio", "top1_agreement", "cosine",
-           "kl", "groups_pruned", "ratio")
+           "kl", "groups_pruned", "ratio", "round_to")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class SweepPoint:
     params_ratio: float
     groups_pruned: int = 0
     ratio: float = 0.0
+    round_to: int = 1  # the channel multiple used (auto may use a finer one for a far target)
     latency_ms: float | None = None
     latency_ratio: float | None = None
     top1_agreement: float | None = None
@@ -163,7 +165,7 @@ def _targets(flops, params) -> tuple[str, list[float]]:
 def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | None = None,
           params: list[float] | None = None, calib: str | os.PathLike | CalibrationSet | None = None,
           calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, reconstruct: bool = False,
-          criterion: str = "l2", scope: str = "isomorphic", round_to: int = 1, bench: bool = False,
+          criterion: str = "l2", scope: str = "isomorphic", round_to: int | str = "auto", bench: bool = False,
           threads: int = 1, backend: str = "ort-cpu", batch: int = 1, fp16: bool = False, bench_runs: int = 20,
           keep_models: bool = False, input_shapes: api.InputShapes | None = None,
           progress: Progress | None = None) -> SweepResult:
@@ -172,9 +174,11 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
 
     ``keep_models`` keeps each pruned ModelProto on its point (for saving). With ``bench`` the
     dense and all pruned models are timed alternating on ``backend`` (see ``bench``).
-    ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims, as in ``prune``.
+    ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims, and ``round_to``
+    (default ``"auto"``: the channel multiple ``backend`` runs fastest) rounds channel counts, as in ``prune``.
     """
     metric, targets = _targets(flops, params)
+    multiples, _ = candidate_multiples(parse_round_to(round_to), backend)
     if reconstruct and calib is None:
         raise UsageError("--reconstruct needs calibration data: give --calib PATH (images, .npy, .npz), "
                          "or --calib random for a mechanics-only run")
@@ -196,8 +200,8 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
     for i, target in enumerate(targets, 1):
         where = f"{metric} {target:g} ({i}/{len(targets)})"
         step(f"{where}: selecting channels")
-        plan = select(analysis, scores, terms, target, scope=scope, round_to=round_to,
-                      what="FLOPs" if metric == "flops" else "params")
+        plan = select_granular(analysis, scores, terms, target, multiples, scope=scope,
+                               what="FLOPs" if metric == "flops" else "params")
         step(f"{where}: rewriting the graph")
         graph, kept = apply_plan(analysis, plan)
         if reconstruct:
@@ -209,7 +213,8 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
         point = SweepPoint(target=float(target),
                            flops_ratio=costs.flops / dense.flops if dense.flops else 1.0,
                            params_ratio=costs.params / dense.params if dense.params else 1.0,
-                           groups_pruned=int(sum(len(r) > 0 for r in plan.removed)), ratio=float(plan.ratio))
+                           groups_pruned=int(sum(len(r) > 0 for r in plan.removed)), ratio=float(plan.ratio),
+                           round_to=plan.round_to)
         if held_out is not None:
             step(f"{where}: measuring fidelity")
             quality = api.fidelity(proto, pruned_proto, held_out.samples)

@@ -309,7 +309,7 @@ STAGES = [
     ("onnxprune.capture", "capture"),       # shapes from onnxruntime
     ("onnxprune.api", "analyze_graph"),     # coupled groups
     ("onnxprune.api", "magnitude_scores"),  # score
-    ("onnxprune.api", "select"),            # select
+    ("onnxprune.api", "select_granular"),   # select
     ("onnxprune.api", "apply_plan"),        # rewrite
     ("onnxprune.api", "to_model"),
     ("onnxprune.api", "verify"),            # verify

@@ -17,7 +17,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -37,39 +36,10 @@ def time_onnxprune(path: Path, flops: float, out: Path) -> tuple[float, float]:
 
 
 def time_torch_pruning(name: str, flops: float, out: Path) -> tuple[float, float]:
-    import torch
-    import torch_pruning as tp
-    from export_models import build_model, input_shape
+    from peers import torch_pruning_onnx
 
-    model = build_model(name)
-    x = torch.randn(input_shape(name))
-    ignored, num_heads, unwrapped = [], {}, []
-    for module in model.modules():
-        if isinstance(module, torch.nn.MultiheadAttention):
-            num_heads[module] = module.num_heads
-    if hasattr(model, "fc"):
-        ignored.append(model.fc)
-    if hasattr(model, "heads"):  # torchvision ViT
-        ignored.append(model.heads)
-        unwrapped = [(model.class_token, 2), (model.encoder.pos_embedding, 2)]
-    start = time.perf_counter()
-    dense_macs, _ = tp.utils.count_ops_and_params(model, x)
-    pruner = tp.pruner.MetaPruner(
-        model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.9,
-        iterative_steps=30, isomorphic=True, global_pruning=True, ignored_layers=ignored,
-        num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
-        unwrapped_parameters=unwrapped)
-    macs = dense_macs
-    for _ in range(30):  # the Torch-Pruning recipe for a MACs target: step until reached
-        pruner.step()
-        macs, _ = tp.utils.count_ops_and_params(model, x)
-        if macs <= flops * dense_macs:
-            break
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, x, str(out), dynamo=False, input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return time.perf_counter() - start, macs / dense_macs
+    ratio, seconds = torch_pruning_onnx(name, flops, out, steps=30)  # its usual recipe: 30 steps
+    return seconds, ratio
 
 
 def main() -> None:

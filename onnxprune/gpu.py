@@ -2,7 +2,9 @@
 
 * ``ort_gpu_session``: an onnxruntime session on the CUDA or TensorRT execution provider, refused
   with a clear message when the provider is missing or onnxruntime silently fell back to the CPU.
-* ``builder_settings`` (pure, no TensorRT import): builder flags, workspace, optimization profile.
+* ``builder_settings`` (pure, no TensorRT import): builder flags, workspace, optimization profile,
+  and how FP16 is had: ``BuilderFlag.FP16`` on TensorRT 8-10; on TensorRT 11, which builds only
+  strongly typed networks and has no FP16 flag, the model converted to float16 (``fp16.py``).
 * ``build_engine``: the TensorRT Python API (ONNX parser, builder config, serialized engine), the
   engine's layer information, and which layers TensorRT found eligible for 2:4 sparse math and
   which it ran sparse, read from the builder's own log.
@@ -155,22 +157,37 @@ class EngineOptions:
 class BuilderSettings:
     """The builder configuration, as plain data: BuilderFlag names, MemoryPoolType limits in bytes,
     the optimization profile {input: (min, opt, max)} (empty when every input is static), the
-    ProfilingVerbosity name, and the shape each input is run at (the profile's opt)."""
+    ProfilingVerbosity name, the shape each input is run at (the profile's opt), and whether the
+    model is converted to float16 before the build (FP16 on TensorRT 11 and later)."""
 
     flags: list[str]
     memory_pool_limits: dict[str, int]
     profile: dict[str, tuple[Shape, Shape, Shape]]
     profiling_verbosity: str
     input_shapes: dict[str, Shape]
+    convert_fp16: bool = False
 
     @property
     def sparse(self) -> bool:
         return "SPARSE_WEIGHTS" in self.flags
 
+    @property
+    def precision(self) -> str:
+        """FP16 (the builder flag), FP16 (a float16 model, strongly typed) or FP32."""
+        if self.convert_fp16:
+            return "FP16 (model converted to float16)"
+        return "FP16" if "FP16" in self.flags else "FP32"
 
-def builder_settings(options: EngineOptions, inputs: list[InputSpec], carries_24: bool) -> BuilderSettings:
+
+# The first TensorRT major that builds only strongly typed networks: no BuilderFlag.FP16/INT8.
+STRONGLY_TYPED_MAJOR = 11
+
+
+def builder_settings(options: EngineOptions, inputs: list[InputSpec], carries_24: bool, *,
+                     tensorrt_major: int = 10) -> BuilderSettings:
     """Turn ``options`` into builder settings for a model with these inputs; ``carries_24`` says
-    whether an eligible layer already has 2:4 weights (it decides sparse=None)."""
+    whether an eligible layer already has 2:4 weights (it decides sparse=None); ``tensorrt_major``
+    decides how FP16 is had (the flag before 11, a float16 model from 11 on)."""
     if options.workspace_mb <= 0:
         raise UsageError(f"workspace must be positive, got {options.workspace_mb} MB")
     if options.batch < 1:
@@ -194,9 +211,11 @@ def builder_settings(options: EngineOptions, inputs: list[InputSpec], carries_24
         if shapes is not None:
             profile[spec.name] = shapes
         run_at[spec.name] = shapes[1] if shapes is not None else tuple(int(d) for d in spec.shape)
-    flags = (["FP16"] if options.fp16 else []) + (["SPARSE_WEIGHTS"] if sparse else [])
+    convert = options.fp16 and tensorrt_major >= STRONGLY_TYPED_MAJOR
+    flags = (["FP16"] if options.fp16 and not convert else []) + (["SPARSE_WEIGHTS"] if sparse else [])
     return BuilderSettings(flags=flags, memory_pool_limits={"WORKSPACE": options.workspace_mb << 20},
-                           profile=profile, profiling_verbosity="DETAILED", input_shapes=run_at)
+                           profile=profile, profiling_verbosity="DETAILED", input_shapes=run_at,
+                           convert_fp16=convert)
 
 
 def _profile_shapes(spec: InputSpec, options: EngineOptions) -> tuple[Shape, Shape, Shape] | None:
@@ -309,7 +328,8 @@ class EngineReport:
 
     def summary(self) -> dict[str, Any]:
         """Plain data for a JSON report (no engine bytes, no per-layer detail)."""
-        return {"tensorrt": self.tensorrt_version, "flags": self.settings.flags, "build_s": self.build_s,
+        return {"tensorrt": self.tensorrt_version, "flags": self.settings.flags,
+                "precision": self.settings.precision, "build_s": self.build_s,
                 "engine_bytes": len(self.engine), "engine_path": str(self.path) if self.path else None,
                 "layers": len(self.layers), "eligible_sparse": self.eligible_sparse, "ran_sparse": self.ran_sparse}
 
@@ -325,14 +345,23 @@ def build_engine(onnx_path: str | os.PathLike, options: EngineOptions | None = N
         check_output_path(save_engine, "engine")
     proto, _ = read_model(path)
     settings = builder_settings(options, input_specs(proto),
-                                carries_24(sparse_eligibility(proto)) if options.sparse is None else False)
+                                carries_24(sparse_eligibility(proto)) if options.sparse is None else False,
+                                tensorrt_major=tensorrt_major(trt))
     logger = _capturing_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(path)):
-        errors = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
-        raise ModelError(f"TensorRT cannot parse {path.name}: {'; '.join(errors) or logger.last_errors()}")
+    with tempfile.TemporaryDirectory(prefix="onnxprune-fp16-") as folder:
+        parsed_from = path
+        if settings.convert_fp16:
+            from .fp16 import to_float16
+
+            parsed_from = Path(folder) / path.name
+            save_model(to_float16(proto), parsed_from)
+        del proto
+        if not parser.parse_from_file(str(parsed_from)):
+            errors = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
+            raise ModelError(f"TensorRT cannot parse {path.name}: {'; '.join(errors) or logger.last_errors()}")
     config = builder.create_builder_config()
     _configure(trt, builder, config, settings)
     start = time.perf_counter()
@@ -349,19 +378,26 @@ def build_engine(onnx_path: str | os.PathLike, options: EngineOptions | None = N
                         tensorrt_version=trt.__version__, path=Path(save_engine) if save_engine else None)
 
 
+def tensorrt_major(trt: Any) -> int:
+    """The major version of the ``tensorrt`` module (``trt.__version__`` "11.4.0.106" -> 11)."""
+    return int(str(trt.__version__).split(".")[0])
+
+
 def _network_flags(trt: Any) -> int:
-    """Explicit batch: a flag before TensorRT 10, the only mode (flag deprecated or gone) since."""
-    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-    if flag is None or int(trt.__version__.split(".")[0]) >= 10:
+    """NetworkDefinitionCreationFlag bits. EXPLICIT_BATCH before TensorRT 10; since 10 explicit
+    batch is the only mode (the flag is ignored in 10 and gone in 11). STRONGLY_TYPED is not set:
+    TensorRT 8-10 build FP16 through BuilderFlag.FP16, which a strongly typed network refuses, and
+    11 ignores the flag (strongly typed is its only mode)."""
+    if tensorrt_major(trt) >= 10:
         return 0
-    return 1 << int(flag)
+    return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
 
 
 def _configure(trt: Any, builder: Any, config: Any, settings: BuilderSettings) -> None:
     for name in settings.flags:
         flag = getattr(trt.BuilderFlag, name, None)
         if flag is None:
-            hint = " (it builds strongly typed networks: convert the model to float16 instead)" * (name == "FP16")
+            hint = " (it builds only strongly typed networks: FP16 comes from a float16 model)" * (name == "FP16")
             raise UsageError(f"TensorRT {trt.__version__} has no BuilderFlag.{name}{hint}")
         config.set_flag(flag)
     for pool, size in settings.memory_pool_limits.items():
@@ -484,6 +520,6 @@ def _fixed_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[s
     return shapes
 
 
-__all__ = ["BuilderSettings", "EngineOptions", "EngineReport", "EngineRunner", "build_engine", "builder_settings",
-           "ort_gpu_session", "parse_sparse_log", "require_cuda", "require_tensorrt", "tensorrt_runner",
-           "time_engine"]
+__all__ = ["STRONGLY_TYPED_MAJOR", "BuilderSettings", "EngineOptions", "EngineReport", "EngineRunner", "build_engine",
+           "builder_settings", "ort_gpu_session", "parse_sparse_log", "require_cuda", "require_tensorrt",
+           "tensorrt_major", "tensorrt_runner", "time_engine"]

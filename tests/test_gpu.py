@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -19,6 +20,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from test_rules import IR_VERSION, OPSET
 
+from onnxprune import gpu
 from onnxprune.calibration import InputSpec, input_specs
 from onnxprune.errors import ModelError, UsageError
 from onnxprune.gpu import (
@@ -33,6 +35,7 @@ from onnxprune.gpu import (
     time_engine,
 )
 from onnxprune.obs import magnitude_mask
+from onnxprune.report import _engine_precision
 from onnxprune.sparse24 import SPARSE_24, carries_24
 
 F32 = np.dtype(np.float32)
@@ -93,6 +96,27 @@ def test_precision_and_sparse_flags(fp16: bool, sparse: bool | None, carries: bo
     settings = builder_settings(EngineOptions(fp16=fp16, sparse=sparse), STATIC, carries_24=carries)
     assert settings.flags == flags
     assert settings.sparse is ("SPARSE_WEIGHTS" in flags)
+
+
+@pytest.mark.parametrize("fp16, sparse, carries, flags", [
+    (True, None, True, ["SPARSE_WEIGHTS"]),
+    (True, None, False, []),
+    (True, True, False, ["SPARSE_WEIGHTS"]),
+    (False, None, True, []),
+])
+def test_tensorrt_11_gets_fp16_from_a_float16_model(fp16: bool, sparse: bool | None, carries: bool,
+                                                    flags: list[str]) -> None:
+    """TensorRT 11 has no BuilderFlag.FP16 (strongly typed networks only): FP16 is a float16 model."""
+    settings = builder_settings(EngineOptions(fp16=fp16, sparse=sparse), STATIC, carries_24=carries,
+                                tensorrt_major=11)
+    assert settings.flags == flags
+    assert settings.convert_fp16 is fp16
+    assert settings.precision == ("FP16 (model converted to float16)" if fp16 else "FP32")
+    for major in (8, 10):
+        old = builder_settings(EngineOptions(fp16=fp16, sparse=sparse), STATIC, carries_24=carries,
+                               tensorrt_major=major)
+        assert not old.convert_fp16 and old.precision == ("FP16" if fp16 else "FP32")
+        assert old.flags == (["FP16"] if fp16 else []) + flags
 
 
 def test_sparse_without_fp16_is_refused() -> None:
@@ -175,6 +199,102 @@ def test_parse_sparse_log_without_sparsity_lines() -> None:
 
 
 # --- files ---------------------------------------------------------------------------------------
+
+
+# --- build_engine against a stand-in TensorRT ------------------------------------------------
+
+
+def fake_tensorrt(version: str, parsed: list[onnx.ModelProto], flags: list[str]) -> SimpleNamespace:
+    """Just enough of the tensorrt module for build_engine (names as in the real bindings, which
+    tests/test_tensorrt_contract.py checks): records the model the parser reads and the builder
+    flags set; TensorRT 11 has no BuilderFlag.FP16."""
+
+    class ILogger:
+        Severity = SimpleNamespace(VERBOSE=0, INFO=1, WARNING=2, ERROR=3, INTERNAL_ERROR=4)
+
+        def __init__(self) -> None:
+            pass
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network, logger) -> None:
+            pass
+
+        def parse_from_file(self, path: str) -> bool:
+            parsed.append(onnx.load(path))
+            return True
+
+    class Config:
+        profiling_verbosity = None
+
+        def set_flag(self, flag: str) -> None:
+            flags.append(flag)
+
+        def set_memory_pool_limit(self, pool, size) -> None:
+            pass
+
+        def add_optimization_profile(self, profile) -> None:
+            pass
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            pass
+
+        def create_network(self, creation_flags: int) -> object:
+            assert creation_flags == 0, "no creation flag since TensorRT 10"
+            return object()
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> SimpleNamespace:
+            return SimpleNamespace(set_shape=lambda *shapes: None)
+
+        def build_serialized_network(self, network, config) -> bytes:
+            return b"engine"
+
+    def runtime(logger) -> SimpleNamespace:
+        info = SimpleNamespace(get_engine_information=lambda fmt: '{"Layers": ["conv"]}')
+        return SimpleNamespace(deserialize_cuda_engine=lambda engine: SimpleNamespace(
+            create_engine_inspector=lambda: info))
+
+    names = ["SPARSE_WEIGHTS"] + (["FP16"] if int(version.split(".")[0]) < 11 else [])
+    return SimpleNamespace(
+        __version__=version, ILogger=ILogger, Builder=Builder, OnnxParser=Parser, Runtime=runtime,
+        BuilderFlag=SimpleNamespace(**{name: name for name in names}),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"), ProfilingVerbosity=SimpleNamespace(DETAILED="DETAILED"),
+        LayerInformationFormat=SimpleNamespace(JSON="JSON"))
+
+
+@pytest.mark.parametrize("version", ["10.16.1.11", "11.4.0.106"])
+def test_build_engine_gets_fp16_the_way_the_major_allows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        version: str) -> None:
+    """TensorRT 10: the float32 model and BuilderFlag.FP16. TensorRT 11: a float16 copy of the model
+    (float32 inputs and outputs), no FP16 flag, the copy gone after the build."""
+    pytest.importorskip("onnxconverter_common", reason="needs onnxconverter-common (the test and gpu extras)")
+    parsed: list[onnx.ModelProto] = []
+    flags: list[str] = []
+    monkeypatch.setattr(gpu, "require_tensorrt", lambda: fake_tensorrt(version, parsed, flags))
+    monkeypatch.setattr(gpu, "_LOGGER", None)  # the process's logger is made for the module it was first given
+    path = tmp_path / "conv.onnx"
+    onnx.save(conv_model(sparse=True), str(path))
+    report = build_engine(path, EngineOptions(batch=2), tmp_path / "conv.engine")
+    (model,) = parsed
+    weights = {init.data_type for init in model.graph.initializer}
+    io = [v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]]
+    summary = report.summary()
+    if version.startswith("11."):
+        assert flags == ["SPARSE_WEIGHTS"] and weights == {TensorProto.FLOAT16}
+        assert summary["precision"] == "FP16 (model converted to float16)"
+        assert _engine_precision(summary) == "FP16 (model converted to float16), SPARSE_WEIGHTS"
+    else:
+        assert flags == ["FP16", "SPARSE_WEIGHTS"] and weights == {TensorProto.FLOAT}
+        assert summary["precision"] == "FP16" and _engine_precision(summary) == "FP16, SPARSE_WEIGHTS"
+    assert io == [TensorProto.FLOAT, TensorProto.FLOAT]
+    assert report.layers == ["conv"] and summary["tensorrt"] == version
+    assert (tmp_path / "conv.engine").read_bytes() == b"engine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conv.engine", "conv.onnx"]
 
 
 # --- refusals where the GPU stack is missing -------------------------------------------------
@@ -297,6 +417,7 @@ def test_sparse_math_is_reported_on_a_wide_2_4_layer(gpu_stack, tmp_path: Path) 
     path = tmp_path / "wide.onnx"
     onnx.save(conv_model(256, 256, hw=56, sparse=True), str(path))
     report = build_engine(path, EngineOptions(batch=8))
-    assert report.settings.flags == ["FP16", "SPARSE_WEIGHTS"]
+    # FP16: the builder flag before TensorRT 11, a float16 model since
+    assert report.settings.sparse and report.settings.precision.startswith("FP16")
     assert any("conv" in name for name in report.eligible_sparse), report.eligible_sparse
     assert set(report.ran_sparse) <= set(report.eligible_sparse)

@@ -217,11 +217,21 @@ def _latency_section(summary: dict[str, Any]) -> str:
     body += _note(f"{lat['backend']}, {runs}, dense and pruned alternating in one process.")
     if "latency_target" in summary:
         t = summary["latency_target"]
-        rows = [(f"{p['flops_target']:.3f}", str(p["round_to"]), f"{p['flops_ratio']:.3f}", f"{p['latency_ratio']:.3f}",
-                 "chosen" if p == t["chosen"] else "") for p in t["probes"]]
         body += _note(f"latency target {t['target']:g} on {t['backend']} (tolerance {t['tolerance']:g}): "
                       "each candidate timed against the dense model, alternating.")
-        body += _table(("FLOPs target", "round-to", "FLOPs ratio", "latency ratio", ""), rows, "latency-search")
+        if t.get("method") == "table":
+            lt = t.get("table") or {}
+            body += _note(f"candidates from a latency table ({lt.get('nodes')} layers, {lt.get('probes')} probes, "
+                          f"{'read from the cache' if lt.get('cached') else 'measured'}) and a knapsack; the table's "
+                          f"largest prediction error {t['prediction_error']:.3f}.")
+            rows = [(f"{p['budget']:.3f}", str(p["round_to"]), f"{p['flops_ratio']:.3f}", f"{p['predicted_ratio']:.3f}",
+                     f"{p['latency_ratio']:.3f}", "chosen" if p == t["chosen"] else "") for p in t["probes"]]
+            heads = ("table budget", "round-to", "FLOPs ratio", "predicted latency", "latency ratio", "")
+        else:
+            rows = [(f"{p['flops_target']:.3f}", str(p["round_to"]), f"{p['flops_ratio']:.3f}",
+                     f"{p['latency_ratio']:.3f}", "chosen" if p == t["chosen"] else "") for p in t["probes"]]
+            heads = ("FLOPs target", "round-to", "FLOPs ratio", "latency ratio", "")
+        body += _table(heads, rows, "latency-search")
     return _section("Latency", body, "latency")
 
 

@@ -1,10 +1,21 @@
 """Select stage, latency variant: prune until the *measured* latency meets a target.
 
-FLOPs are not latency: onnxruntime's CPU convolutions run channel counts that are multiples
-of 8 far faster than others, depthwise layers are memory-bound, and attention's cost is not
-all in its MatMuls. So the search measures. With isomorphic ranking the channels removed are
-fixed by one shared ratio, hence by the FLOPs target; what remains is how far to go and which
-channel rounding pays on the backend:
+FLOPs are not latency: onnxruntime's CPU convolutions run channel counts that are multiples of
+the NCHWc block far faster than others, depthwise layers are memory-bound, and attention's cost
+is not all in its MatMuls. Two ways to a plan:
+
+**Latency table** (onnxruntime backends, the default; ``latency_model.py``): measure each
+prunable node's latency against its kept channels on the backend (cached on disk), then a
+knapsack removes channels where they buy the most predicted latency for the least importance
+(HALP). Each plan is confirmed by timing the whole model against the dense one, alternating;
+when the measured ratio misses the target by more than ``tolerance``, the table's budget is
+corrected with the measured ratios (regula falsi on budget -> measured ratio, anchored at the
+dense model) and solved again, ``max_probes`` times at most. The search keeps every candidate's
+predicted and measured ratio: their gap is the table's prediction error.
+
+**Measured search** (``tensorrt``, whose engines take too long to build per probe, or
+``method="measured"``): with isomorphic ranking the channels removed are fixed by one shared
+ratio, hence by the FLOPs target; what remains is how far to go and which channel rounding pays:
 
 1. Probe the FLOPs target equal to the latency target with each candidate ``round_to`` (1 and
    8 unless the caller fixed one), timing the dense model and the candidates alternating; keep
@@ -25,7 +36,7 @@ import numpy as np
 import onnx
 
 from .analyze import Analysis
-from .cost import CostTerm
+from .cost import CostTerm, total
 from .deploy import bench_feed, make_runners, time_runners
 from .errors import ModelError
 from .load import to_model
@@ -35,6 +46,7 @@ from .select import Plan, select
 log = logging.getLogger(__name__)
 
 ROUNDINGS = (1, 8)
+TABLE_PROBES = 3  # whole-model measurements of table plans (the first, then corrections)
 PREFER_ROUNDED = 0.05  # a coarser rounding must be this much faster per FLOP to be chosen (noise)
 
 
@@ -48,6 +60,8 @@ class LatencyProbe:
     latency_ratio: float  # pruned median / dense median, timed alternating
     dense_ms: float
     pruned_ms: float
+    predicted_ratio: float | None = None  # latency table: its prediction for this plan (sum of nodes, over dense)
+    budget: float | None = None  # latency table: the predicted ratio the knapsack was asked for
 
 
 @dataclass
@@ -59,10 +73,19 @@ class LatencySearch:
     tolerance: float
     probes: list[LatencyProbe] = field(default_factory=list)
     chosen: LatencyProbe | None = None
+    method: str = "measured"  # "table" (latency table and knapsack) or "measured" (regula falsi on FLOPs)
+    table: dict | None = None  # the latency table's size, build time, cache use (LatencyTable.summary)
+
+    @property
+    def prediction_error(self) -> float | None:
+        """Largest |predicted - measured| latency ratio over the candidates (the table's error)."""
+        errs = [abs(p.predicted_ratio - p.latency_ratio) for p in self.probes if p.predicted_ratio is not None]
+        return max(errs) if errs else None
 
     def to_dict(self) -> dict:
         """Plain data for JSON: every probe and the chosen one."""
-        return {"target": self.target, "backend": self.backend, "tolerance": self.tolerance,
+        return {"target": self.target, "backend": self.backend, "tolerance": self.tolerance, "method": self.method,
+                "table": self.table, "prediction_error": self.prediction_error,
                 "probes": [vars(p) for p in self.probes], "chosen": vars(self.chosen) if self.chosen else None}
 
 
@@ -91,11 +114,22 @@ class _Timer:
 def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.ndarray], terms: list[CostTerm],
                    target: float, *, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
                    scope: str = "isomorphic", round_to: int | None = None, tolerance: float = 0.025,
-                   max_probes: int = 8, runs: int = 15, min_seconds: float = 1.0,
+                   max_probes: int | None = None, runs: int = 15, min_seconds: float = 1.0,
                    progress: Callable[[str], None] | None = None,
-                   shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Plan, LatencySearch]:
+                   shapes: dict[str, tuple[int, ...]] | None = None, method: str | None = None,
+                   cache: bool = True) -> tuple[Plan, LatencySearch]:
     """The plan whose measured latency ratio is closest to ``target`` (see module doc); the models
-    are timed with their free input dims at ``shapes`` (see ``deploy.bench_feed``)."""
+    are timed with their free input dims at ``shapes`` (see ``deploy.bench_feed``). ``method``:
+    "table" (default on onnxruntime backends) or "measured" (default on tensorrt); ``cache``: read
+    and write the latency table in the cache folder (``latency_model.cache_dir``)."""
+    method = method or ("measured" if backend == "tensorrt" else "table")
+    if method == "table":
+        return _search_table(analysis, like, scores, terms, target, backend=backend, threads=threads, batch=batch,
+                             round_to=round_to, tolerance=tolerance, max_probes=max_probes or TABLE_PROBES,
+                             runs=runs, min_seconds=min_seconds, progress=progress, shapes=shapes, cache=cache)
+    if method != "measured":
+        raise ValueError(f"unknown latency search method {method!r}")
+    max_probes = max_probes or 8
     step = progress or (lambda _msg: None)
     timer = _Timer(like, backend, threads, batch, runs, min_seconds, shapes)
     search = LatencySearch(target=target, backend=backend, tolerance=tolerance)
@@ -168,3 +202,81 @@ def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.nd
     chosen = min(ok, key=lambda i: abs(search.probes[i].latency_ratio - target))
     search.chosen = search.probes[chosen]
     return plans[chosen], search
+
+
+def _search_table(analysis: Analysis, like: onnx.ModelProto, scores: list[np.ndarray], terms: list[CostTerm],
+                  target: float, *, backend: str, threads: int, batch: int, round_to: int | None, tolerance: float,
+                  max_probes: int, runs: int, min_seconds: float, progress: Callable[[str], None] | None,
+                  shapes: dict[str, tuple[int, ...]] | None, cache: bool) -> tuple[Plan, LatencySearch]:
+    """Latency table, knapsack, whole-model confirmation and budget correction (see module doc)."""
+    from .granularity import backend_multiple
+    from .latency_model import Knapsack, latency_table
+
+    step = progress or (lambda _msg: None)
+    round_to = round_to or backend_multiple(backend).multiple
+    table = latency_table(analysis, like, backend=backend, threads=threads, batch=batch, round_to=round_to,
+                          cache=cache, progress=step)
+    knapsack = Knapsack(analysis, table, terms, scores, round_to)
+    timer = _Timer(like, backend, threads, batch, runs, min_seconds, shapes)
+    search = LatencySearch(target=target, backend=backend, tolerance=tolerance, method="table",
+                           table=table.summary())
+    dense_table = table.dense_ms() or 1.0
+    dense_flops = total(terms) or 1.0
+    sizes = analysis.slot_sizes
+    plans: list[Plan] = []
+    points = [(1.0, 1.0)]  # (predicted ratio, measured ratio), the dense model first
+    budget = target
+    seen: set[bytes] = set()
+    for _ in range(max_probes):
+        try:
+            solution = knapsack.solve(budget * dense_table)
+        except ModelError as exc:
+            if not search.probes:
+                raise ModelError(f"latency target {target:g} is out of reach on {backend}: {exc}") from None
+            break
+        key = solution.counts.tobytes()
+        if key in seen:  # the correction no longer changes the plan
+            break
+        seen.add(key)
+        kept = knapsack.counts.kept(solution.counts)
+        flops = float(total(terms, {s: k / sizes[s] for s, k in kept.items()}) / dense_flops)
+        atoms = sum(g.size for g in analysis.groups) or 1
+        plan = Plan(knapsack.plan_removed(solution.counts), float(solution.counts.sum()) / atoms, flops, round_to)
+        predicted = solution.predicted_ms / dense_table
+        step(f"latency search: timing a plan the table puts at {predicted:.3f} of dense against the dense model "
+             f"on {backend}")
+        dense_ms, (pruned_ms,) = timer.ratios([to_model(apply_plan(analysis, plan)[0], like)])
+        measured = pruned_ms / dense_ms
+        search.probes.append(LatencyProbe(flops, round_to, flops, measured, dense_ms, pruned_ms, predicted, budget))
+        plans.append(plan)
+        log.info("latency search: table budget %.3f -> predicted %.3f, measured %.3f of dense (FLOPs %.3f)", budget,
+                 predicted, measured, flops)
+        if abs(measured - target) <= tolerance:
+            break
+        points.append((predicted, measured))
+        budget = _corrected_budget(points, target)
+    ok = [i for i, p in enumerate(search.probes) if p.latency_ratio <= target + tolerance]
+    if not ok:
+        fastest = min(search.probes, key=lambda p: p.latency_ratio)
+        raise ModelError(f"latency target {target:g} not reached on {backend}: the fastest candidate ran at "
+                         f"{fastest.latency_ratio:.3f} of dense latency (the latency table predicted "
+                         f"{fastest.predicted_ratio:.3f}); frozen channels or ops without weights dominate the time")
+    chosen = min(ok, key=lambda i: abs(search.probes[i].latency_ratio - target))
+    search.chosen = search.probes[chosen]
+    return plans[chosen], search
+
+
+def _corrected_budget(points: list[tuple[float, float]], target: float) -> float:
+    """The predicted ratio expected to measure ``target``: interpolated between the measured points
+    that bracket it, else along the line from the dense model (1, 1) through the closest one."""
+    below = [p for p in points if p[1] < target]
+    above = [p for p in points if p[1] >= target]
+    if below and above:
+        lo = max(below, key=lambda p: p[1])
+        hi = min(above, key=lambda p: p[1])
+    else:
+        lo, hi = (1.0, 1.0), min(points[1:], key=lambda p: abs(p[1] - target))
+    if abs(hi[1] - lo[1]) < 1e-9:
+        return float(np.clip(hi[0] * target / max(hi[1], 1e-9), 0.02, 1.0))
+    budget = lo[0] + (target - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1])
+    return float(np.clip(budget, 0.02, 1.0))

@@ -115,7 +115,13 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         c = t["chosen"]
         console.print(f"latency target {t['target']:g} on {t['backend']}: measured {c['latency_ratio']:.3f} of dense "
                       f"at FLOPs {c['flops_ratio']:.3f} (round-to {c['round_to']}), {len(t['probes'])} candidates "
-                      "timed")
+                      "timed", highlight=False)
+        if t.get("method") == "table" and t.get("table"):
+            lt = t["table"]
+            how = "read from the cache" if lt["cached"] else f"measured in {lt['build_s']:.1f} s"
+            console.print(f"  latency table ({lt['nodes']} layers, {lt['probes']} probes, {how}) predicted "
+                          f"{c['predicted_ratio']:.3f}; largest prediction error {t['prediction_error']:.3f}",
+                          highlight=False)
     if "sparsity" in summary:
         sp = summary["sparsity"]
         layers = sp["layers"]

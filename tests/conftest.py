@@ -32,3 +32,15 @@ def export(model_cache):
     def _export(name: str, exporter: str) -> Path:
         return export_models.export_model(name, exporter, model_cache)
     return _export
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _onnxprune_cache(tmp_path_factory):
+    """Latency tables (onnxprune/latency_model.py) go to a temporary folder, not the user's cache."""
+    old = os.environ.get("ONNXPRUNE_CACHE")
+    os.environ["ONNXPRUNE_CACHE"] = str(tmp_path_factory.mktemp("onnxprune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ONNXPRUNE_CACHE", None)
+    else:
+        os.environ["ONNXPRUNE_CACHE"] = old

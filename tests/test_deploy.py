@@ -95,20 +95,25 @@ def test_bench_api_times_models_alternating(tmp_path):
     assert {"median_ms", "p95_ms", "p99_ms", "cv", "throughput", "ratio_to_first"} <= set(row)
 
 
-def test_latency_search_brackets_target(monkeypatch):
-    """With latency = 0.2 + 0.8 * FLOPs (deterministic), the search must land within tolerance."""
+@pytest.mark.parametrize("method", ["table", "measured"])
+def test_latency_search_brackets_target(monkeypatch, method):
+    """With latency = 0.2 + 0.8 * FLOPs (deterministic), the search must land within tolerance: the
+    latency table's plans corrected by the measured ratio, and the regula falsi on FLOPs."""
+    import functools
 
     def ratios(self, models):
         return 100.0, [100.0 * (0.2 + 0.8 * measure_costs(m).flops / dense_flops) for m in models]
     dense = conv_net()
     dense_flops = measure_costs(dense).flops
     monkeypatch.setattr(latency_mod._Timer, "ratios", ratios)
-    result = onnxprune.prune(dense, latency=0.6)
+    monkeypatch.setattr(onnxprune.api, "search_latency", functools.partial(latency_mod.search_latency, method=method))
+    result = onnxprune.prune(dense, latency=0.6, round_to=1)  # 48 channels: multiples of 16 are too coarse
     search = result.latency_search
+    assert search.method == method
     assert abs(search.chosen.latency_ratio - 0.6) <= search.tolerance
     assert result.flops_ratio == pytest.approx(0.5, abs=0.06)
-    assert search.chosen.round_to == 1  # no rounding is faster under this latency model
-    assert len(search.probes) <= 8
+    assert search.chosen.round_to == 1
+    assert len(search.probes) <= (3 if method == "table" else 8)
 
 
 def test_latency_search_refuses_unreachable(monkeypatch):

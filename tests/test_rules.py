@@ -817,7 +817,7 @@ def test_shared_initializer_does_not_couple_two_convs():
     assert len({id(group_with(analysis, Slot(n, ax))) for n in names for ax in (0, 1)}) == 4
     assert group_with(analysis, Slot("t.w", 0)) is not group_with(analysis, Slot("u.w", 0))
 
-    result = prune_checked(model, 0.5)
+    result = prune_checked(model, 0.5, round_to=1)  # channel by channel: both uses lose some
     w = initializers(result.model)
     wa, wb = (w[node_of(result.model, out).input[1]] for out in ("a", "b"))
     assert wa.shape == (w["pa.w"].shape[1], w["t.w"].shape[0], 3, 3)

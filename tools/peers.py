@@ -48,7 +48,7 @@ def torch_pruning_onnx(name: str, flops: float, out: Path, *, round_to: int | No
         macs, _ = tp.utils.count_ops_and_params(model, x)
         if macs <= flops * dense_macs:
             break
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings():  # not under no_grad: MultiheadAttention's fast path does not export
         warnings.simplefilter("ignore")
         torch.onnx.export(model, x, str(out), dynamo=False, input_names=["input"], output_names=["output"],
                           dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})

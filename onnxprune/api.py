@@ -15,6 +15,7 @@ from .analyze import Analysis, analyze_graph
 from .calibration import CalibrationSet, input_specs, load_calibration
 from .cost import flops_terms, param_terms, total
 from .deploy import BenchResult, bench_feed, make_runners, time_runners
+from .distill import Distillation, check_supported, distill_model, require_torch, resolve_lr, resolve_steps
 from .errors import UsageError
 from .fidelity import Fidelity, fidelity
 from .granularity import candidate_multiples, parse_round_to
@@ -62,6 +63,7 @@ class PruneResult:
     fidelity: Fidelity | None = None
     calibration: str | None = None
     latency_search: LatencySearch | None = None
+    distillation: Distillation | None = None  # --distill: steps, time, held-out KL/agreement before and after
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what FLOPs were measured at (batch 1)
     channel_multiple: int = 1  # channel counts of pruned groups are multiples of this
     channel_multiple_why: str | None = None  # how --round-to chose it
@@ -153,7 +155,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
           calib_count: int = 128, preprocess: str = "imagenet", holdout: float = 0.25, sequential: bool = False,
           reconstruct: bool = False, scope: str = "isomorphic", criterion: str = "l2", round_to: int | str = "auto",
           latency: float | None = None, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
-          input_shapes: InputShapes | None = None, progress: Progress | None = None) -> PruneResult:
+          input_shapes: InputShapes | None = None, distill: bool | int | None = None,
+          distill_lr: float | None = None, progress: Progress | None = None) -> PruneResult:
     """Prune a model (path or ModelProto) and verify the result.
 
     Structured: ``flops`` or ``params`` (fraction of the dense cost to keep) removes channels;
@@ -177,11 +180,18 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
 
     The returned model has passed onnx.checker and run in onnxruntime at batch 1 and 2 (when
     the batch is dynamic) with the same input/output names, ranks and non-channel dims.
+
+    ``distill`` (True for the default steps, or a number of steps; needs ``calib`` and PyTorch:
+    ``pip install onnxprune[recover]``) then fine-tunes the pruned model's weights to the dense
+    model's outputs on augmented calibration samples, early-stopping on the held-out part; masks
+    of weight sparsity stay fixed. ``distill_lr``: Adam's learning rate (distill.py).
     """
     _check_targets(flops, params, sparsity, pattern, latency)
     method = method or ("obs" if calib is not None else "magnitude")
+    distill_steps = resolve_steps(distill)
     needs_data = [what for what, on in (("--method " + method, method != "magnitude"),
-                                        ("--reconstruct", reconstruct), ("--sequential", sequential)) if on]
+                                        ("--reconstruct", reconstruct), ("--sequential", sequential),
+                                        ("--distill", distill_steps is not None)) if on]
     if sequential and sparsity is None and pattern is None:
         raise UsageError("--sequential applies to weight sparsity (--sparsity/--pattern); --reconstruct is "
                          "always sequential")
@@ -189,7 +199,14 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
         raise UsageError(f"{needs_data[0]} needs calibration data: give --calib PATH (images, .npy, .npz), "
                          "or --calib random for a mechanics-only run")
     step = progress or (lambda _msg: None)
+    if distill_lr is not None and distill_steps is None:
+        raise UsageError("--distill-lr needs --distill")
+    if distill_steps is not None:
+        resolve_lr(distill_lr)
+        require_torch()
     proto, external = _load(model)
+    if distill_steps is not None:
+        check_supported(proto)
     shapes = resolve_input_shapes(proto, input_shapes, batch=batch)
     calib_set, held_out = _calibration(proto, calib, calib_count, preprocess, holdout, input_shapes)
     analysis = _analyze(proto, progress, shapes, input_shapes)
@@ -219,6 +236,12 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
                                 method=method, samples=calib_set.samples if calib_set else None,
                                 sequential=sequential, progress=step)
     pruned_proto = to_model(graph, proto)
+    distilled = None
+    if distill_steps is not None:
+        step("distilling from the dense model")
+        pruned_proto, distilled = distill_model(proto, pruned_proto, calib_set, held_out, steps=distill_steps,
+                                                lr=distill_lr, keep_zeros=sparsity is not None or pattern is not None,
+                                                progress=step)
     step("verifying with onnx.checker and onnxruntime")
     pruned_graph, pruned_capture = verify(pruned_proto, analysis.capture, [t.name for t in analysis.graph.outputs],
                                           shapes)
@@ -235,6 +258,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
         ratio=plan.ratio if plan else 0.0, external_data=external,
         channels=_channel_table(analysis, plan) if plan else [], sparsity=sparse, refits=refits,
         fidelity=quality, calibration=calib_set.description if calib_set else None, latency_search=search,
+        distillation=distilled,
         input_shapes=measured_at(analysis), channel_multiple=plan.round_to if plan else 1,
         channel_multiple_why=_multiple_note(plan, multiples, multiple_why) if plan else None,
     )

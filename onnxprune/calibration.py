@@ -114,6 +114,7 @@ class CalibrationSet:
 
     samples: dict[str, np.ndarray]
     description: str
+    images: bool = False  # decoded images (--distill augments them with random resized crops)
 
     def __post_init__(self) -> None:
         lengths = {name: len(a) for name, a in self.samples.items()}
@@ -148,9 +149,9 @@ class CalibrationSet:
         held = min(max(round(n * holdout_fraction), 1), n - 1)
         kept = n - held
         first = CalibrationSet({k: a[:kept] for k, a in self.samples.items()},
-                               f"{self.description}; {kept} of {n} kept for calibration")
+                               f"{self.description}; {kept} of {n} kept for calibration", self.images)
         second = CalibrationSet({k: a[kept:] for k, a in self.samples.items()},
-                                f"{self.description}; {held} of {n} held out")
+                                f"{self.description}; {held} of {n} held out", self.images)
         return first, second
 
 
@@ -695,4 +696,4 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
     if unreadable:
         details += f"; {len(unreadable)} unreadable skipped"
     return CalibrationSet({spec.name: out},
-                          f"{len(out)} images from {shown} ({prep.name} preprocessing, {details})")
+                          f"{len(out)} images from {shown} ({prep.name} preprocessing, {details})", images=True)

@@ -50,6 +50,7 @@ EPILOG_PRUNE = """examples:
   onnxprune model.onnx --flops 0.5 --round-to 1    # any channel count (default auto: the backend's multiple)
   onnxprune model.onnx --pattern 2:4 --calib photos/          # 2:4 sparsity by OBS on calibration images
   onnxprune model.onnx --flops 0.7 --reconstruct --calib x.npz   # channels, then least-squares re-fit
+  onnxprune model.onnx --pattern 2:4 --calib photos/ --distill    # then distil from the dense model
   onnxprune model.onnx --flops 0.5 -v              # log each pipeline stage on stderr
   onnxprune model.onnx --latency 0.6               # prune until measured onnxruntime CPU latency <= 60%
   onnxprune model.onnx --flops 0.5 --bench --backend tensorrt --fp16   # time dense and pruned engines
@@ -156,6 +157,7 @@ def _prune_parser() -> argparse.ArgumentParser:
     solver.add_argument("--reconstruct", action="store_true",
                         help="after removing channels, re-fit each layer that lost inputs to the dense layer's "
                              "outputs, layer by layer on the pruned model's own activations (least squares)")
+    _add_distill(p)
     rank = p.add_argument_group("ranking")
     rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
                       help="rank channels within isomorphic classes (default), all together, or per group")
@@ -171,6 +173,17 @@ def _prune_parser() -> argparse.ArgumentParser:
     _add_input_shape(p)
     _add_general(p)
     return p
+
+
+def _add_distill(p: argparse.ArgumentParser) -> None:
+    from .distill import DEFAULT_LR, DEFAULT_STEPS
+
+    group = p.add_argument_group("recovery without labels (needs --calib and PyTorch: pip install onnxprune[recover])")
+    group.add_argument("--distill", nargs="?", const=True, type=_positive, metavar="STEPS",
+                       help="after pruning, fine-tune the kept weights to the dense model's outputs (KL on softened "
+                            "logits) on augmented calibration samples, early-stopping on the held-out part; masks "
+                            f"of --pattern/--sparsity stay fixed (default {DEFAULT_STEPS} steps)")
+    group.add_argument("--distill-lr", type=float, metavar="LR", help=f"Adam learning rate (default {DEFAULT_LR:g})")
 
 
 def _round_to(text: str) -> int | str:
@@ -422,7 +435,8 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
                            preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
                            scope=args.scope, criterion=args.criterion, round_to=args.round_to, latency=args.latency,
                            backend=args.backend, threads=args.threads, batch=args.batch,
-                           input_shapes=args.input_shape, progress=progress)
+                           input_shapes=args.input_shape, distill=args.distill, distill_lr=args.distill_lr,
+                           progress=progress)
             progress(f"writing the pruned model to {dst}")
             staged = outputs.stage(dst)
             write_model(result.model, staged, external=result.external_data or None)

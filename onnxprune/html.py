@@ -261,6 +261,23 @@ def _sparsity_section(summary: dict[str, Any]) -> str:
     return _section("Weight sparsity", body, "sparsity")
 
 
+def _distill_section(summary: dict[str, Any]) -> str:
+    if "distill" not in summary:
+        return ""
+    d = summary["distill"]
+    rows = [("held-out KL", f"{d['kl_before']:.4g}", f"{d['kl_after']:.4g}"),
+            ("held-out top-1 agreement", f"{d['agreement_before']:.1%}", f"{d['agreement_after']:.1%}")]
+    body = _table(("measure (pruned vs dense)", "before", "after"), rows, "distill-table", text_columns=(0,))
+    masked = f" ({d['masked']} with their zeros kept)" if d["masked"] else ""
+    body += _note(f"{d['steps']} of {d['max_steps']} steps (kept step {d['best_step']}) in {d['seconds']:.0f} s on "
+                  f"{d['device']}; Adam lr {d['lr']:g}, temperature {d['temperature']:g}, batch {d['batch']}, "
+                  f"{d['train_samples']} training samples ({d['augment']}); {d['tensors']} tensors trained{masked}.")
+    curve = [(str(c["step"]), "-" if c["train_kl"] is None else f"{c['train_kl']:.4g}", f"{c['held_out_kl']:.4g}",
+              f"{c['agreement']:.1%}") for c in d["curve"]]
+    body += _table(("step", "training KL (T)", "held-out KL", "top-1 agreement"), curve, "distill-curve")
+    return _section("Distillation", body, "distill")
+
+
 def _reconstruct_section(summary: dict[str, Any]) -> str:
     if "reconstruct" not in summary:
         return ""
@@ -281,6 +298,7 @@ def prune_html(summary: dict[str, Any], result: PruneResult) -> str:
         _fidelity_section(summary),
         _sparsity_section(summary),
         _reconstruct_section(summary),
+        _distill_section(summary),
         _provenance_section(summary.get("command")),
     ]
     return _page("onnxprune report", sections)

@@ -267,7 +267,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, flops: float | None = N
 def _multiple_note(plan: Plan, multiples: list[int], why: str) -> str:
     if plan.round_to == multiples[0]:
         return why
-    return f"{why}; the target needed multiples of {plan.round_to} (small groups keep all their channels)"
+    return (f"{why}; multiples of {multiples[0]} could not meet the target within 2%, so the target needed "
+            f"multiples of {plan.round_to}")
 
 
 def _check_targets(flops, params, sparsity, pattern, latency=None) -> None:

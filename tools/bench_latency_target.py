@@ -99,15 +99,16 @@ def main() -> None:
     table = Table(title=f"--latency {args.latency} (latency table + knapsack) vs --flops, onnxruntime CPU, "
                         f"median of {args.runs} alternating runs")
     cols = ["model", "threads", "run", "FLOPs ratio", "latency ratio", "table predicts", "seconds"]
-    cols += ["top-1 agree", "KL"] if args.fidelity else []
+    args.fid_cols = args.fidelity or "mobilenet_v2_imagenet" in args.models
+    cols += ["top-1 agree", "KL"] if args.fid_cols else []
     for col in (*cols, "bar"):
         table.add_column(col, justify="right")
-    models = [(name, None) for name in args.models]
-    if args.fidelity:
-        models.append(("mobilenet_v2_imagenet", _fidelity_data(args)))
-    for name, data in models:
+    names = list(args.models) + (["mobilenet_v2_imagenet"] if args.fidelity and
+                                     "mobilenet_v2_imagenet" not in args.models else [])
+    data = _fidelity_data(args) if "mobilenet_v2_imagenet" in names else None
+    for name in names:
         for threads in args.threads:
-            _bench_one(name, threads, grid, args, table, console, data)
+            _bench_one(name, threads, grid, args, table, console, data if name == "mobilenet_v2_imagenet" else None)
     console.print(table)
 
 
@@ -190,7 +191,11 @@ def _bench_one(name: str, threads: int, grid: list[float], args: argparse.Namesp
             f"{cached_s:.2f} s to read back); {len(search.probes)} whole-model check(s), "
             f"prediction error {err:.3f}" if err is not None else "")
     lo, hi = args.latency - BAND, args.latency + BAND
-    blank = [""] * (2 if data is not None else 0)
+    blank = [""] * (2 if args.fid_cols else 0)
+
+    def _fid_cells(fid) -> list[str]:
+        return [f"{fid.top1_agreement:.1%}", f"{fid.kl:.4f}"] if fid is not None else blank
+
     table.add_row(name, str(threads), f"--latency {args.latency} (table, round-to {chosen.round_to})",
                   f"{target.flops_ratio:.3f}", f"{reached:.3f}", f"{chosen.predicted_ratio:.3f}", f"{table_s:.1f}",
                   *_fid_cells(fids[0]), f"in {lo:.2f}-{hi:.2f}: {'pass' if lo <= reached <= hi else 'MISS'}")
@@ -205,7 +210,7 @@ def _bench_one(name: str, threads: int, grid: list[float], args: argparse.Namesp
         verdict = "n/a: latency outside the --flops grid"
     else:
         verdict = f"{'pass' if target.flops_ratio > flops_at else 'MISS'}: {target.flops_ratio - flops_at:+.3f} FLOPs"
-    fid_at = []
+    fid_at = blank
     if data is not None:
         fid_at = [_fmt(_interp(reached, g_ratios, [f.top1_agreement for f in g_fids]), "{:.1%}"),
                   _fmt(_interp(reached, g_ratios, [f.kl for f in g_fids]), "{:.4f}")]
@@ -235,10 +240,6 @@ def _fid(dense, model, data):
 
     _, held = data.split(0.5)
     return fidelity(dense, model, held.samples)
-
-
-def _fid_cells(fid) -> list[str]:
-    return [] if fid is None else [f"{fid.top1_agreement:.1%}", f"{fid.kl:.4f}"]
 
 
 def _fmt(x: float | None, spec: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analyze import Slot
+from .slots import Slot
 
 Shapes = Callable[[gs.Tensor], tuple[int, ...] | None]
 

@@ -49,9 +49,10 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from .analyze import Analysis, Slot
+from .analyze import Analysis
 from .cost import CostTerm, flops_of
 from .errors import ModelError, UsageError
+from .slots import Slot
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .activations import batch_size_for, batched, paired_statistics
-from .analyze import Slot
 from .layers import Layer, find_layers
+from .slots import Slot
 
 
 @dataclass

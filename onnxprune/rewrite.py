@@ -2,7 +2,8 @@
 
 Initializers are sliced along every pruned axis; ops that store channel counts (Conv group,
 Reshape targets, Split sizes, Slice bounds, Gather indices) are fixed by their rule in
-``rules.FIXES``; intermediate shapes are cleared so onnxruntime infers the new ones.
+``rules.FIXES`` (they read a ``slots.RewriteContext``); intermediate shapes are cleared so
+onnxruntime infers the new ones.
 """
 
 from __future__ import annotations
@@ -10,46 +11,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis, Slot
+from .analyze import Analysis
 from .load import reshare_constants
 from .rules import FIXES
 from .select import Plan
-
-
-class RewriteContext:
-    """What fix rules may ask: old/new shapes and the kept indices of a tensor's axis."""
-
-    def __init__(self, analysis: Analysis, kept: dict[Slot, np.ndarray]):
-        self.capture = analysis.capture
-        self._kept = kept
-        self._changed = {s.tensor for s in kept}
-
-    def old_shape(self, t: gs.Tensor) -> tuple[int, ...]:
-        return tuple(t.shape) if isinstance(t, gs.Constant) else self.capture.shapes[t.name]
-
-    def old_shape2(self, t: gs.Tensor) -> tuple[int, ...]:
-        return self.capture.shapes2.get(t.name, self.old_shape(t))
-
-    def static(self, t: gs.Tensor, axis: int) -> bool:
-        return self.capture.is_static(t.name, axis)
-
-    def fixed(self, tensor: gs.Tensor) -> np.ndarray | None:
-        """See Capture.fixed."""
-        return self.capture.fixed(tensor)
-
-    def kept(self, t: gs.Tensor, axis: int) -> np.ndarray | None:
-        return self._kept.get(Slot(t.name, axis))
-
-    def changed(self, t: gs.Tensor) -> bool:
-        return t.name in self._changed
-
-    def new_shape(self, t: gs.Tensor) -> list[int]:
-        shape = list(self.old_shape(t))
-        for axis in range(len(shape)):
-            kept = self.kept(t, axis)
-            if kept is not None:
-                shape[axis] = len(kept)
-        return shape
+from .slots import RewriteContext, Slot
 
 
 def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
@@ -64,7 +30,7 @@ def apply_plan(analysis: Analysis, plan: Plan) -> tuple[gs.Graph, dict[Slot, np.
     """A pruned copy of the analysed graph, and the kept indices per changed slot."""
     kept = kept_indices(analysis, plan)
     graph = analysis.graph.copy()
-    ctx = RewriteContext(analysis, kept)
+    ctx = RewriteContext(analysis.capture, kept)
     tensors = graph.tensors()
     by_tensor: dict[str, list[Slot]] = {}
     for slot in kept:

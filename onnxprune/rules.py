@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analyze import SlotGraph
+from .slots import SlotGraph
 
 TieRule = Callable[[gs.Node, SlotGraph], None]
 RULES: dict[str, TieRule] = {}

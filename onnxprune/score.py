@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .analyze import Analysis, Slot
+from .analyze import Analysis
 from .errors import ModelError, UsageError
+from .slots import Slot
 
 CRITERIA = ("l1", "l2")
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .analyze import Analysis, Slot
+from .analyze import Analysis
 from .cost import CostTerm, total
 from .errors import ModelError, UsageError
+from .slots import Slot
 
 SCOPES = ("isomorphic", "global", "uniform")
 

@@ -32,7 +32,7 @@ from test_rules import (
 
 import onnxprune
 from onnxprune import api
-from onnxprune.analyze import Slot
+from onnxprune.slots import Slot
 from onnxprune.verify import run
 
 

@@ -16,8 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune import api
-from onnxprune.analyze import Analysis, CoupledGroup, Slot
+from onnxprune.analyze import Analysis, CoupledGroup
 from onnxprune.capture import input_feed
+from onnxprune.slots import Slot
 from onnxprune.verify import run
 
 OPSET = 17

@@ -1,10 +1,9 @@
 """Deploy stage: latency measured the way trtexec measures it.
 
-Each model is warmed up for a fixed time, then every model runs once per round, in a rotating
-order, until there are at least ``runs`` rounds and at least ``min_seconds`` have passed. Two
-models timed this way share the machine's noise, so their ratio holds even when the medians
-drift. The statistics are those trtexec prints: median, mean, p90/p95/p99, the coefficient of
-variation (a warning sign above 10%), and throughput.
+Each model gets a runner (one timed inference per call) on its backend, and the runners are timed
+together by ``timing.py``: warmed up, then run in rotating rounds so that two models share the
+machine's noise and their ratio holds even when the medians drift; the statistics are those
+trtexec prints (see ``timing.Latency``).
 
 Backends: ``ort-cpu`` (default, everywhere), ``ort-cuda`` and ``ort-trt`` (onnxruntime-gpu), and
 ``tensorrt`` (a TensorRT engine built from the ONNX file, timed with CUDA events); the GPU ones
@@ -14,8 +13,7 @@ live in ``gpu.py`` and are refused with a clear message where the library or dev
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,50 +21,9 @@ import onnx_graphsurgeon as gs
 
 from .capture import input_feed, session
 from .errors import UsageError
+from .timing import Latency, Runner, time_runners
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
-HIGH_CV = 0.10  # trtexec-style warning: more than 10% spread means the figures are noisy
-
-Runner = Callable[[], float]  # one timed inference, milliseconds
-
-
-@dataclass
-class Latency:
-    """Latency statistics of one model in milliseconds (per batch), and its throughput."""
-
-    median_ms: float
-    p90_ms: float
-    runs: int
-    mean_ms: float = 0.0
-    p95_ms: float = 0.0
-    p99_ms: float = 0.0
-    cv: float = 0.0
-    batch: int = 1
-
-    @property
-    def throughput(self) -> float:
-        """Samples per second at the median latency."""
-        return self.batch * 1e3 / self.median_ms if self.median_ms > 0 else 0.0
-
-    @property
-    def noisy(self) -> bool:
-        """True when the runs vary by more than HIGH_CV (coefficient of variation)."""
-        return self.cv > HIGH_CV
-
-    def to_dict(self) -> dict:
-        """Plain data for JSON, with the throughput."""
-        return {**asdict(self), "throughput": self.throughput}
-
-
-def latency_stats(samples_ms: list[float] | np.ndarray, batch: int = 1) -> Latency:
-    """Summary statistics of per-run times in milliseconds."""
-    s = np.asarray(samples_ms, dtype=np.float64)
-    if s.size == 0:
-        raise ValueError("no timing samples")
-    mean = float(s.mean())
-    return Latency(median_ms=float(np.median(s)), p90_ms=float(np.percentile(s, 90)), runs=int(s.size),
-                   mean_ms=mean, p95_ms=float(np.percentile(s, 95)), p99_ms=float(np.percentile(s, 99)),
-                   cv=float(s.std() / mean) if mean > 0 else 0.0, batch=batch)
 
 
 def bench_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0,
@@ -118,33 +75,6 @@ def make_runners(models: list[onnx.ModelProto], feeds: list[dict[str, np.ndarray
 
     paths = engine_paths or [None] * len(models)
     return [tensorrt_runner(m, f, fp16=fp16, save_engine=p) for m, f, p in zip(models, feeds, paths, strict=True)]
-
-
-def time_samples(runners: list[Runner], *, runs: int = 20, min_seconds: float = 0.0,
-                 warmup_s: float = 0.3) -> list[list[float]]:
-    """Per runner, the milliseconds of each timed run: every runner warmed up for ``warmup_s``, then
-    all timed in rotating rounds until ``runs`` rounds and ``min_seconds`` (see module doc)."""
-    for run in runners:
-        end = time.perf_counter() + warmup_s
-        run()
-        while time.perf_counter() < end:
-            run()
-    samples: list[list[float]] = [[] for _ in runners]
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < runs or time.perf_counter() - start < min_seconds:
-        for k in range(len(runners)):
-            i = (rounds + k) % len(runners)  # rotate who goes first: no model always follows another
-            samples[i].append(runners[i]())
-        rounds += 1
-    return samples
-
-
-def time_runners(runners: list[Runner], *, runs: int = 20, min_seconds: float = 0.0, warmup_s: float = 0.3,
-                 batch: int = 1) -> list[Latency]:
-    """``time_samples`` summarised into latency statistics per runner."""
-    samples = time_samples(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s)
-    return [latency_stats(s, batch) for s in samples]
 
 
 def measure(models: list[onnx.ModelProto], feed: dict[str, np.ndarray] | None = None, *, runs: int = 20,

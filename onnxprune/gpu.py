@@ -38,6 +38,7 @@ from .errors import ModelError, UsageError
 from .load import read_model, save_model
 from .outputs import check_output_path, write_atomic
 from .sparse24 import carries_24, sparse_eligibility
+from .timing import time_samples
 
 log = logging.getLogger(__name__)
 
@@ -482,8 +483,6 @@ def time_engine(engine: bytes | EngineReport, feed: dict[str, np.ndarray], warmu
                 min_iters: int = 50, min_seconds: float = 1.0) -> list[float]:
     """Milliseconds per inference: warm up for ``warmup_s``, then run until at least ``min_iters``
     runs and ``min_seconds`` have passed."""
-    from .deploy import time_samples  # deploy imports this module lazily; no cycle at import time
-
     runner = EngineRunner(engine.engine if isinstance(engine, EngineReport) else engine, feed)
     return time_samples([runner], runs=min_iters, min_seconds=min_seconds, warmup_s=warmup_s)[0]
 

@@ -352,7 +352,8 @@ def _profile_times(batch: list[_Probe], opset: list, threads: int, runs: int) ->
 def _runner_times(batch: list[_Probe], opset: list, backend: str, threads: int, runs: int) -> list[float]:
     """Median milliseconds of one session per probe on ``backend`` (any onnxruntime provider),
     timed in alternation by ``deploy``'s runners."""
-    from .deploy import make_runners, time_runners
+    from .deploy import make_runners
+    from .timing import time_runners
 
     models = [_probe_model([p], opset) for p in batch]
     feeds = [_feed([p]) for p in batch]

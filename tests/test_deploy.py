@@ -14,8 +14,9 @@ from test_rules import Net
 import onnxprune
 from onnxprune import latency as latency_mod
 from onnxprune.api import measure_costs
-from onnxprune.deploy import bench_feed, latency_stats, make_runners, time_runners
+from onnxprune.deploy import bench_feed, make_runners
 from onnxprune.errors import ModelError, UsageError
+from onnxprune.timing import latency_stats, time_runners
 
 
 def conv_net(dynamic_batch: bool = False) -> onnx.ModelProto:

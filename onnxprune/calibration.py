@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 log = logging.getLogger("onnxprune.calibration")
 
@@ -665,7 +665,7 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
                 rgb = rgb.convert("L")
             pixels = np.asarray(rgb, dtype=np.float32)
         except Exception as exc:  # any decoder failure: truncated, corrupt, unsupported mode, bomb
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             unreadable.append(f"{path} ({reason})")
             if len(unreadable) <= MAX_NAMED:
                 log.warning("skipping unreadable calibration image %s: %s", path, reason)

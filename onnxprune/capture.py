@@ -20,7 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .load import save_model
 from .shapes import GUESS, free_dims, size_failure
 
@@ -270,10 +270,10 @@ def capture(graph: gs.Graph, shapes: dict[str, tuple[int, ...]] | None = None,
         first = _run(sessions, first_groups, feed, frozenset(t.name for t in graph.outputs))
     except Exception as exc:
         failed = exc.__cause__ if isinstance(exc, _RunFailed) else exc
-        first_line = str(failed).strip().splitlines()[0] if str(failed).strip() else type(failed).__name__
-        error = size_failure(_input_dims(graph), {k: v.shape for k, v in feed.items()}, first_line) \
+        reason = first_line(failed)
+        error = size_failure(_input_dims(graph), {k: v.shape for k, v in feed.items()}, reason) \
             if isinstance(exc, _RunFailed) else None
-        raise error or ModelError(f"onnxruntime cannot run the model: {first_line}") from None
+        raise error or ModelError(f"onnxruntime cannot run the model: {reason}") from None
     groups = _groups(names, {name: seen.nbytes * GROWTH for name, seen in first.items()}, CHUNK_BYTES)
     if len(groups) > 1:
         log.debug("capture: second run in %d groups of outputs to bound memory", len(groups))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,7 @@ from onnx import numpy_helper
 
 from .calibration import CalibrationSet
 from .errors import UsageError
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ def _static_batch(model: onnx.ModelProto) -> int | None:
 
 def distill_model(teacher: onnx.ModelProto, student: onnx.ModelProto, train: CalibrationSet, held_out: CalibrationSet,
             *, steps: int, lr: float | None = None, keep_zeros: bool = False, images: bool | None = None,
-            progress: Callable[[str], None] | None = None, seed: int = 0) -> tuple[onnx.ModelProto, Distillation]:
+            progress: Progress | None = None, seed: int = 0) -> tuple[onnx.ModelProto, Distillation]:
     """Fine-tune ``student`` (the pruned model) to the outputs of ``teacher`` (the dense model).
 
     Trains on ``train`` (augmented), early-stops on ``held_out``; ``keep_zeros`` keeps the zeros of

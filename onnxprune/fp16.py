@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import onnx
 from onnx import TensorProto
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,9 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             if "already converted to float16" in str(exc):
                 log.info("the model already holds float16 tensors: built with its own types, not converted again")
                 return model
-            raise ModelError(f"cannot convert the model to float16: {_first_line(exc)}") from None
+            raise ModelError(f"cannot convert the model to float16: {first_line(exc)}") from None
         except Exception as exc:  # shape inference and protobuf raise their own types (a model over 2 GiB)
-            raise ModelError(f"cannot convert the model to float16: {_first_line(exc)}") from None
+            raise ModelError(f"cannot convert the model to float16: {first_line(exc)}") from None
     clipped = sum("will be truncated to" in str(w.message) for w in caught)
     log.debug("float16 conversion: %d Cast(to=FLOAT) kept float32, %d values clamped into float16's range, "
               "%d unnamed nodes named", len(keep), clipped, named)
@@ -83,10 +83,6 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 def _cast_to(node: onnx.NodeProto) -> int | None:
     return next((attr.i for attr in node.attribute if attr.name == "to"), None)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = ["to_float16"]

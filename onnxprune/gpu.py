@@ -34,7 +34,7 @@ import onnxruntime as ort
 
 from .calibration import InputSpec, input_specs
 from .capture import session
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
 from .load import read_model, save_model
 from .outputs import check_output_path, write_atomic
 from .sparse24 import carries_24, sparse_eligibility
@@ -76,7 +76,7 @@ def ort_gpu_session(model: onnx.ModelProto | str | os.PathLike, backend: str, th
     try:
         sess = session(proto, threads=threads, providers=chain)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ModelError(f"onnxruntime cannot create a {provider} session: {_first_line(exc)}") from None
+        raise ModelError(f"onnxruntime cannot create a {provider} session: {first_line(exc)}") from None
     used = sess.get_providers()
     if not used or used[0] != provider:
         raise UsageError(f"onnxruntime fell back to {', '.join(used) or 'no provider'}: {provider} could not start "
@@ -106,11 +106,6 @@ def _missing_provider_message(provider: str) -> str:
             "together)")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # --- optional libraries ------------------------------------------------------------------------
 
 
@@ -121,7 +116,7 @@ def require_tensorrt() -> Any:
     except (ImportError, OSError) as exc:
         raise UsageError("TensorRT is not installed (from NVIDIA's index: pip install --extra-index-url "
                          "https://pypi.nvidia.com tensorrt); the tensorrt backend needs it, a CUDA GPU and torch "
-                         f"with CUDA ({_first_line(exc)})") from None
+                         f"with CUDA ({first_line(exc)})") from None
 
 
 def require_cuda() -> Any:
@@ -129,7 +124,7 @@ def require_cuda() -> Any:
     try:
         torch = importlib.import_module("torch")
     except (ImportError, OSError) as exc:
-        raise UsageError(f"timing a TensorRT engine needs PyTorch with CUDA (pip install torch): {_first_line(exc)}")\
+        raise UsageError(f"timing a TensorRT engine needs PyTorch with CUDA (pip install torch): {first_line(exc)}")\
             from None
     if not torch.cuda.is_available():
         build = torch.version.cuda or "none (a CPU-only build)"

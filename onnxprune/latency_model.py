@@ -39,7 +39,6 @@ import platform
 import re
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,8 @@ from onnx import helper, numpy_helper
 
 from .analyze import Analysis
 from .cost import CostTerm, flops_of
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
+from .progress import Progress, no_progress
 from .slots import Slot
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ BATCH_BYTES = 48 << 20  # weights per probe session
 DEPTH = 2.0  # the knapsack's reluctance to prune a group deep (see Knapsack)
 BATCH_PROBES = 400
 
-Progress = Callable[[str], None]
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -411,7 +410,7 @@ def latency_table(analysis: Analysis, like: onnx.ModelProto, *, backend: str = "
     """The latency table of ``like`` (analysed as ``analysis``, whose input sizes it is measured at)
     on ``backend``, from the cache when one was measured for the same model, settings and machine
     (see module doc)."""
-    step = progress or (lambda _msg: None)
+    step = progress or no_progress
     shapes = {t.name: analysis.capture.shapes[t.name] for t in analysis.graph.inputs
               if t.name in analysis.capture.shapes}
     key = table_key(like, backend, threads, batch, round_to, shapes)
@@ -475,7 +474,7 @@ def _measure(analysis: Analysis, like: onnx.ModelProto, axes_of: list[tuple[str,
         except Exception as exc:  # onnxruntime refused a probe: say which node
             first = batch_probes[0].model_node
             raise ModelError(f"latency table: onnxruntime cannot run a probe of {first.op_type} nodes "
-                             f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})"
+                             f"({first_line(exc)})"
                              ) from None
         for p, ms in zip(batch_probes, times, strict=True):
             nodes[p.node].ms[p.cell] = ms

@@ -12,7 +12,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper, version_converter
 
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, first_line
 from .outputs import write_atomic
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def upgrade(model: onnx.ModelProto, name: str | os.PathLike = "model") -> onnx.M
             onnx.checker.check_model(model)
         except Exception as exc:
             raise ModelError(f"{name}: opset {opset} is older than onnxruntime runs ({ORT_MIN_OPSET}) and "
-                             f"onnx.version_converter cannot upgrade it ({_first_line(exc)})") from None
+                             f"onnx.version_converter cannot upgrade it ({first_line(exc)})") from None
         notes.append(f"opset {opset} -> {ORT_MIN_OPSET} (onnxruntime runs opset {ORT_MIN_OPSET} and later)")
     weights = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in weights]
@@ -190,11 +190,6 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
     """Run onnx.checker. Over protobuf's 2 GiB the checker cannot take the model in memory, so it
     checks a copy saved with external data, by path (its documented way for large models)."""
@@ -209,7 +204,7 @@ def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> No
                 save_model(model, path, external=True)
                 onnx.checker.check_model(str(path))
     except Exception as exc:
-        raise ModelError(f"{name}: invalid ONNX model ({_first_line(exc)})") from None
+        raise ModelError(f"{name}: invalid ONNX model ({first_line(exc)})") from None
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:

@@ -12,7 +12,6 @@ Non-sequential: X_p are the dense inputs' kept columns (one pass over the data).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from .activations import batch_size_for, batched, paired_statistics
 from .layers import Layer, find_layers
+from .progress import Progress, no_progress
 from .slots import Slot
 
 
@@ -81,9 +81,9 @@ def _columns(layer: Layer, kept_in: np.ndarray) -> np.ndarray:
 
 def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray], samples: dict[str, np.ndarray],
                  *, sequential: bool = True, batch_size: int = 16, percdamp: float = 0.01,
-                 progress: Callable[[str], None] | None = None) -> list[Refit]:
+                 progress: Progress | None = None) -> list[Refit]:
     """Re-fit, in place in ``pruned``, every layer whose input channels were removed."""
-    step = progress or (lambda _m: None)
+    step = progress or no_progress
     dense_layers = {layer.node.name: layer for layer in find_layers(dense)}
     jobs = []
     for layer in find_layers(pruned):

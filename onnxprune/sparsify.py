@@ -9,7 +9,6 @@ already pruned before it (one pass over the data per layer).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from .errors import ModelError, UsageError
 from .layers import MAX_ROWS, Layer, find_layers, subsample
 from .load import reshare_constants, unshare_constants
 from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+from .progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,14 @@ def eligible(layer: Layer, pattern: Pattern) -> str | None:
 
 def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
                    samples: dict[str, np.ndarray] | None = None, sequential: bool = False, batch_size: int = 16,
-                   memory_budget: float = 1e9, progress: Callable[[str], None] | None = None) -> SparsifyReport:
+                   memory_budget: float = 1e9, progress: Progress | None = None) -> SparsifyReport:
     """Sparsify every Conv/Gemm/MatMul layer of ``graph`` in place; returns what happened per layer."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method != "magnitude" and samples is None:
         raise UsageError(f"--method {method} needs calibration data: give --calib PATH (or --calib random "
                          "for a mechanics-only run)")
-    step = progress or (lambda _m: None)
+    step = progress or no_progress
     report = SparsifyReport(str(pattern), method, sequential)
     shared = unshare_constants(graph)  # a weight two layers share is pruned for each separately
     layers = []

@@ -14,10 +14,16 @@ __version__ = "0.1.0"
 # name -> module that defines it
 _PUBLIC = {
     "Analysis": "analyze", "CoupledGroup": "analyze", "FrozenGroup": "analyze", "Slot": "analyze",
-    "Costs": "api", "PruneResult": "api", "analyze": "api", "bench": "api", "measure_costs": "api", "prune": "api",
+    "analyze": "api", "bench": "api", "measure_costs": "api", "prune": "api",
+    "BenchOptions": "options", "CalibOptions": "options", "ShapeOptions": "options", "SolverOptions": "options",
+    "TargetOptions": "options",
     "BenchResult": "deploy", "Latency": "deploy",
+    "Criterion": "criteria",
     "ModelError": "errors", "OnnxPruneError": "errors", "UsageError": "errors",
-    "SweepPoint": "sweep", "SweepResult": "sweep", "sweep": "sweep",
+    "Pipeline": "pipeline",
+    "plot_sweep": "plots", "to_html": "html",
+    "Costs": "results", "PruneResult": "results", "SweepPoint": "results", "SweepResult": "results",
+    "sweep": "sweep",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

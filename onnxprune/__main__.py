@@ -2,7 +2,8 @@
 
 It takes over Ctrl-C before anything heavy loads: an interrupt while the command starts exits
 with 130 and one line, no traceback. ``cli.main`` then puts Python's own handler back, and its
-``except KeyboardInterrupt`` says what was written. (Only the interpreter's own start-up, before
+``except KeyboardInterrupt`` says what was written (an interrupt that a library's import turned into
+another exception included). (Only the interpreter's own start-up, before
 this file runs, is out of reach.)
 """
 
@@ -18,12 +19,16 @@ def _interrupted_while_starting(_signum, _frame) -> None:
 signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 from onnxprune.cli import main as _main  # noqa: E402  (after the handler, on purpose)
+from onnxprune.cli import on_sigint  # noqa: E402
 
 
 def main() -> int:
-    """Run the command line with Python's KeyboardInterrupt back in place."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    code = _main()
+    """Run the command line with KeyboardInterrupt back in place (remembered: see ``cli.on_sigint``)."""
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        code = _main()
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
+        code = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only hide the exit status
     return code
 

@@ -93,16 +93,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
-    return value
-
-
 def _parser(prog: str, description: str, epilog: str, usage: str | None = None) -> _Parser:
     return _Parser(prog=prog, usage=usage, description=description, epilog=epilog, add_help=False,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,121 +124,36 @@ def _prune_parser() -> argparse.ArgumentParser:
     out.add_argument("--force", action="store_true", help="overwrite existing output files (model, reports)")
     out.add_argument("--report", metavar="JSON", help="write the summary and the kept channel indices as JSON")
     out.add_argument("--html", metavar="PATH", help="write a self-contained HTML report (tables, plots, versions)")
-    target = p.add_argument_group("targets (a structured one, a sparsity one, or one of each)")
-    target.add_argument("--flops", type=_fraction, metavar="R",
-                        help="remove channels: keep at most this fraction of the FLOPs")
-    target.add_argument("--params", type=_fraction, metavar="R",
-                        help="remove channels: keep at most this fraction of the params")
-    target.add_argument("--sparsity", type=float, metavar="S",
-                        help="zero this fraction of each layer's weights (unstructured)")
-    target.add_argument("--pattern", metavar="N:M", help="keep N of every M weights along the input channels (2:4)")
-    target.add_argument("--latency", type=_fraction, metavar="R",
-                        help="remove channels until the measured latency on --backend is at most this fraction "
-                             "of the dense model's")
-    calib = p.add_argument_group("calibration data (for --method wanda/obs, --reconstruct, fidelity)")
-    calib.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random'")
-    calib.add_argument("--calib-count", type=int, default=128, metavar="N", help="samples to use (default 128)")
-    calib.add_argument("--preprocess", default="imagenet", metavar="NAME", help="preset in calibration/ or a JSON file")
-    solver = p.add_argument_group("solver")
-    solver.add_argument("--method", choices=("magnitude", "wanda", "obs"),
-                        help="weight-sparsity method (default: obs with --calib, else magnitude)")
-    solver.add_argument("--sequential", action="store_true",
-                        help="sparsity: calibrate each layer on the outputs of the already-pruned layers before it")
-    solver.add_argument("--reconstruct", action="store_true",
-                        help="after removing channels, re-fit each layer that lost inputs to the dense layer's "
-                             "outputs, layer by layer on the pruned model's own activations (least squares)")
-    _add_distill(p)
-    rank = p.add_argument_group("ranking")
-    rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
-                      help="rank channels within isomorphic classes (default), all together, or per group")
-    rank.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2",
-                      help="channel importance: weight magnitude (l1, l2), or with --calib activation-weighted "
-                           "(act) or second-order OBS saliency (obs)")
-    _add_round_to(rank)
+    from .options import BenchOptions, CalibOptions, SolverOptions, TargetOptions, add_arguments
+
+    add_arguments(p.add_argument_group("targets (a structured one, a sparsity one, or one of each)"), TargetOptions)
+    add_arguments(p.add_argument_group("calibration data (for --method wanda/obs, --reconstruct, fidelity)"),
+                  CalibOptions)
+    add_arguments(p.add_argument_group("solver"), SolverOptions, ("method", "sequential", "reconstruct"))
+    add_arguments(p.add_argument_group("recovery without labels (needs --calib and PyTorch: "
+                                       "pip install onnxprune[recover])"), SolverOptions, ("distill", "distill_lr"))
+    add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
     latency = p.add_argument_group("latency (--latency target and --bench)")
     latency.add_argument("--bench", action="store_true",
                          help="time the dense and the pruned model, alternating, and show both in the summary")
-    _add_backend_options(latency)
+    add_arguments(latency, BenchOptions)
     latency.add_argument("--no-latency", action="store_true", help=argparse.SUPPRESS)  # the old default-on switch
     _add_input_shape(p)
     _add_general(p)
     return p
 
 
-def _add_distill(p: argparse.ArgumentParser) -> None:
-    from .distill import DEFAULT_LR, DEFAULT_STEPS
-
-    group = p.add_argument_group("recovery without labels (needs --calib and PyTorch: pip install onnxprune[recover])")
-    group.add_argument("--distill", nargs="?", const=True, type=_positive, metavar="STEPS",
-                       help="after pruning, fine-tune the kept weights to the dense model's outputs (KL on softened "
-                            "logits) on augmented calibration samples, early-stopping on the held-out part; masks "
-                            f"of --pattern/--sparsity stay fixed (default {DEFAULT_STEPS} steps)")
-    group.add_argument("--distill-lr", type=float, metavar="LR", help=f"Adam learning rate (default {DEFAULT_LR:g})")
-
-
-def _round_to(text: str) -> int | str:
-    from .granularity import parse_round_to
-
-    try:
-        return parse_round_to(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_round_to(group) -> None:
-    group.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
-                       help="keep channel counts multiples of N; auto (default): the multiple --backend runs "
-                            "fastest (ort-cpu: 16 with AVX-512, else 8; GPUs: 4 FP32, 8 FP16; a multiple of M with "
-                            "--pattern N:M), finer only where the target needs it; 1: no rounding")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _add_backend_options(group) -> None:
-    from .deploy import BACKENDS
-
-    group.add_argument("--backend", choices=BACKENDS, default="ort-cpu",
-                       help="where to measure: onnxruntime CPU (default), CUDA or TensorRT provider, or TensorRT")
-    group.add_argument("--batch", type=_positive, default=1, metavar="N", help="batch size to time (default 1)")
-    group.add_argument("--threads", type=_positive, default=1, metavar="N",
-                       help="onnxruntime intra-op threads (default 1)")
-    group.add_argument("--fp16", action="store_true", help="FP16 engines (tensorrt, ort-trt)")
-
-
-class _InputShapes(argparse.Action):
-    """``--input-shape NAME:1x3x48x320`` (or ``NAME:1,3,48,320``), repeatable: {name: dims}."""
-
-    def __call__(self, parser, namespace, value, option_string=None):
-        from .shapes import parse_input_shape
-
-        name, dims = parse_input_shape(value)
-        shapes = dict(getattr(namespace, self.dest, None) or {})
-        if name in shapes:
-            raise UsageError(f"--input-shape {name} given twice")
-        shapes[name] = dims
-        setattr(namespace, self.dest, shapes)
-
-
 def _add_input_shape(p: argparse.ArgumentParser) -> None:
-    p.add_argument_group("input size").add_argument(
-        "--input-shape", action=_InputShapes, metavar="NAME:1x3xHxW",
-        help="size of an input with free dims (repeatable; also NAME:1,3,H,W): FLOPs, calibration and latency "
-             "are measured there (default 224 for free dims other than the batch, with a warning); the batch "
-             "entry is not used (FLOPs are per sample, --batch sets the timed batch)")
+    from .options import ShapeOptions, add_arguments
+
+    add_arguments(p.add_argument_group("input size"), ShapeOptions)
 
 
 def _check_fp16(args: argparse.Namespace) -> None:
-    """Before any work: --fp16 only where the backend can build FP16 engines."""
-    if args.fp16 and args.backend not in ("tensorrt", "ort-trt"):
-        raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+    """Before any work: --fp16 only where the backend can build FP16 engines (BenchOptions.validate)."""
+    from .options import BenchOptions, values
+
+    BenchOptions(**values(args, BenchOptions)).validate()
 
 
 def _bench_parser() -> argparse.ArgumentParser:
@@ -258,12 +163,14 @@ def _bench_parser() -> argparse.ArgumentParser:
                             "run alternating in one process, so their ratios hold on a noisy machine.",
                 epilog=EPILOG_BENCH)
     p.add_argument("models", nargs="+", metavar="model", help=".onnx files (the first is the reference)")
+    from .options import BenchOptions, add_arguments, positive
+
     backend = p.add_argument_group("backend")
-    _add_backend_options(backend)
+    add_arguments(backend, BenchOptions)
     backend.add_argument("--save-engine", nargs="+", metavar="PATH",
                          help="tensorrt: write each model's engine (one path per model)")
     timing = p.add_argument_group("timing")
-    timing.add_argument("--runs", type=_positive, default=50, metavar="N", help="at least N runs each (default 50)")
+    timing.add_argument("--runs", type=positive, default=50, metavar="N", help="at least N runs each (default 50)")
     timing.add_argument("--min-seconds", type=float, default=3.0, metavar="S",
                         help="and at least S seconds in all (default 3)")
     timing.add_argument("--warmup", type=float, default=1.0, metavar="S", help="warm-up per model (default 1 s)")
@@ -299,24 +206,18 @@ def _sweep_parser() -> argparse.ArgumentParser:
     out.add_argument("--save-models", action="store_true", help="also write each pruned model into the folder")
     out.add_argument("--force", action="store_true", help="write into an existing non-empty folder")
     out.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report (table, plot, versions)")
+    from .options import BenchOptions, CalibOptions, SolverOptions, add_arguments, fraction
+
     target = p.add_argument_group("targets (one kind, several values)").add_mutually_exclusive_group(required=True)
-    target.add_argument("--flops", type=_fraction, nargs="+", metavar="R", help="FLOPs targets, e.g. 0.9 0.7 0.5")
-    target.add_argument("--params", type=_fraction, nargs="+", metavar="R", help="params targets")
-    calib = p.add_argument_group("calibration data")
-    calib.add_argument("--calib", metavar="PATH", help="image folder, .npy, .npz, folder of .npy, or 'random' "
-                       "(adds top-1 agreement and KL to the dense model)")
-    calib.add_argument("--calib-count", type=int, default=128, metavar="N", help="samples to use (default 128)")
-    calib.add_argument("--preprocess", default="imagenet", metavar="NAME", help="preset in calibration/ or a JSON file")
-    calib.add_argument("--reconstruct", action="store_true", help="re-fit the layers that lost inputs (needs --calib)")
-    rank = p.add_argument_group("ranking")
-    rank.add_argument("--scope", choices=("isomorphic", "global", "uniform"), default="isomorphic",
-                      help="rank channels within isomorphic classes (default), all together, or per group")
-    rank.add_argument("--criterion", choices=("l1", "l2", "act", "obs"), default="l2",
-                      help="channel importance (act and obs need --calib)")
-    _add_round_to(rank)
+    target.add_argument("--flops", type=fraction, nargs="+", metavar="R", help="FLOPs targets, e.g. 0.9 0.7 0.5")
+    target.add_argument("--params", type=fraction, nargs="+", metavar="R", help="params targets")
+    calib = p.add_argument_group("calibration data (adds top-1 agreement and KL to the dense model)")
+    add_arguments(calib, CalibOptions)
+    add_arguments(calib, SolverOptions, ("reconstruct",))
+    add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
     latency = p.add_argument_group("latency")
     latency.add_argument("--bench", action="store_true", help="time the dense and every pruned model, alternating")
-    _add_backend_options(latency)
+    add_arguments(latency, BenchOptions)
     _add_input_shape(p)
     _add_general(p)
     return p
@@ -422,6 +323,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .api import default_output, prune
     from .deploy import measure
     from .load import read_model, write_model
+    from .options import OPTION_CLASSES, values
     from .report import file_size, print_summary, summary_dict, write_json
 
     dst = Path(args.output) if args.output else default_output(args.model)
@@ -430,13 +332,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
         _claim_optional(outputs, (args.report, "JSON report"), (args.html, "HTML report"))
         _check_fp16(args)
         with _stages(io, args.quiet, f"reading {args.model}") as progress:
-            result = prune(args.model, flops=args.flops, params=args.params, sparsity=args.sparsity,
-                           pattern=args.pattern, method=args.method, calib=args.calib, calib_count=args.calib_count,
-                           preprocess=args.preprocess, sequential=args.sequential, reconstruct=args.reconstruct,
-                           scope=args.scope, criterion=args.criterion, round_to=args.round_to, latency=args.latency,
-                           backend=args.backend, threads=args.threads, batch=args.batch,
-                           input_shapes=args.input_shape, distill=args.distill, distill_lr=args.distill_lr,
-                           progress=progress)
+            result = prune(args.model, progress=progress, **values(args, *OPTION_CLASSES))
             progress(f"writing the pruned model to {dst}")
             staged = outputs.stage(dst)
             write_model(result.model, staged, external=result.external_data or None)
@@ -457,7 +353,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
                 from .html import prune_html, write_html
 
                 progress(f"writing the HTML report to {args.html}")
-                write_html(outputs.stage(args.html), prune_html(summary, result))
+                write_html(outputs.stage(args.html), prune_html(summary))
             written = outputs.publish()
     if not args.quiet:
         print_summary(io.out, summary)
@@ -478,7 +374,7 @@ def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
     with _outputs(io, args.force, args.model) as outputs:
         _claim_optional(outputs, (args.json, "JSON"), (args.html, "HTML report"))
         with _stages(io, args.quiet, f"reading {args.model}") as progress:
-            analysis = analyze(args.model, progress=progress, input_shapes=args.input_shape)
+            analysis = analyze(args.model, progress=progress, input_shapes=args.input_shapes)
         shares = group_flops_share(analysis)
         sparse = sparse_eligibility(analysis.graph)
         if args.json:
@@ -515,7 +411,10 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from rich.table import Table
 
     from .load import write_model
+    from .options import values
+    from .plots import sweep_figure
     from .report import measured_at_line
+    from .sweep import OPTION_CLASSES as SWEEP_OPTIONS
     from .sweep import model_filename, sweep
 
     folder = _sweep_folder(args)
@@ -533,15 +432,12 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
             outputs.claim(args.html, "HTML report")
         _check_fp16(args)
         with _stages(io, args.quiet, f"reading {args.model}") as progress:
-            result = sweep(args.model, flops=args.flops, params=args.params, calib=args.calib,
-                           calib_count=args.calib_count, preprocess=args.preprocess, reconstruct=args.reconstruct,
-                           criterion=args.criterion, scope=args.scope, round_to=args.round_to, bench=args.bench,
-                           threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
-                           keep_models=args.save_models, input_shapes=args.input_shape, progress=progress)
+            result = sweep(args.model, flops=args.flops, params=args.params, bench=args.bench,
+                           keep_models=args.save_models, progress=progress, **values(args, *SWEEP_OPTIONS))
             progress(f"writing the results to {folder}")
             result.write_csv(outputs.stage(files["sweep.csv"]))
             result.write_json(outputs.stage(files["sweep.json"]))
-            result.figure().savefig(outputs.stage(files["sweep.png"]), format="png")
+            sweep_figure(result).savefig(outputs.stage(files["sweep.png"]), format="png")
             for point in result.points if args.save_models else ():
                 path = files[model_filename(result.metric, point.target)]
                 write_model(point.model, outputs.stage(path), external=result.external_data or None)
@@ -608,7 +504,7 @@ def _run_bench(args: argparse.Namespace, io: _Io) -> None:
             result = bench(args.models, backend=args.backend, batch=args.batch, threads=args.threads,
                            fp16=args.fp16, runs=args.runs, min_seconds=args.min_seconds, warmup_s=args.warmup,
                            save_engines=[outputs.stage(e) for e in engines] if engines else None,
-                           input_shapes=args.input_shape)
+                           input_shapes=args.input_shapes)
         if engines:  # the table names the engines where they will be, not where they were staged
             result.engines = list(engines)
         if args.json:
@@ -655,16 +551,33 @@ def main(argv: list[str] | None = None) -> int:
         _error(io, f"onnxprune: error: {exc}{_written_note(io)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        written = io.outputs.published if io and io.outputs else []
-        _error(io, "onnxprune: interrupted after writing " + ", ".join(map(str, written)) if written
-               else "onnxprune: interrupted; nothing was written")
-        return 130
+        return _interrupted(io)
     except Exception as exc:  # a bug: still one line unless --debug
+        if SIGINT_SEEN:  # Ctrl-C inside a C extension's import comes back as another error (numpy: ImportError)
+            return _interrupted(io)
         if debug:
             raise
         _error(io, f"onnxprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)"
                    f"{_written_note(io)}")
         return 1
+
+
+SIGINT_SEEN = False  # set by on_sigint, the handler the installed command runs with
+
+
+def on_sigint(_signum, _frame) -> None:
+    """SIGINT handler of the installed command (``__main__``): Python's KeyboardInterrupt, remembered,
+    so an interrupt that a library turned into another exception is still reported as one."""
+    global SIGINT_SEEN
+    SIGINT_SEEN = True
+    raise KeyboardInterrupt
+
+
+def _interrupted(io: _Io | None) -> int:
+    written = io.outputs.published if io and io.outputs else []
+    _error(io, "onnxprune: interrupted after writing " + ", ".join(map(str, written)) if written
+           else "onnxprune: interrupted; nothing was written")
+    return 130
 
 
 def _written_note(io: _Io | None) -> str:

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .outputs import write_atomic
-from .report import _human
+from .report import human, summary_dict
+from .results import PruneResult, SweepResult
 
 if TYPE_CHECKING:
     from .analyze import Analysis
-    from .api import PruneResult
-    from .sweep import SweepResult
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -125,7 +124,7 @@ def _summary_section(summary: dict[str, Any]) -> str:
     for key, label, unit in (("flops", "FLOPs", ""), ("params", "params", ""), ("file_bytes", "file size", "B")):
         if key in summary:
             row = summary[key]
-            rows.append((label, _human(row["dense"], unit), _human(row["pruned"], unit), f"{row['ratio']:.3f}"))
+            rows.append((label, human(row["dense"], unit), human(row["pruned"], unit), f"{row['ratio']:.3f}"))
     if "latency_ms" in summary:
         lat = summary["latency_ms"]
         rows.append((f"latency ({lat['backend']}, median)", f"{lat['dense']:.3g} ms", f"{lat['pruned']:.3g} ms",
@@ -286,14 +285,14 @@ def _reconstruct_section(summary: dict[str, Any]) -> str:
     return _section("Reconstruction", body, "reconstruct")
 
 
-def prune_html(summary: dict[str, Any], result: PruneResult) -> str:
-    """The report of one prune: ``summary`` from ``report.summary_dict`` (plus ``command`` and
-    ``output`` where the CLI recorded them), ``result`` the ``PruneResult``."""
+def prune_html(summary: dict[str, Any]) -> str:
+    """The report of one prune from its ``report.summary_dict`` (plus ``command`` and ``output``
+    where the CLI recorded them)."""
     sections = [
         _summary_section(summary),
-        _channels_section(result.channels),
-        _classes_section(result.channels, result.ratio),
-        _frozen_section(result.frozen),
+        _channels_section(summary["channels"]),
+        _classes_section(summary["channels"], summary["shared_ratio"]),
+        _frozen_section(summary["frozen"]),
         _latency_section(summary),
         _fidelity_section(summary),
         _sparsity_section(summary),
@@ -322,7 +321,7 @@ def _sweep_section(result: SweepResult) -> str:
             row += [f"{p.top1_agreement:.1%}", f"{p.cosine:.4f}", f"{p.kl:.4g}"]
         rows.append(row)
     body = _table(headers, rows, "sweep-table")
-    notes = [f"dense: {_human(result.dense.flops)} FLOPs, {_human(result.dense.params)} params"]
+    notes = [f"dense: {human(result.dense.flops)} FLOPs, {human(result.dense.params)} params"]
     if bench:
         notes.append(f"dense latency {result.dense_latency_ms:.3f} ms (onnxruntime CPU, median, all models "
                      "alternating)")
@@ -334,7 +333,9 @@ def _sweep_section(result: SweepResult) -> str:
 
 def sweep_html(result: SweepResult, command: Sequence[str] | str | None = None) -> str:
     """The report of a sweep (a ``SweepResult``): the table, the trade-off plot, provenance."""
-    plot = _section("Trade-off plot", _img(_png(result.figure()), "sweep plot"), "plot")
+    from .plots import sweep_figure
+
+    plot = _section("Trade-off plot", _img(_png(sweep_figure(result)), "sweep plot"), "plot")
     return _page("onnxprune sweep report", [_sweep_section(result), plot, _provenance_section(command)])
 
 
@@ -415,4 +416,17 @@ def write_html(path: str | os.PathLike, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-__all__ = ["analysis_html", "prune_html", "sweep_html", "versions", "write_html"]
+def to_html(result: PruneResult | SweepResult, path: str | os.PathLike,
+            command: Sequence[str] | str | None = None) -> None:
+    """Write the self-contained HTML report of a ``prune`` or ``sweep`` result, atomically. (The
+    CLI's ``--html`` adds file sizes, latency and the command to a prune report.)"""
+    if isinstance(result, SweepResult):
+        write_html(path, sweep_html(result, command))
+    else:
+        summary = summary_dict(result, None, None)
+        if command is not None:
+            summary["command"] = command
+        write_html(path, prune_html(summary))
+
+
+__all__ = ["analysis_html", "prune_html", "sweep_html", "to_html", "versions", "write_html"]

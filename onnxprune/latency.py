@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -39,9 +40,8 @@ from .analyze import Analysis
 from .cost import CostTerm, total
 from .deploy import bench_feed, make_runners, time_runners
 from .errors import ModelError
-from .load import to_model
-from .rewrite import apply_plan
-from .select import Plan, select
+from .options import BenchOptions
+from .select import Plan
 
 log = logging.getLogger(__name__)
 
@@ -89,55 +89,71 @@ class LatencySearch:
                 "probes": [vars(p) for p in self.probes], "chosen": vars(self.chosen) if self.chosen else None}
 
 
+class Candidates(Protocol):
+    """What a latency search works on (``pipeline.Pipeline`` provides it): the dense model and its
+    analysis, scores and cost terms, where to time, and how to select and build a candidate."""
+
+    analysis: Analysis
+    model: onnx.ModelProto
+    bench: BenchOptions
+    shapes: dict[str, tuple[int, ...]]
+    step: Callable[[str], None]
+
+    def scores(self) -> list[np.ndarray]: ...
+
+    def terms(self, metric: str = "flops") -> list[CostTerm]: ...
+
+    def select(self, target: float, round_to: int, metric: str = "flops") -> Plan: ...
+
+    def build(self, plan: Plan) -> onnx.ModelProto: ...
+
+
 @dataclass
 class _Timer:
     """Times a candidate against the dense model, both on the same backend and inputs."""
 
     dense: onnx.ModelProto
-    backend: str
-    threads: int
-    batch: int
+    bench: BenchOptions
     runs: int
     min_seconds: float
     shapes: dict[str, tuple[int, ...]] | None = None
 
     def __post_init__(self):
-        self.feed = bench_feed(self.dense, self.batch, shapes=self.shapes)
-        self.dense_runner = make_runners([self.dense], [self.feed], self.backend, self.threads)[0]
+        b = self.bench
+        self.feed = bench_feed(self.dense, b.batch, shapes=self.shapes)
+        self.dense_runner = make_runners([self.dense], [self.feed], b.backend, b.threads, b.fp16)[0]
 
     def ratios(self, models: list[onnx.ModelProto]) -> tuple[float, list[float]]:
-        runners = [self.dense_runner, *make_runners(models, [self.feed] * len(models), self.backend, self.threads)]
-        lat = time_runners(runners, runs=self.runs, min_seconds=self.min_seconds, batch=self.batch)
+        b = self.bench
+        runners = [self.dense_runner, *make_runners(models, [self.feed] * len(models), b.backend, b.threads, b.fp16)]
+        lat = time_runners(runners, runs=self.runs, min_seconds=self.min_seconds, batch=b.batch)
         return lat[0].median_ms, [x.median_ms for x in lat[1:]]
 
 
-def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.ndarray], terms: list[CostTerm],
-                   target: float, *, backend: str = "ort-cpu", threads: int = 1, batch: int = 1,
-                   scope: str = "isomorphic", round_to: int | None = None, tolerance: float = 0.025,
-                   max_probes: int | None = None, runs: int = 15, min_seconds: float = 1.0,
-                   progress: Callable[[str], None] | None = None,
-                   shapes: dict[str, tuple[int, ...]] | None = None, method: str | None = None,
+def search_latency(pipe: Candidates, target: float, *, round_to: int | None = None, tolerance: float = 0.025,
+                   max_probes: int | None = None, runs: int = 15, min_seconds: float = 1.0, method: str | None = None,
                    cache: bool = True) -> tuple[Plan, LatencySearch]:
-    """The plan whose measured latency ratio is closest to ``target`` (see module doc); the models
-    are timed with their free input dims at ``shapes`` (see ``deploy.bench_feed``). ``method``:
-    "table" (default on onnxruntime backends) or "measured" (default on tensorrt); ``cache``: read
-    and write the latency table in the cache folder (``latency_model.cache_dir``)."""
+    """The plan whose measured latency ratio is closest to ``target`` (see module doc), for the model
+    ``pipe`` holds (a ``Pipeline``), timed on its bench options' backend with its free input dims at
+    ``pipe.shapes``. ``method``: "table" (default on onnxruntime backends) or "measured" (default on
+    tensorrt); ``cache``: read and write the latency table in the cache folder
+    (``latency_model.cache_dir``)."""
+    backend = pipe.bench.backend
     method = method or ("measured" if backend == "tensorrt" else "table")
     if method == "table":
-        return _search_table(analysis, like, scores, terms, target, backend=backend, threads=threads, batch=batch,
-                             round_to=round_to, tolerance=tolerance, max_probes=max_probes or TABLE_PROBES,
-                             runs=runs, min_seconds=min_seconds, progress=progress, shapes=shapes, cache=cache)
+        return _search_table(pipe, target, round_to=round_to, tolerance=tolerance,
+                             max_probes=max_probes or TABLE_PROBES, runs=runs, min_seconds=min_seconds, cache=cache)
     if method != "measured":
         raise ValueError(f"unknown latency search method {method!r}")
     max_probes = max_probes or 8
-    step = progress or (lambda _msg: None)
-    timer = _Timer(like, backend, threads, batch, runs, min_seconds, shapes)
+    step = pipe.step
+    timer = _Timer(pipe.model, pipe.bench, runs, min_seconds, pipe.shapes)
     search = LatencySearch(target=target, backend=backend, tolerance=tolerance)
     plans: dict[int, Plan] = {}
 
     def plan_at(flops: float, rounding: int) -> Plan | None:
         try:
-            return select(analysis, scores, terms, flops, scope=scope, round_to=rounding, what="FLOPs")
+            return pipe.select(flops, rounding)
         except ModelError as exc:  # below what the frozen channels allow
             log.info("latency search: FLOPs %.3f not reachable (%s)", flops, exc)
             return None
@@ -148,7 +164,7 @@ def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.nd
         if not cands:
             return []
         step(f"latency search: timing FLOPs {flops:.3f} against the dense model on {backend}")
-        models = [to_model(apply_plan(analysis, p)[0], like) for _, p in cands]
+        models = [pipe.build(p) for _, p in cands]
         dense_ms, times = timer.ratios(models)
         found = []
         for (r, p), ms in zip(cands, times, strict=True):
@@ -204,20 +220,18 @@ def search_latency(analysis: Analysis, like: onnx.ModelProto, scores: list[np.nd
     return plans[chosen], search
 
 
-def _search_table(analysis: Analysis, like: onnx.ModelProto, scores: list[np.ndarray], terms: list[CostTerm],
-                  target: float, *, backend: str, threads: int, batch: int, round_to: int | None, tolerance: float,
-                  max_probes: int, runs: int, min_seconds: float, progress: Callable[[str], None] | None,
-                  shapes: dict[str, tuple[int, ...]] | None, cache: bool) -> tuple[Plan, LatencySearch]:
+def _search_table(pipe: Candidates, target: float, *, round_to: int | None, tolerance: float, max_probes: int,
+                  runs: int, min_seconds: float, cache: bool) -> tuple[Plan, LatencySearch]:
     """Latency table, knapsack, whole-model confirmation and budget correction (see module doc)."""
     from .granularity import backend_multiple
     from .latency_model import Knapsack, latency_table
 
-    step = progress or (lambda _msg: None)
+    step, analysis, terms, backend = pipe.step, pipe.analysis, pipe.terms("flops"), pipe.bench.backend
     round_to = round_to or backend_multiple(backend).multiple
-    table = latency_table(analysis, like, backend=backend, threads=threads, batch=batch, round_to=round_to,
-                          cache=cache, progress=step)
-    knapsack = Knapsack(analysis, table, terms, scores, round_to)
-    timer = _Timer(like, backend, threads, batch, runs, min_seconds, shapes)
+    table = latency_table(analysis, pipe.model, backend=backend, threads=pipe.bench.threads, batch=pipe.bench.batch,
+                          round_to=round_to, cache=cache, progress=step)
+    knapsack = Knapsack(analysis, table, terms, pipe.scores(), round_to)
+    timer = _Timer(pipe.model, pipe.bench, runs, min_seconds, pipe.shapes)
     search = LatencySearch(target=target, backend=backend, tolerance=tolerance, method="table",
                            table=table.summary())
     dense_table = table.dense_ms() or 1.0
@@ -245,7 +259,7 @@ def _search_table(analysis: Analysis, like: onnx.ModelProto, scores: list[np.nda
         predicted = solution.predicted_ms / dense_table
         step(f"latency search: timing a plan the table puts at {predicted:.3f} of dense against the dense model "
              f"on {backend}")
-        dense_ms, (pruned_ms,) = timer.ratios([to_model(apply_plan(analysis, plan)[0], like)])
+        dense_ms, (pruned_ms,) = timer.ratios([pipe.build(plan)])
         measured = pruned_ms / dense_ms
         search.probes.append(LatencyProbe(flops, round_to, flops, measured, dense_ms, pruned_ms, predicted, budget))
         plans.append(plan)

@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from .analyze import Analysis
-from .api import PruneResult, measured_at
 from .deploy import BenchResult, Latency
 from .granularity import backend_multiple
 from .load import model_file_bytes
 from .outputs import write_atomic
+from .pipeline import measured_at
+from .results import PruneResult
 from .shapes import spelled
 from .sparse24 import SparseLayer, reason_counts
 
@@ -25,7 +26,8 @@ def file_size(path: str | os.PathLike) -> int:
     return model_file_bytes(path)
 
 
-def _human(n: float, unit: str = "") -> str:
+def human(n: float, unit: str = "") -> str:
+    """``1.23G``: three significant digits and a decimal SI suffix."""
     for suffix in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
             return f"{n:.3g}{suffix}{unit}"
@@ -36,31 +38,7 @@ def _human(n: float, unit: str = "") -> str:
 def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
                  latency: tuple[Latency, Latency] | None, backend: str = "ort-cpu") -> dict[str, Any]:
     """Everything the summary shows, as plain data (the JSON report adds the plan)."""
-    out: dict[str, Any] = {
-        "flops": {"dense": result.dense.flops, "pruned": result.pruned.flops, "ratio": result.flops_ratio},
-        "params": {"dense": result.dense.params, "pruned": result.pruned.params, "ratio": result.params_ratio},
-        "groups": {"found": result.groups_found, "pruned": result.groups_pruned,
-                   "frozen": len(result.frozen)},
-        "frozen": result.frozen,
-        "shared_ratio": result.ratio,
-        "channels": result.channels,
-        "input_shapes": {k: list(v) for k, v in result.input_shapes.items()},  # FLOPs measured there (batch 1)
-    }
-    if result.channel_multiple_why:
-        out["channel_multiple"] = {"multiple": result.channel_multiple, "why": result.channel_multiple_why}
-    if result.sparsity is not None:
-        sp = result.sparsity
-        out["sparsity"] = {"pattern": sp.pattern, "method": sp.method, "sequential": sp.sequential,
-                           "layers": [vars(layer) for layer in sp.layers],
-                           "dense_layers": [{"layer": n, "why": why} for n, why in sp.dense]}
-    if result.refits:
-        out["reconstruct"] = [vars(r) for r in result.refits]
-    if result.fidelity is not None:
-        out["fidelity"] = vars(result.fidelity)
-    if result.distillation is not None:
-        out["distill"] = vars(result.distillation)
-    if result.calibration:
-        out["calibration"] = result.calibration
+    out = result.to_dict()
     if sizes:
         out["file_bytes"] = {"dense": sizes[0], "pruned": sizes[1], "ratio": sizes[1] / sizes[0]}
     if latency:
@@ -70,7 +48,6 @@ def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
                              "backend": backend, "batch": dense.batch, "cv": [dense.cv, pruned.cv]}
     search = result.latency_search
     if search is not None:
-        out["latency_target"] = search.to_dict()
         if not latency and search.chosen is not None:  # the search's own alternating measurement
             c = search.chosen
             out["latency_ms"] = {"dense": c.dense_ms, "pruned": c.pruned_ms, "speedup": c.dense_ms / c.pruned_ms,
@@ -100,7 +77,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for key, label, unit in (("params", "params", ""), ("flops", "FLOPs", ""), ("file_bytes", "file size", "B")):
         if key in summary:
             row = summary[key]
-            table.add_row(label, _human(row["dense"], unit), _human(row["pruned"], unit), f"{row['ratio']:.3f}")
+            table.add_row(label, human(row["dense"], unit), human(row["pruned"], unit), f"{row['ratio']:.3f}")
     if "latency_ms" in summary:
         lat = summary["latency_ms"]
         table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",

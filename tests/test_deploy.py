@@ -97,17 +97,27 @@ def test_bench_api_times_models_alternating(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["table", "measured"])
-def test_latency_search_brackets_target(monkeypatch, method):
+def test_latency_search_brackets_target(monkeypatch, tmp_path, method):
     """With latency = 0.2 + 0.8 * FLOPs (deterministic), the search must land within tolerance: the
-    latency table's plans corrected by the measured ratio, and the regula falsi on FLOPs."""
+    latency table's plans corrected by the measured ratio, and the regula falsi on FLOPs. The table's
+    node times are made deterministic too (weight size x input area): this tiny net's real kernels
+    take microseconds, so real probe timings would make the test a coin toss."""
     import functools
+
+    from onnxprune import latency_model
 
     def ratios(self, models):
         return 100.0, [100.0 * (0.2 + 0.8 * measure_costs(m).flops / dense_flops) for m in models]
+
+    def node_times(batch, opset, threads, runs):
+        return [1e-6 * sum(int(np.prod(s)) for _, s, _ in p.weights) * int(np.prod(p.inputs[0][1][2:]))
+                for p in batch]
     dense = conv_net()
     dense_flops = measure_costs(dense).flops
+    monkeypatch.setenv("ONNXPRUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(latency_model, "_profile_times", node_times)
     monkeypatch.setattr(latency_mod._Timer, "ratios", ratios)
-    monkeypatch.setattr(onnxprune.api, "search_latency", functools.partial(latency_mod.search_latency, method=method))
+    monkeypatch.setattr(latency_mod, "search_latency", functools.partial(latency_mod.search_latency, method=method))
     result = onnxprune.prune(dense, latency=0.6, round_to=1)  # 48 channels: multiples of 16 are too coarse
     search = result.latency_search
     assert search.method == method

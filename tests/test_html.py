@@ -168,7 +168,7 @@ def test_html_escapes_names(tmp_path):
     net.head(h, 8)
     onnx.save(net.model(), str(tmp_path / "odd.onnx"))
     result = onnxprune.prune(str(tmp_path / "odd.onnx"), flops=0.6)
-    result.to_html(tmp_path / "odd.html")
+    onnxprune.to_html(result, tmp_path / "odd.html")
     text = (tmp_path / "odd.html").read_text()
     assert "<b>" not in text and "&lt;b&gt;&quot;c1&quot;&amp;.w" in text
     page = Page(text)

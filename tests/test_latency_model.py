@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune import api
 from onnxprune import latency_model as lm
-from onnxprune.cost import flops_terms
 from onnxprune.deploy import bench_feed, measure
 from onnxprune.load import read_model
+from onnxprune.pipeline import Pipeline
 
 ROUND_TO = 16
 
@@ -26,9 +25,8 @@ def mobilenet(export, tmp_path_factory):
     cache folder of its own."""
     path = export("mobilenet_v2", "legacy")
     proto, _ = read_model(path)
-    analysis = api._analyze(proto, None)
-    terms = flops_terms(analysis.graph, api._shapes(analysis.capture))
-    scores = api.score_groups(analysis)
+    pipe = Pipeline(proto)
+    analysis, terms, scores = pipe.analysis, pipe.terms("flops"), pipe.scores()
     cache = tmp_path_factory.mktemp("latency-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ONNXPRUNE_CACHE", str(cache))
@@ -119,7 +117,7 @@ def test_prune_to_a_latency_target_on_onnxruntime(mobilenet, monkeypatch):
     lat = measure([dense, result.model], bench_feed(dense), runs=25, min_seconds=1.5, threads=1)
     assert 0.45 <= lat[1].median_ms / lat[0].median_ms <= 0.75
     by_flops = onnxprune.prune(mobilenet["path"], flops=round(result.flops_ratio, 3))
-    assert [c["removed"] for c in result.channels] != [c["removed"] for c in by_flops.channels]
+    assert [c.removed for c in result.channels] != [c.removed for c in by_flops.channels]
 
 
 def _summary_and_html_show_the_table(result) -> None:
@@ -138,7 +136,7 @@ def _summary_and_html_show_the_table(result) -> None:
     out = io.StringIO()
     print_summary(Console(file=out, width=200), summary)
     assert "latency table" in out.getvalue() and "prediction error" in out.getvalue()
-    page = prune_html(summary, result)
+    page = prune_html(summary)
     assert "predicted latency" in page and "latency table" in page
 
 

@@ -14,7 +14,7 @@ import pytest
 from test_rules import Net
 
 import onnxprune
-from onnxprune import api
+from onnxprune import pipeline
 from onnxprune.errors import UsageError
 from onnxprune.sweep import save_models
 
@@ -50,13 +50,13 @@ def check_png(path: Path) -> None:
 
 def test_sweep_three_points_one_analysis(model_path, tmp_path, monkeypatch):
     calls = []
-    real = api._analyze
+    real = pipeline.analyze_model
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(api, "_analyze", counted)
+    monkeypatch.setattr(pipeline, "analyze_model", counted)
     targets = [0.9, 0.7, 0.5]
     result = onnxprune.sweep(str(model_path), flops=targets, calib="random", calib_count=8, keep_models=True)
     assert len(calls) == 1
@@ -69,14 +69,14 @@ def test_sweep_three_points_one_analysis(model_path, tmp_path, monkeypatch):
     assert all(p.latency_ms is None for p in result.points)
 
     # the reused analysis gives what a fresh prune gives at the same target
-    monkeypatch.setattr(api, "_analyze", real)
+    monkeypatch.setattr(pipeline, "analyze_model", real)
     single = onnxprune.prune(str(model_path), flops=0.7)
     assert single.flops_ratio == pytest.approx(result.points[1].flops_ratio)
     assert single.params_ratio == pytest.approx(result.points[1].params_ratio)
 
     result.to_csv(tmp_path / "sweep.csv")
     result.to_json(tmp_path / "sweep.json")
-    result.plot(tmp_path / "sweep.png")
+    onnxprune.plot_sweep(result, tmp_path / "sweep.png")
     with (tmp_path / "sweep.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3

@@ -40,13 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import onnxprune  # noqa: E402
-from onnxprune.api import _analyze, _shapes, apply, make_plan, score_groups  # noqa: E402
-from onnxprune.cost import flops_terms  # noqa: E402
+from onnxprune.api import apply, make_plan  # noqa: E402
 from onnxprune.deploy import bench_feed, measure  # noqa: E402
 from onnxprune.granularity import backend_multiple  # noqa: E402
 from onnxprune.latency import search_latency  # noqa: E402
 from onnxprune.latency_model import Knapsack, latency_table  # noqa: E402
 from onnxprune.load import read_model  # noqa: E402
+from onnxprune.options import BenchOptions  # noqa: E402
+from onnxprune.pipeline import Pipeline  # noqa: E402
 
 BAND = 0.03
 
@@ -154,13 +155,11 @@ def _bench_one(name: str, threads: int, grid: list[float], args: argparse.Namesp
     table_s = time.perf_counter() - start
     search = target.latency_search
 
-    analysis = _analyze(dense, None)
-    terms = flops_terms(analysis.graph, _shapes(analysis.capture))
+    pipe = Pipeline(dense, bench=BenchOptions(threads=threads))
+    analysis, terms, scores = pipe.analysis, pipe.terms("flops"), pipe.scores()
     multiple = backend_multiple("ort-cpu").multiple
-    scores = score_groups(analysis, "l2")
     start = time.perf_counter()  # the FLOPs-driven measured search (what --latency did before the table)
-    plan_m, search_m = search_latency(analysis, dense, scores, terms, args.latency, threads=threads, round_to=multiple,
-                                      method="measured")
+    plan_m, search_m = search_latency(pipe, args.latency, round_to=multiple, method="measured")
     measured_s = time.perf_counter() - start
     measured_model = _build(analysis, plan_m, dense, data)
     measured_flops = float(plan_m.predicted)

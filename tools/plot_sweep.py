@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     model = export_model("resnet18", "legacy", ROOT / ".cache" / "models")
     result = onnxprune.sweep(model, flops=TARGETS, round_to=args.round_to, bench=True, bench_runs=args.runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result.plot(args.out)
+    onnxprune.plot_sweep(result, args.out)
     result.to_csv(args.out.with_suffix(".csv"))
     print(f"dense: {result.dense.flops / 1e9:.3f} GFLOPs, {result.dense.params / 1e6:.2f} M params, "
           f"{result.dense_latency_ms:.2f} ms")

@@ -262,6 +262,8 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
     from onnxprune import api
     from onnxprune.errors import ModelError
     from onnxprune.load import read_model
+    from onnxprune.pipeline import costs_of
+    from onnxprune.verify import verify
 
     size = size or export_models.default_input_size(name)
     records = [Record(name, exporter, float(t), size) for t in targets]
@@ -301,8 +303,8 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
         try:
             plan = api.make_plan(analysis, flops=r.target)
             pruned, kept = api.apply(analysis, plan, proto)
-            graph, cap = api.verify(pruned, analysis.capture, outputs)
-            costs = api._costs(graph, cap)  # noqa: SLF001 - as onnxprune.sweep measures a verified model
+            graph, cap = verify(pruned, analysis.capture, outputs)
+            costs = costs_of(graph, cap)  # as onnxprune.sweep measures a verified model
         except ModelError as exc:
             r.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in onnxprune: recorded, not raised

@@ -1,0 +1,356 @@
+"""Options: every setting of a run, written once.
+
+Each option is a dataclass field whose metadata carries its command-line flag, help text and
+choices; the CLI builds its argument groups from these classes (``cli.add_options``) and the
+Python API builds them from keyword arguments (``from_kwargs``), so the two cannot drift.
+Choices come from the registries that implement them (criteria, scopes, methods, backends), so
+registering a criterion makes it a valid ``--criterion`` and ``criterion=`` at once.
+
+- ``TargetOptions``: how far to prune (channels and/or weight sparsity).
+- ``CalibOptions``: calibration data (for data-driven criteria, re-fitting, distillation, fidelity).
+- ``SolverOptions``: how channels are ranked and removed, and what recovers the model after.
+- ``BenchOptions``: where latency is measured (``--latency`` and ``--bench``).
+- ``ShapeOptions``: the size of inputs with free dims.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+
+def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None,
+           type: Callable[[str], Any] | None = None, choices: Callable[[], Any] | None = None,
+           cli: bool = True, **argparse_extra: Any) -> Any:
+    """A dataclass field that is also a command-line option (``cli=False``: API only).
+
+    ``choices`` is a callable returning the registry's names, read when a parser is built or a
+    value is validated, so options registered later are valid too."""
+    meta = {"help": help, "flag": flag, "metavar": metavar, "type": type, "choices": choices, "cli": cli,
+            "argparse": argparse_extra}
+    return field(default=default, metadata=meta)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
+    return value
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def round_to_arg(text: str) -> int | str:
+    """argparse type of --round-to: a positive integer or auto."""
+    from .granularity import parse_round_to
+
+    try:
+        return parse_round_to(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class InputShapesAction(argparse.Action):
+    """``--input-shape NAME:1x3x48x320`` (or ``NAME:1,3,48,320``), repeatable: {name: dims}."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from .shapes import parse_input_shape
+
+        name, dims = parse_input_shape(value)
+        shapes = dict(getattr(namespace, self.dest, None) or {})
+        if name in shapes:
+            raise UsageError(f"--input-shape {name} given twice")
+        shapes[name] = dims
+        setattr(namespace, self.dest, shapes)
+
+
+def _criteria() -> list[str]:
+    from .criteria import CRITERIA
+
+    return list(CRITERIA)
+
+
+def _scopes() -> tuple[str, ...]:
+    from .select import SCOPES
+
+    return SCOPES
+
+
+def _methods() -> tuple[str, ...]:
+    from .sparsify import METHODS
+
+    return METHODS
+
+
+def _backends() -> tuple[str, ...]:
+    from .deploy import BACKENDS
+
+    return BACKENDS
+
+
+def _check_choice(value: Any, f: dataclasses.Field) -> None:
+    choices = f.metadata.get("choices")
+    if value is not None and choices is not None and value not in choices():
+        what = (f.metadata.get("flag") or f.name).lstrip("-")
+        raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices()))}")
+
+
+class _Options:
+    """Shared behaviour: choices checked against their registries, plain data for reports."""
+
+    def check_choices(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_choice(getattr(self, f.name), f)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for logs and reports)."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TargetOptions(_Options):
+    """How far to prune: one structured target (flops, params or latency) and/or one weight-sparsity
+    target (sparsity or pattern)."""
+
+    flops: float | None = option(None, "remove channels: keep at most this fraction of the FLOPs",
+                                 flag="--flops", metavar="R", type=fraction)
+    params: float | None = option(None, "remove channels: keep at most this fraction of the params",
+                                  flag="--params", metavar="R", type=fraction)
+    sparsity: float | None = option(None, "zero this fraction of each layer's weights (unstructured)",
+                                    flag="--sparsity", metavar="S", type=float)
+    pattern: str | None = option(None, "keep N of every M weights along the input channels (2:4)",
+                                 flag="--pattern", metavar="N:M")
+    latency: float | None = option(None, "remove channels until the measured latency on --backend is at most this "
+                                         "fraction of the dense model's", flag="--latency", metavar="R", type=fraction)
+
+    @property
+    def structured(self) -> bool:
+        """Whether channels are removed (a FLOPs, params or latency target)."""
+        return self.flops is not None or self.params is not None or self.latency is not None
+
+    @property
+    def weight_sparsity(self) -> bool:
+        return self.sparsity is not None or self.pattern is not None
+
+    def validate(self) -> None:
+        if sum(x is not None for x in (self.flops, self.params, self.latency)) > 1:
+            raise UsageError("give one structured target: --flops, --params or --latency, not both")
+        if self.sparsity is not None and self.pattern is not None:
+            raise UsageError("give one weight-sparsity target: --sparsity or --pattern, not both")
+        if not self.structured and not self.weight_sparsity:
+            raise UsageError("give a target: --flops R, --params R, --latency R, --sparsity S or --pattern N:M")
+        for name in ("flops", "params", "latency"):
+            check_fraction(name, getattr(self, name))
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
+            raise UsageError(f"sparsity must be in [0, 1), got {self.sparsity}")
+
+
+def check_fraction(name: str, value: Any) -> None:
+    """A FLOPs/params/latency target: None or a number in (0, 1]."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+        raise UsageError(f"{name} target must be a fraction in (0, 1], got {value}")
+
+
+@dataclass
+class CalibOptions(_Options):
+    """Calibration data: samples for data-driven criteria and methods, re-fitting and distillation;
+    a held-out share of them measures fidelity to the dense model."""
+
+    calib: Any = option(None, "image folder, .npy, .npz, folder of .npy, or 'random'", flag="--calib", metavar="PATH")
+    calib_count: int = option(128, "samples to use (default 128)", flag="--calib-count", metavar="N", type=positive)
+    preprocess: str = option("imagenet", "preset in calibration/ or a JSON file", flag="--preprocess", metavar="NAME")
+    holdout: float = option(0.25, "share of the samples held out to measure fidelity", cli=False)
+
+    @property
+    def given(self) -> bool:
+        return self.calib is not None
+
+    def validate(self) -> None:
+        if isinstance(self.calib_count, bool) or not isinstance(self.calib_count, int) or self.calib_count < 1:
+            raise UsageError(f"--calib-count must be a positive integer, got {self.calib_count!r}")
+        if not 0 <= self.holdout < 1:
+            raise UsageError(f"holdout must be in [0, 1), got {self.holdout!r}")
+
+
+def _distill_help() -> str:
+    from .distill import DEFAULT_STEPS
+
+    return ("after pruning, fine-tune the kept weights to the dense model's outputs (KL on softened logits) on "
+            "augmented calibration samples, early-stopping on the held-out part; masks of --pattern/--sparsity stay "
+            f"fixed (default {DEFAULT_STEPS} steps; needs --calib and PyTorch: pip install onnxprune[recover])")
+
+
+@dataclass
+class SolverOptions(_Options):
+    """How channels are ranked and removed, how weights are sparsified, and what recovers the model."""
+
+    scope: str = option("isomorphic", "rank channels within isomorphic classes (default), all together, or per group",
+                        flag="--scope", choices=_scopes)
+    criterion: str = option("l2", "channel importance: weight magnitude (l1, l2), or with --calib activation-weighted "
+                                  "(act) or second-order OBS saliency (obs)", flag="--criterion", choices=_criteria)
+    round_to: int | str = option("auto", "keep channel counts multiples of N; auto (default): the multiple --backend "
+                                         "runs fastest (ort-cpu: 16 with AVX-512, else 8; GPUs: 4 FP32, 8 FP16; a "
+                                         "multiple of M with --pattern N:M), finer only where the target needs it; 1: "
+                                         "no rounding", flag="--round-to", metavar="N|auto", type=round_to_arg)
+    method: str | None = option(None, "weight-sparsity method (default: obs with --calib, else magnitude)",
+                                flag="--method", choices=_methods)
+    sequential: bool = option(False, "sparsity: calibrate each layer on the outputs of the already-pruned layers "
+                                     "before it", flag="--sequential")
+    reconstruct: bool = option(False, "after removing channels, re-fit each layer that lost inputs to the dense "
+                                      "layer's outputs, layer by layer on the pruned model's own activations "
+                                      "(least squares)", flag="--reconstruct")
+    distill: bool | int | None = option(None, "", flag="--distill", metavar="STEPS", type=positive, nargs="?",
+                                        const=True)
+    distill_lr: float | None = option(None, "Adam learning rate of --distill (default 1e-4)", flag="--distill-lr",
+                                      metavar="LR", type=float)
+
+    def resolved_method(self, calib: CalibOptions) -> str:
+        """The weight-sparsity method: as given, else obs with calibration data, magnitude without."""
+        return self.method or ("obs" if calib.given else "magnitude")
+
+    def distill_steps(self) -> int | None:
+        from .distill import resolve_steps
+
+        return resolve_steps(self.distill)
+
+    def validate(self, target: TargetOptions | None = None, calib: CalibOptions | None = None) -> None:
+        """Choices, and what needs calibration data (``calib``) or a weight-sparsity ``target``."""
+        from .criteria import CRITERIA
+        from .distill import require_torch, resolve_lr
+
+        self.check_choices()
+        from .granularity import parse_round_to
+
+        self.round_to = parse_round_to(self.round_to)
+        steps = self.distill_steps()
+        if self.distill_lr is not None and steps is None:
+            raise UsageError("--distill-lr needs --distill")
+        if target is not None and self.sequential and not target.weight_sparsity:
+            raise UsageError("--sequential applies to weight sparsity (--sparsity/--pattern); --reconstruct is "
+                             "always sequential")
+        if calib is not None and not calib.given:
+            method = self.resolved_method(calib)
+            needs = [what for what, on in (("--method " + method, method != "magnitude"),
+                                           ("--reconstruct", self.reconstruct), ("--sequential", self.sequential),
+                                           ("--distill", steps is not None)) if on]
+            if needs:
+                raise UsageError(f"{needs[0]} needs calibration data: give --calib PATH (images, .npy, .npz), "
+                                 "or --calib random for a mechanics-only run")
+            if CRITERIA[self.criterion].needs_data:
+                raise UsageError(f"--criterion {self.criterion} needs calibration data: give --calib PATH")
+        if steps is not None:
+            resolve_lr(self.distill_lr)
+            require_torch()
+
+
+@dataclass
+class BenchOptions(_Options):
+    """Where latency is measured: ``--latency`` targets and ``--bench`` timings."""
+
+    backend: str = option("ort-cpu", "where to measure: onnxruntime CPU (default), CUDA or TensorRT provider, or "
+                                     "TensorRT", flag="--backend", choices=_backends)
+    batch: int = option(1, "batch size to time (default 1)", flag="--batch", metavar="N", type=positive)
+    threads: int = option(1, "onnxruntime intra-op threads (default 1)", flag="--threads", metavar="N", type=positive)
+    fp16: bool = option(False, "FP16 engines (tensorrt, ort-trt)", flag="--fp16")
+
+    def validate(self) -> None:
+        self.check_choices()
+        for name in ("batch", "threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"--{name} must be a positive integer, got {value!r}")
+        if self.fp16 and self.backend not in ("tensorrt", "ort-trt"):
+            raise UsageError("--fp16 needs --backend tensorrt or ort-trt")
+
+
+@dataclass
+class ShapeOptions(_Options):
+    """The size of inputs with free dims (OCR, detection): FLOPs, calibration and latency are measured
+    there; the pruned model keeps its free dims."""
+
+    input_shapes: dict | None = option(
+        None, "size of an input with free dims (repeatable; also NAME:1,3,H,W): FLOPs, calibration and latency are "
+              "measured there (default 224 for free dims other than the batch, with a warning); the batch entry is "
+              "not used (FLOPs are per sample, --batch sets the timed batch)", flag="--input-shape",
+        metavar="NAME:1x3xHxW", action=InputShapesAction)
+
+    def validate(self) -> None:
+        pass
+
+
+OPTION_CLASSES = (TargetOptions, CalibOptions, SolverOptions, BenchOptions, ShapeOptions)
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """A field's help text (--distill's names its default, read from distill.py)."""
+    return _distill_help() if f.name == "distill" else f.metadata["help"]
+
+
+def add_arguments(group: argparse._ActionsContainer, cls: type, only: tuple[str, ...] | None = None) -> None:
+    """Add the command-line options of ``cls`` (those in ``only``, in the class's order) to an
+    argparse group: flag, dest (the field name), default, type, choices and help from the field."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta["cli"] or (only is not None and f.name not in only):
+            continue
+        kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_of(f), **meta["argparse"]}
+        if f.default is False and meta["type"] is None:
+            kwargs["action"] = "store_true"
+        else:
+            for key in ("metavar", "type"):
+                if meta[key] is not None:
+                    kwargs[key] = meta[key]
+            if meta["choices"] is not None:
+                kwargs["choices"] = list(meta["choices"]())
+        group.add_argument(meta["flag"], **kwargs)
+
+
+def values(namespace: argparse.Namespace, *classes: type) -> dict[str, Any]:
+    """The option fields of ``classes`` that ``namespace`` holds, as keyword arguments for the API."""
+    return {n: getattr(namespace, n) for cls in classes for n in names(cls) if hasattr(namespace, n)}
+
+
+def names(cls: type, only: tuple[str, ...] | None = None) -> list[str]:
+    """The option names of ``cls`` (all, or those in ``only``)."""
+    return [f.name for f in dataclasses.fields(cls) if only is None or f.name in only]
+
+
+def from_kwargs(kwargs: dict[str, Any], *classes: type, where: str = "prune") -> list[Any]:
+    """One instance of each of ``classes`` from keyword arguments; an unknown keyword is a TypeError,
+    as Python raises for a function's signature."""
+    known = {name for cls in classes for name in names(cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
+    return [cls(**{k: v for k, v in kwargs.items() if k in names(cls)}) for cls in classes]
+
+
+def signature_parameters(*classes: type, only: tuple[str, ...] | None = None) -> list:
+    """inspect.Parameters (keyword-only, with defaults and annotations) of the options' fields, for
+    the API functions' ``__signature__``: ``help(onnxprune.prune)`` lists every option."""
+    import inspect
+
+    return [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+            for cls in classes for f in dataclasses.fields(cls) if only is None or f.name in only]
+
+
+__all__ = ["BenchOptions", "CalibOptions", "OPTION_CLASSES", "ShapeOptions", "SolverOptions", "TargetOptions",
+           "from_kwargs", "option"]

@@ -1,0 +1,289 @@
+"""The pipeline: one model, analysed once, and the steps every run takes.
+
+    p = Pipeline(model, calib=..., solver=..., bench=..., shapes=...)   # load, capture, analyse, dense costs
+    plan, search = p.plan(flops=0.5)         # score (once per criterion) and select; or latency=R
+    pruned = p.apply(plan)                   # rewrite (and re-fit with solver.reconstruct)
+    p.sparsify(pruned, pattern)              # weight sparsity (optional)
+    model = p.to_model(pruned)
+    model, how = p.distill(model)            # label-free recovery (optional)
+    costs = p.verify(model)                  # onnx.checker + onnxruntime, then costs measured on it
+    quality = p.fidelity(model)              # held-out calibration samples (when given)
+    latencies = p.measure([p.model, model])  # on the backend, alternating
+
+``prune`` (api.py) runs these once; ``sweep`` loops ``plan`` .. ``fidelity`` over several targets;
+the latency search (latency.py) uses ``select`` and ``build`` to try candidates. The Pipeline
+holds the dense model, its analysis, calibration data, channel scores and cost terms, so none of
+them is computed twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import capture as capture_mod
+from .analyze import Analysis, analyze_graph
+from .calibration import CalibrationSet, input_specs, load_calibration
+from .cost import CostTerm, flops_terms, param_terms, total
+from .criteria import score_groups
+from .errors import UsageError
+from .granularity import candidate_multiples
+from .load import read_model, refuse_nonfinite, to_graph, to_model, unshare_constants, upgrade
+from .options import BenchOptions, CalibOptions, ShapeOptions, SolverOptions
+from .results import ChannelRow, Costs, FrozenRow
+from .rewrite import apply_plan
+from .select import Plan, select, select_granular
+from .shapes import announce_guesses, check_input_shapes, resolve_input_shapes
+from .verify import verify
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """(ModelProto upgraded to a supported opset, whether the file used external data)."""
+    if isinstance(model, onnx.ModelProto):
+        return upgrade(model), False
+    return read_model(model)
+
+
+def analyze_model(proto: onnx.ModelProto, progress: Progress | None = None,
+                  shapes: dict[str, tuple[int, ...]] | None = None, given: dict | None = None) -> Analysis:
+    """Fold constants, capture every shape at ``shapes`` (resolved from ``given``; warns about guessed
+    sizes once the model ran there) and find the coupled groups."""
+    step = progress or _quiet
+    step("folding constants")
+    graph = to_graph(proto)
+    refuse_nonfinite(graph)  # a NaN bias: the dense model is broken, a pruned one may look fine
+    shared = unshare_constants(graph)
+    step("running the model once to read every shape")
+    cap = capture_mod.capture(graph, shapes)
+    announce_guesses(proto, given)
+    step("finding coupled channel groups")
+    analysis = analyze_graph(graph, cap)
+    analysis.shared = shared
+    return analysis
+
+
+def shape_lookup(cap: capture_mod.Capture):
+    """Shape lookup for the cost model: constants from their values, the rest from the capture."""
+    def shape(t):
+        return tuple(t.shape) if isinstance(t, gs.Constant) else cap.shapes.get(t.name)
+    return shape
+
+
+def costs_of(graph: gs.Graph, cap: capture_mod.Capture, skip: set[str] = frozenset()) -> Costs:
+    """FLOPs and params of a graph whose shapes ``cap`` captured (initializers in ``skip`` not counted)."""
+    return Costs(total(flops_terms(graph, shape_lookup(cap))), total(param_terms(graph, skip)))
+
+
+def model_costs(analysis: Analysis) -> Costs:
+    """Dense FLOPs and params of an analysed model (an initializer shared by several layers once)."""
+    return costs_of(analysis.graph, analysis.capture, skip=set(analysis.shared))
+
+
+def measured_at(analysis: Analysis) -> dict[str, tuple[int, ...]]:
+    """The shape (batch 1) each graph input had in the run FLOPs are counted from."""
+    return {t.name: tuple(analysis.capture.shapes[t.name]) for t in analysis.graph.inputs
+            if t.name in analysis.capture.shapes}
+
+
+def load_calibration_split(proto: onnx.ModelProto, calib: CalibOptions, input_shapes: dict | None = None
+                           ) -> tuple[CalibrationSet | None, CalibrationSet | None]:
+    """(calibration samples, held-out samples), or (None, None) without data. ``input_shapes`` (as
+    given) sizes the free dims of images and random data."""
+    if calib.calib is None:
+        return None, None
+    given = check_input_shapes(proto, input_shapes)
+    specs = [replace(spec, size=given.get(spec.name)) for spec in input_specs(proto)]
+    data = calib.calib if isinstance(calib.calib, CalibrationSet) else load_calibration(
+        calib.calib, specs, count=calib.calib_count, preprocess=calib.preprocess)
+    if len(data) < 2:
+        raise UsageError("calibration needs at least 2 samples (some are held out to measure fidelity)")
+    return data.split(calib.holdout)
+
+
+@dataclass
+class Pruned:
+    """A candidate made from the dense graph: the rewritten graph, the kept indices per slot, the
+    plan it follows (None: weight sparsity only) and what the optional steps reported."""
+
+    graph: gs.Graph
+    kept: dict = field(default_factory=dict)
+    plan: Plan | None = None
+    refits: list = field(default_factory=list)
+    sparsity: object | None = None  # sparsify.SparsifyReport
+
+
+class Pipeline:
+    """One model's analysis, calibration data, scores and dense figures, and the steps of a run."""
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, calib: CalibOptions | None = None,
+                 solver: SolverOptions | None = None, bench: BenchOptions | None = None,
+                 shapes: ShapeOptions | None = None, progress: Progress | None = None) -> None:
+        self.calib_options = calib or CalibOptions()
+        self.solver = solver or SolverOptions()
+        self.bench = bench or BenchOptions()
+        self.shape_options = shapes or ShapeOptions()
+        self.step = progress or _quiet
+        given = self.shape_options.input_shapes
+        self.model, self.external = load_model(model)
+        self.shapes = resolve_input_shapes(self.model, given, batch=self.bench.batch)
+        self.calib, self.held_out = load_calibration_split(self.model, self.calib_options, given)
+        self.analysis = analyze_model(self.model, progress, self.shapes, given)
+        self.dense = model_costs(self.analysis)
+        self.outputs = [t.name for t in self.analysis.graph.outputs]
+        self._scores: dict[str, list[np.ndarray]] = {}
+        self._terms: dict[str, list[CostTerm]] = {}
+
+    # --- ranking ---------------------------------------------------------------------------------
+
+    @property
+    def samples(self) -> dict[str, np.ndarray] | None:
+        """Calibration inputs by name (None without data)."""
+        return self.calib.samples if self.calib is not None else None
+
+    def scores(self) -> list[np.ndarray]:
+        """Importance of every group's atoms by the solver's criterion (computed once)."""
+        criterion = self.solver.criterion
+        if criterion not in self._scores:
+            self._scores[criterion] = score_groups(self.analysis, criterion, self.samples)
+        return self._scores[criterion]
+
+    def terms(self, metric: str = "flops") -> list[CostTerm]:
+        """Cost terms of the dense graph: "flops" or "params" (computed once each)."""
+        if metric not in self._terms:
+            self._terms[metric] = (flops_terms(self.analysis.graph, shape_lookup(self.analysis.capture))
+                                   if metric == "flops" else param_terms(self.analysis.graph))
+        return self._terms[metric]
+
+    def multiples(self, pattern_m: int | None = None) -> tuple[list[int], str]:
+        """Channel multiples to try, coarsest first, and why (--round-to on --backend; an N:M pattern
+        also wants multiples of M)."""
+        return candidate_multiples(self.solver.round_to, self.bench.backend, pattern_m)
+
+    def select(self, target: float, round_to: int, metric: str = "flops") -> Plan:
+        """The plan meeting ``target`` (FLOPs or params ratio) with channel counts in multiples of ``round_to``."""
+        return select(self.analysis, self.scores(), self.terms(metric), target, scope=self.solver.scope,
+                      round_to=round_to, what="FLOPs" if metric == "flops" else "params")
+
+    def plan(self, *, flops: float | None = None, params: float | None = None, latency: float | None = None,
+             multiples: list[int] | None = None):
+        """(plan, latency search or None) for one structured target. FLOPs and params targets take the
+        coarsest multiple that meets them within 2%; a latency target is searched by measuring."""
+        multiples = multiples or self.multiples()[0]
+        if latency is not None:
+            from .latency import search_latency
+
+            self.step("scoring channels")
+            self.scores()
+            return search_latency(self, latency, round_to=multiples[0])
+        metric, target = ("flops", flops) if flops is not None else ("params", params)
+        if target is None:
+            raise UsageError("give exactly one target: flops or params")
+        self.step("scoring and selecting channels")
+        plan = select_granular(self.analysis, self.scores(), self.terms(metric), target, multiples,
+                               scope=self.solver.scope, what="FLOPs" if metric == "flops" else "params")
+        return plan, None
+
+    # --- building a candidate ------------------------------------------------------------------------
+
+    def build(self, plan: Plan) -> onnx.ModelProto:
+        """The rewritten model of ``plan``, nothing else (latency-search candidates)."""
+        return to_model(apply_plan(self.analysis, plan)[0], self.model)
+
+    def apply(self, plan: Plan | None, progress: Progress | None = None) -> Pruned:
+        """Rewrite the graph by ``plan`` (None: an unchanged copy) and, with ``solver.reconstruct``,
+        re-fit the layers that lost inputs on the calibration samples."""
+        if plan is None:
+            return Pruned(self.analysis.graph.copy())
+        (progress or self.step)("rewriting the graph")
+        graph, kept = apply_plan(self.analysis, plan)
+        pruned = Pruned(graph, kept, plan)
+        if self.solver.reconstruct:
+            from .reconstruct import refit_layers
+
+            pruned.refits = refit_layers(self.analysis.graph, graph, kept, self.samples, progress=progress or self.step)
+        return pruned
+
+    def sparsify(self, pruned: Pruned, pattern) -> None:
+        """Zero weights of ``pruned`` in place to ``pattern`` (an obs.Pattern) by the solver's method."""
+        from .sparsify import sparsify_graph
+
+        pruned.sparsity = sparsify_graph(pruned.graph, pattern, method=self.solver.resolved_method(self.calib_options),
+                                         samples=self.samples, sequential=self.solver.sequential, progress=self.step)
+
+    def to_model(self, pruned: Pruned) -> onnx.ModelProto:
+        """The candidate as a ModelProto with the dense model's opsets, IR version and metadata."""
+        return to_model(pruned.graph, self.model)
+
+    def distill(self, model: onnx.ModelProto, keep_zeros: bool = False):
+        """(model fine-tuned to the dense model's outputs, Distillation) with ``solver.distill`` steps;
+        ``keep_zeros`` holds weight-sparsity masks fixed."""
+        from .distill import distill_model
+
+        self.step("distilling from the dense model")
+        return distill_model(self.model, model, self.calib, self.held_out, steps=self.solver.distill_steps(),
+                             lr=self.solver.distill_lr, keep_zeros=keep_zeros, progress=self.step)
+
+    # --- checking and measuring ----------------------------------------------------------------------
+
+    def verify(self, model: onnx.ModelProto) -> Costs:
+        """Refuse unless ``model`` is a drop-in replacement for the dense one (onnx.checker, onnxruntime
+        at batch 1 and 2, same outputs); its costs, measured on it."""
+        self.step("verifying with onnx.checker and onnxruntime")
+        graph, cap = verify(model, self.analysis.capture, self.outputs, self.shapes)
+        return costs_of(graph, cap)
+
+    def fidelity(self, model: onnx.ModelProto):
+        """Fidelity to the dense model on the held-out calibration samples (None without data)."""
+        if self.held_out is None:
+            return None
+        from .fidelity import fidelity
+
+        self.step("measuring fidelity on held-out calibration samples")
+        return fidelity(self.model, model, self.held_out.samples)
+
+    def measure(self, models: list[onnx.ModelProto], *, runs: int = 20, min_seconds: float = 0.0,
+                warmup_s: float = 0.3) -> list:
+        """Latency of ``models`` on the bench options' backend, alternating in one process."""
+        from .deploy import measure
+
+        b = self.bench
+        return measure(models, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, threads=b.threads,
+                       backend=b.backend, batch=b.batch, fp16=b.fp16, shapes=self.shapes)
+
+    # --- describing a plan ---------------------------------------------------------------------------
+
+    def kept_indices(self, pruned: Pruned) -> dict[str, dict[int, list[int]]]:
+        """Kept channel indices of every pruned initializer: {name: {axis: [indices]}}."""
+        tensors = self.analysis.graph.tensors()
+        out: dict[str, dict[int, list[int]]] = {}
+        for slot, idx in pruned.kept.items():
+            if isinstance(tensors.get(slot.tensor), gs.Constant):
+                out.setdefault(slot.tensor, {})[slot.axis] = idx.tolist()
+        return out
+
+    def channel_rows(self, plan: Plan) -> list[ChannelRow]:
+        """One row per coupled group: its first weight, class, atoms, width, atoms removed."""
+        rows = []
+        for group, removed in zip(self.analysis.groups, plan.removed, strict=True):
+            first = group.weights[0] if group.weights else next(iter(group.members))
+            rows.append(ChannelRow(first.tensor, group.iso_class, group.size, group.width, int(len(removed))))
+        return rows
+
+    def frozen_rows(self) -> list[FrozenRow]:
+        """The channels no plan may remove, and why."""
+        return [FrozenRow(f.channels, f.reasons, [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]])
+                for f in self.analysis.frozen]
+
+
+__all__ = ["Pipeline", "Pruned", "analyze_model", "costs_of", "load_model", "measured_at", "model_costs"]

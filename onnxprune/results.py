@@ -1,0 +1,204 @@
+"""Results: what ``prune`` and ``sweep`` return, as typed data with one ``to_dict()`` each.
+
+Presenters (report.py for the terminal and JSON, html.py, plots.py) read these; nothing here
+imports a presenter or the orchestration (api.py, pipeline.py, sweep.py). Each stage's own
+figures (SparsifyReport, Refit, Fidelity, LatencySearch, Distillation) stay beside the stage that
+makes them and are carried here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from .load import save_model
+from .outputs import write_atomic
+
+if TYPE_CHECKING:  # types only: stage modules import heavier libraries
+    from .distill import Distillation
+    from .fidelity import Fidelity
+    from .latency import LatencySearch
+    from .reconstruct import Refit
+    from .sparsify import SparsifyReport
+
+
+@dataclass
+class Costs:
+    """Cost figures of one model: FLOPs (multiply-add = 2, batch 1) and float parameters."""
+
+    flops: float
+    params: float
+
+
+@dataclass
+class FrozenRow:
+    """Channels that carry weights but cannot be removed: how many, why, and where (the first four
+    tensor[axis] places)."""
+
+    channels: int
+    reasons: list[str]
+    slots: list[str]
+
+
+@dataclass
+class ChannelRow:
+    """One coupled group of a plan: its first weight, isomorphic class, atoms, atom width and how many
+    atoms were removed."""
+
+    group: str
+    iso_class: int
+    atoms: int
+    width: int
+    removed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"group": self.group, "class": self.iso_class, "atoms": self.atoms, "width": self.width,
+                "removed": self.removed}
+
+
+@dataclass
+class PruneResult:
+    """What ``prune`` returns: the pruned model, its plan and the figures before/after."""
+
+    model: onnx.ModelProto
+    dense: Costs
+    pruned: Costs
+    plan: dict[str, dict[int, list[int]]]  # kept indices of every pruned initializer: {name: {axis: [i, ...]}}
+    groups_found: int
+    groups_pruned: int
+    frozen: list[FrozenRow]
+    ratio: float
+    external_data: bool = False
+    channels: list[ChannelRow] = field(default_factory=list)
+    sparsity: SparsifyReport | None = None
+    refits: list[Refit] = field(default_factory=list)
+    fidelity: Fidelity | None = None
+    calibration: str | None = None
+    latency_search: LatencySearch | None = None
+    distillation: Distillation | None = None  # --distill: steps, time, held-out KL/agreement before and after
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what FLOPs were measured at (batch 1)
+    channel_multiple: int = 1  # channel counts of pruned groups are multiples of this
+    channel_multiple_why: str | None = None  # how --round-to chose it
+
+    @property
+    def flops_ratio(self) -> float:
+        """Pruned FLOPs over dense FLOPs, both measured (batch 1)."""
+        return self.pruned.flops / self.dense.flops if self.dense.flops else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        """Pruned params over dense params."""
+        return self.pruned.params / self.dense.params if self.dense.params else 1.0
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the pruned model atomically, keeping external data if the input used it."""
+        save_model(self.model, path, external=self.external_data or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (everything but the model and the kept indices, ``plan``)."""
+        out: dict[str, Any] = {
+            "flops": {"dense": self.dense.flops, "pruned": self.pruned.flops, "ratio": self.flops_ratio},
+            "params": {"dense": self.dense.params, "pruned": self.pruned.params, "ratio": self.params_ratio},
+            "groups": {"found": self.groups_found, "pruned": self.groups_pruned, "frozen": len(self.frozen)},
+            "frozen": [asdict(f) for f in self.frozen],
+            "shared_ratio": self.ratio,
+            "channels": [c.to_dict() for c in self.channels],
+            "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},  # FLOPs measured there (batch 1)
+        }
+        if self.channel_multiple_why:
+            out["channel_multiple"] = {"multiple": self.channel_multiple, "why": self.channel_multiple_why}
+        if self.sparsity is not None:
+            sp = self.sparsity
+            out["sparsity"] = {"pattern": sp.pattern, "method": sp.method, "sequential": sp.sequential,
+                               "layers": [vars(layer) for layer in sp.layers],
+                               "dense_layers": [{"layer": n, "why": why} for n, why in sp.dense]}
+        if self.refits:
+            out["reconstruct"] = [vars(r) for r in self.refits]
+        if self.fidelity is not None:
+            out["fidelity"] = vars(self.fidelity)
+        if self.distillation is not None:
+            out["distill"] = vars(self.distillation)
+        if self.calibration:
+            out["calibration"] = self.calibration
+        if self.latency_search is not None:
+            out["latency_target"] = self.latency_search.to_dict()
+        return out
+
+
+SWEEP_COLUMNS = ("target", "flops_ratio", "params_ratio", "latency_ms", "latency_ratio", "top1_agreement", "cosine",
+                 "kl", "groups_pruned", "ratio", "round_to")
+
+
+@dataclass
+class SweepPoint:
+    """One target of a sweep: the measured ratios (on the pruned model itself) and, where asked,
+    latency and fidelity to the dense model on held-out calibration samples."""
+
+    target: float
+    flops_ratio: float
+    params_ratio: float
+    groups_pruned: int = 0
+    ratio: float = 0.0
+    round_to: int = 1  # the channel multiple used (auto may use a finer one for a far target)
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
+    top1_agreement: float | None = None
+    cosine: float | None = None
+    kl: float | None = None
+    model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The point as one CSV/JSON row (no model)."""
+        return {k: getattr(self, k) for k in SWEEP_COLUMNS}
+
+
+@dataclass
+class SweepResult:
+    """What ``sweep`` returns; ``metric`` is "flops" or "params" (what the targets bound)."""
+
+    metric: str
+    dense: Costs
+    points: list[SweepPoint]
+    dense_latency_ms: float | None = None
+    calibration: str | None = None
+    external_data: bool = False
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # FLOPs measured there (batch 1)
+    batch: int = 1  # the batch latency was timed at
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: dense costs, the input sizes they were measured at, and every point."""
+        return {"metric": self.metric, "dense": dataclasses.asdict(self.dense),
+                "dense_latency_ms": self.dense_latency_ms, "calibration": self.calibration,
+                "points": [p.to_dict() for p in self.points],
+                "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
+                "latency_batch": self.batch if self.dense_latency_ms is not None else None}
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write the points as CSV, atomically."""
+        write_atomic(path, self.write_csv)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON, atomically."""
+        write_atomic(path, self.write_json)
+
+    def write_csv(self, path: str | os.PathLike) -> None:
+        """Write the points as CSV to ``path`` as is (not atomically)."""
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(SWEEP_COLUMNS))
+            writer.writeheader()
+            for p in self.points:
+                writer.writerow({k: "" if v is None else v for k, v in p.to_dict().items()})
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write ``to_dict()`` as JSON to ``path`` as is (not atomically)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+
+__all__ = ["ChannelRow", "Costs", "FrozenRow", "PruneResult", "SweepPoint", "SweepResult"]

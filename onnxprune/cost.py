@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .layers import gemm_k_axis, group, weight_axes
 from .slots import Slot
 
 Shapes = Callable[[gs.Tensor], tuple[int, ...] | None]
@@ -40,12 +41,12 @@ def flops_of(node: gs.Node, shape: Shapes) -> tuple[float, list[Slot]]:
         ws, xs = shape(w), shape(x)
         if ws is None or xs is None:
             return 0.0, []
-        groups = node.attrs.get("group", 1)
+        groups = group(node)
         if node.op == "Conv":
             # each output element: Cin/group * kernel multiply-adds (a grouped Conv that loses
             # the same positions of every group loses columns of its weight)
             flops = 2.0 * np.prod(ys, dtype=np.float64) * np.prod(ws[1:], dtype=np.float64)
-            return flops, out_slots + [Slot(x.name, 1) if groups == 1 else Slot(w.name, 1)]
+            return flops, out_slots + [Slot(x.name, 1) if groups == 1 else Slot(w.name, weight_axes(node)[1])]
         flops = 2.0 * np.prod(xs, dtype=np.float64) * np.prod(ws[1:], dtype=np.float64)
         return flops, [Slot(x.name, a) for a in range(len(xs))] + ([Slot(y.name, 1)] if groups == 1 else [])
     if node.op == "MatMul":
@@ -59,7 +60,7 @@ def flops_of(node: gs.Node, shape: Shapes) -> tuple[float, list[Slot]]:
         as_ = shape(a)
         if as_ is None:
             return 0.0, []
-        k_axis = 0 if node.attrs.get("transA", 0) else 1
+        k_axis = gemm_k_axis(node)
         return 2.0 * np.prod(ys, dtype=np.float64) * as_[k_axis], out_slots + [Slot(a.name, k_axis)]
     return 0.0, []
 

@@ -3,6 +3,11 @@
 Conv inputs are unfolded (im2col) with the layer's real pads, strides, dilations and groups;
 columns run (kh, kw, cin) with cin fastest, so 4 consecutive columns are 4 input channels at one
 kernel position: the axis TensorRT's 2:4 sparsity runs along. MatMul/Gemm columns are K.
+
+This module is the one owner of weight layout: which axis of a Conv, ConvTranspose, Gemm or
+MatMul weight holds the outputs and which the inputs (``weight_axes``), how ``group`` divides
+them (``group``, ``reduction_length``), and how a weight reads as a matrix (``weight_matrix``).
+Cost, scoring, sparsity and re-fitting ask here instead of reading ``transB`` or ``group``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,53 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
+
+# --- weight layout ---------------------------------------------------------------------------
+
+
+def group(node: gs.Node) -> int:
+    """The ``group`` of a Conv or ConvTranspose (1 for every other op)."""
+    return int(node.attrs.get("group", 1)) if node.op in ("Conv", "ConvTranspose") else 1
+
+
+def weight_axes(node: gs.Node) -> tuple[int, int]:
+    """(output axis, input axis) of the weight (input 1) of a Conv, ConvTranspose, Gemm or MatMul:
+    Conv [Cout, Cin/group, k...] and Gemm with transB [N, K] are (0, 1); ConvTranspose
+    [Cin, Cout/group, k...], Gemm without transB and MatMul [K, N] are (1, 0)."""
+    if node.op == "Conv" or (node.op == "Gemm" and node.attrs.get("transB", 0)):
+        return 0, 1
+    return 1, 0
+
+
+def reduction_length(node: gs.Node, shape: tuple[int, ...]) -> int:
+    """How many inputs each output sums over at one kernel position, for a weight of ``shape``:
+    input channels per group for a convolution, K for Gemm/MatMul (the axis N:M sparsity runs along)."""
+    k = int(shape[weight_axes(node)[1]])
+    return k // group(node) if node.op == "ConvTranspose" else k
+
+
+def gemm_k_axis(node: gs.Node) -> int:
+    """The axis of a Gemm's input A that is reduced (K): 0 with transA, else 1."""
+    return 0 if node.attrs.get("transA", 0) else 1
+
+
+def weight_matrix(node: gs.Node, w: np.ndarray) -> np.ndarray:
+    """A Conv (any rank), Gemm or MatMul weight as [outputs, columns]; a Conv's columns run
+    (kernel..., cin) with cin fastest."""
+    if node.op == "Conv":
+        return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
+    return w if weight_axes(node)[0] == 0 else w.T
+
+
+def matrix_to_weight(node: gs.Node, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of ``weight_matrix``: a [outputs, columns] matrix in the layout of a weight of ``shape``."""
+    if node.op == "Conv":
+        cout, cin, *kernel = shape
+        return np.moveaxis(m.reshape(cout, *kernel, cin), -1, 1)
+    return m if weight_axes(node)[0] == 0 else m.T
+
+
+# --- layers as matrices ------------------------------------------------------------------------
 
 
 @dataclass
@@ -30,26 +82,44 @@ class Layer:
         """Reduction length: Cin*kh*kw for Conv, K for Gemm/MatMul."""
         return self.matrix().shape[1]
 
+    @property
+    def axes(self) -> tuple[int, int]:
+        """(output axis, input axis) of the weight tensor (``weight_axes``)."""
+        return weight_axes(self.node)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (Conv) or K (Gemm/MatMul): the length of the weight's input axis."""
+        return int(np.asarray(self.weight.values).shape[self.axes[1]])
+
+    @property
+    def outputs(self) -> int:
+        """Output channels (Conv) or N (Gemm/MatMul): the length of the weight's output axis."""
+        return int(np.asarray(self.weight.values).shape[self.axes[0]])
+
     def matrix(self) -> np.ndarray:
         """The weight as [outputs, columns]."""
-        w = np.asarray(self.weight.values)
-        if self.node.op == "Conv":
-            return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-        if self.node.op == "Gemm":
-            return w if self.node.attrs.get("transB", 0) else w.T
-        return w.T  # MatMul: x @ W with W [K, N]
+        return weight_matrix(self.node, np.asarray(self.weight.values))
 
     def set_matrix(self, m: np.ndarray) -> None:
         """Write a [outputs, columns] matrix back in the weight's own layout and dtype."""
         w = np.asarray(self.weight.values)
-        if self.node.op == "Conv":
-            cout, cin, kh, kw = w.shape
-            new = m.reshape(cout, kh, kw, cin).transpose(0, 3, 1, 2)
-        elif self.node.op == "Gemm":
-            new = m if self.node.attrs.get("transB", 0) else m.T
-        else:
-            new = m.T
+        new = matrix_to_weight(self.node, m, w.shape)
         self.weight.values = np.ascontiguousarray(new.astype(w.dtype))
+
+    def columns_of(self, channels: np.ndarray) -> np.ndarray:
+        """The matrix columns of these input channels (each at every kernel position of a Conv)."""
+        if self.node.op != "Conv":
+            return channels
+        shape = np.asarray(self.weight.values).shape
+        positions = int(np.prod(shape[2:]))
+        return (np.arange(positions)[:, None] * shape[1] + channels[None, :]).ravel()
+
+    def per_channel(self, column_values: np.ndarray) -> np.ndarray:
+        """Values per matrix column summed per input channel (over a Conv's kernel positions)."""
+        if self.node.op != "Conv":
+            return column_values
+        return column_values.reshape(-1, self.in_channels).sum(0)
 
     def rows_of(self, x: np.ndarray) -> np.ndarray:
         """Calibration input batch -> [samples, columns] rows such that rows @ matrix().T = output."""
@@ -79,9 +149,9 @@ def find_layers(graph: gs.Graph) -> list[Layer]:
         if not isinstance(node.inputs[1], gs.Constant):
             continue
         w = node.inputs[1]
-        if node.op == "Conv" and node.attrs.get("group", 1) == 1 and len(w.shape) == 4:
+        if node.op == "Conv" and group(node) == 1 and len(w.shape) == 4:
             layers.append(Layer(node, w, node.inputs[0]))
-        elif node.op == "Gemm" and not node.attrs.get("transA", 0) and len(w.shape) == 2:
+        elif node.op == "Gemm" and gemm_k_axis(node) == 1 and len(w.shape) == 2:
             layers.append(Layer(node, w, node.inputs[0]))
         elif node.op == "MatMul" and len(w.shape) == 2:
             layers.append(Layer(node, w, node.inputs[0]))

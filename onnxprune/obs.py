@@ -5,7 +5,7 @@ For a layer ``Y = X @ W.T`` and H = 2 X^T X, removing weight w_qj costs w_qj^2 /
 best compensated by shifting the rest of row q along -w_qj [H^-1]_j: / [H^-1]_jj. Columns are
 walked left to right with the upper Cholesky factor of H^-1 (each column's update then only
 touches the columns after it); masks are chosen per block of columns (unstructured) or per
-group of M columns (N:M), and the updated weights are kept.
+group of M columns (N:M), and the updated weights are kept. The Hessians come from ``hessian.py``.
 """
 
 from __future__ import annotations
@@ -29,12 +29,6 @@ class Pattern:
 
     def __str__(self) -> str:
         return f"{self.m - self.n}:{self.m}" if self.m else f"{self.sparsity:.0%} unstructured"
-
-
-def hessian(rows: np.ndarray) -> np.ndarray:
-    """2 X^T X of a batch of layer-input rows (float64); sum over batches, divide by the row count."""
-    x = rows.astype(np.float64, copy=False)
-    return 2.0 * (x.T @ x)
 
 
 def damp(h: np.ndarray, percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:

@@ -32,15 +32,6 @@ class Refit:
     error_after: float
 
 
-def _axes(layer: Layer) -> tuple[int, int]:
-    """(output-row axis, input-channel axis) of the layer's weight tensor."""
-    if layer.node.op == "Conv":
-        return 0, 1
-    if layer.node.op == "Gemm" and layer.node.attrs.get("transB", 0):
-        return 0, 1
-    return 1, 0
-
-
 def _bias(layer: Layer) -> tuple[gs.Node | None, int | None]:
     """Where the layer's bias lives: (node, input port), or (None, None) when it cannot take one."""
     if layer.node.op in ("Conv", "Gemm"):
@@ -49,7 +40,7 @@ def _bias(layer: Layer) -> tuple[gs.Node | None, int | None]:
     if len(out.outputs) == 1 and out.outputs[0].op == "Add":
         add = out.outputs[0]
         for port, t in enumerate(add.inputs):
-            if isinstance(t, gs.Constant) and t.values.size == np.asarray(layer.weight.values).shape[1]:
+            if isinstance(t, gs.Constant) and t.values.size == layer.outputs:
                 return add, port
     return None, None
 
@@ -71,14 +62,6 @@ def _set_bias(layer: Layer, node: gs.Node, port: int, values: np.ndarray) -> Non
     node.inputs.append(gs.Constant(f"{layer.weight.name}_refit_bias", values.astype(dtype)))
 
 
-def _columns(layer: Layer, kept_in: np.ndarray) -> np.ndarray:
-    """Matrix columns that survive when input channels ``kept_in`` survive."""
-    if layer.node.op != "Conv":
-        return kept_in
-    cin, kh, kw = np.asarray(layer.weight.values).shape[1:]
-    return (np.arange(kh * kw)[:, None] * cin + kept_in[None, :]).ravel()
-
-
 def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray], samples: dict[str, np.ndarray],
                  *, sequential: bool = True, batch_size: int = 16, percdamp: float = 0.01,
                  progress: Progress | None = None) -> list[Refit]:
@@ -88,7 +71,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
     jobs = []
     for layer in find_layers(pruned):
         ref = dense_layers.get(layer.node.name)
-        out_axis, in_axis = _axes(layer)
+        out_axis, in_axis = layer.axes
         kept_in = kept.get(Slot(ref.weight.name, in_axis)) if ref is not None else None
         if ref is None or kept_in is None:
             continue
@@ -98,7 +81,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
         bias = _bias_values(node, port, w_dense.shape[0])
         if rows is not None:
             w_dense, bias = w_dense[rows], bias[rows]
-        jobs.append((layer, ref, _columns(ref, kept_in), np.hstack([w_dense, bias[:, None]]), _bias(layer)))
+        jobs.append((layer, ref, ref.columns_of(kept_in), np.hstack([w_dense, bias[:, None]]), _bias(layer)))
     feeds = batched(samples, batch_size_for(dense, batch_size))
     results = []
     for chunk in ([[job] for job in jobs] if sequential else [jobs]):

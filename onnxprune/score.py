@@ -2,7 +2,8 @@
 
 Magnitude criteria need no data: the L1 or squared-L2 norm of the group's weights along the
 channel, summed over the weight slots of the group and averaged over them (as Torch-Pruning's
-group magnitude importance does).
+group magnitude importance does). Calibrated criteria read the layer Hessians (``hessian.py``)
+where a channel enters a layer.
 """
 
 from __future__ import annotations
@@ -91,20 +92,16 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     dampened layer Hessian. A group no layer reads (it only feeds outputs) falls back to L2.
     """
     from .activations import batch_size_for, batched
+    from .hessian import SCORING_BUDGET, chunks, layer_hessians
     from .layers import find_layers
     from .obs import damp
-    from .sparsify import layer_hessians
 
     if criterion not in CALIBRATED:
         raise UsageError(f"unknown calibrated criterion {criterion!r}; choose one of {', '.join(CALIBRATED)}")
     layers = find_layers(analysis.graph)
     feeds = batched(samples, batch_size_for(analysis.graph, batch_size))
     per_channel: dict[Slot, np.ndarray] = {}
-    chunk: list = []
-    for i, layer in enumerate(layers):
-        chunk.append(layer)
-        if sum(8.0 * lay.columns**2 for lay in chunk) < 5e8 and i + 1 < len(layers):
-            continue
+    for chunk in chunks(layers, SCORING_BUDGET, fill=True):
         hessians = layer_hessians(analysis.graph, chunk, feeds)
         for lay in chunk:
             w = lay.matrix().astype(np.float64)
@@ -114,13 +111,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
             else:
                 damped, _ = damp(h)
                 col = (w**2 / np.diag(np.linalg.inv(damped))[None, :]).sum(0)
-            if lay.node.op == "Conv":
-                cin = np.asarray(lay.weight.values).shape[1]
-                per_channel[Slot(lay.weight.name, 1)] = col.reshape(-1, cin).sum(0)
-            else:
-                in_axis = 0 if lay.node.op == "MatMul" or not lay.node.attrs.get("transB", 0) else 1
-                per_channel[Slot(lay.weight.name, in_axis)] = col
-        chunk = []
+            per_channel[Slot(lay.weight.name, lay.axes[1])] = lay.per_channel(col)
     fallback = magnitude_scores(analysis, "l2")
     scores = []
     for group, default in zip(analysis.groups, fallback, strict=True):

@@ -227,6 +227,7 @@ def _unreachable_cause(analysis: Analysis, round_to: int, counts: np.ndarray, fl
 def _tying_ops(analysis: Analysis, groups: list) -> list[str]:
     """The ops, in graph order, touching the groups' tensors that tie several channels together
     (Reshape, Transpose, Concat, grouped Conv as ``Conv(group=3)``, ...)."""
+    from .layers import group as group_of
     from .rules import BROADCAST, REDUCE, UNARY
 
     plain = {*UNARY, *BROADCAST, *REDUCE, *_POOLS, *_LAYERS}
@@ -235,7 +236,7 @@ def _tying_ops(analysis: Analysis, groups: list) -> list[str]:
     for node in analysis.graph.nodes:
         if not any(t.name in names for t in (*node.inputs, *node.outputs)):
             continue
-        group = node.attrs.get("group", 1) if node.op in ("Conv", "ConvTranspose") else 1
+        group = group_of(node)
         if node.op in plain and group == 1:
             continue
         label = f"{node.op}(group={group})" if group != 1 else node.op

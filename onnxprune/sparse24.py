@@ -16,8 +16,9 @@ kernels for group convs" (NVIDIA/TensorRT issue #4054, answer by an NVIDIA engin
 Sparse kernels pay off only for wide layers: NVIDIA's engineers quote C_in and C_out of about
 256 or more (NVIDIA/TensorRT issues #3849 and #4065); narrower eligible layers usually stay dense.
 
-The N:M axis is the one the pruner itself uses: ``Layer.matrix()`` puts input channels (or K)
-last and fastest, and ``Pattern(n=2, m=4)`` says how many of every four must be zero.
+The N:M axis is the one the pruner itself uses: ``layers.weight_matrix`` (``layers.py`` owns the
+weight layouts) puts input channels (or K) last and fastest, and ``Pattern(n=2, m=4)`` says how
+many of every four must be zero.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .layers import Layer
+from .layers import group as layer_group
+from .layers import reduction_length, weight_matrix
 from .load import to_graph
 from .obs import Pattern
 
@@ -110,11 +112,8 @@ def _input(node: gs.Node, i: int) -> gs.Tensor | None:
 
 def _matrix(node: gs.Node, weight: gs.Constant) -> np.ndarray:
     """The weight as [outputs, K] with K (input channels at each kernel position) fastest: the
-    pruner's own reading (Layer.matrix), extended to 1-D and 3-D convolutions."""
-    w = np.asarray(weight.values)
-    if node.op == "Conv" and w.ndim != 4:
-        return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
-    return Layer(node, weight, node.inputs[0]).matrix()
+    pruner's own reading (``layers.weight_matrix``, any convolution rank)."""
+    return weight_matrix(node, np.asarray(weight.values))
 
 
 def _result(node: gs.Node, k: int, why: str, matrix: np.ndarray | None) -> SparseLayer:
@@ -130,8 +129,8 @@ def _check_conv(node: gs.Node) -> SparseLayer:
     w = np.asarray(weight.values)
     if w.ndim < 3:
         return _result(node, 0, f"weight rank {w.ndim} (expected [Cout, Cin, kernel...])", None)
-    k = int(w.shape[1])  # input channels per group
-    group = int(node.attrs.get("group", 1))
+    k = reduction_length(node, w.shape)  # input channels per group
+    group = layer_group(node)
     matrix = _matrix(node, weight) if k % 4 == 0 else None
     if group > 1 and k == 1:
         return _result(node, k, f"depthwise convolution (group={group}: TensorRT has no sparse grouped convs)", None)
@@ -146,7 +145,7 @@ def _check_conv_transpose(node: gs.Node) -> SparseLayer:
     weight = _input(node, 1)
     k = 0
     if isinstance(weight, gs.Constant) and np.asarray(weight.values).ndim >= 3:
-        k = int(np.asarray(weight.values).shape[0]) // int(node.attrs.get("group", 1))
+        k = reduction_length(node, np.asarray(weight.values).shape)
     return _result(node, k, "ConvTranspose (TensorRT's sparse kernels cover convolution and MatMul/Gemm)", None)
 
 
@@ -160,7 +159,7 @@ def _check_matmul(node: gs.Node) -> SparseLayer:
     w = np.asarray(b.values)
     if w.ndim != 2:
         return _result(node, 0, f"weight rank {w.ndim} (expected a 2-D [K, N] weight)", None)
-    k = int(w.shape[0])
+    k = reduction_length(node, w.shape)
     matrix = _matrix(node, b) if k % 4 == 0 else None
     return _result(node, k, "" if k % 4 == 0 else f"K not a multiple of 4 ({k})", matrix)
 
@@ -173,8 +172,7 @@ def _check_gemm(node: gs.Node) -> SparseLayer:
     w = np.asarray(b.values)
     if w.ndim != 2:
         return _result(node, 0, f"weight rank {w.ndim} (expected a 2-D weight)", None)
-    trans_b = bool(node.attrs.get("transB", 0))
-    k = int(w.shape[1] if trans_b else w.shape[0])
+    k = reduction_length(node, w.shape)
     matrix = _matrix(node, b) if k % 4 == 0 else None
     return _result(node, k, "" if k % 4 == 0 else f"K not a multiple of 4 ({k})", matrix)
 

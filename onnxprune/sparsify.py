@@ -1,8 +1,8 @@
 """Weight sparsity with calibration data: unstructured (--sparsity) or N:M (--pattern 2:4),
 by magnitude, Wanda or OBS (the correlation-aware pruner), optionally sequential.
 
-Hessians are accumulated a calibration batch at a time for a chunk of layers whose Hessians fit
-the memory budget; ``sequential`` instead calibrates each layer on the outputs of the layers
+Hessians (``hessian.py``) are accumulated a calibration batch at a time for a chunk of layers
+whose Hessians fit the memory budget; ``sequential`` instead calibrates each layer on the outputs of the layers
 already pruned before it (one pass over the data per layer).
 """
 
@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .activations import batch_size_for, batched, layer_inputs, paired_statistics
+from .activations import batch_size_for, batched, paired_statistics
 from .errors import ModelError, UsageError
-from .layers import MAX_ROWS, Layer, find_layers, subsample
+from .hessian import SPARSIFY_BUDGET, chunks, layer_hessians
+from .layers import Layer, find_layers
 from .load import reshare_constants, unshare_constants
 from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 from .progress import Progress, no_progress
@@ -62,7 +63,7 @@ def eligible(layer: Layer, pattern: Pattern) -> str | None:
     if not pattern.structured_nm:
         return None
     if layer.node.op == "Conv":
-        cin = np.asarray(layer.weight.values).shape[1]
+        cin = layer.in_channels
         return None if cin % pattern.m == 0 else f"input channels {cin} not a multiple of {pattern.m}"
     k = layer.columns
     return None if k % pattern.m == 0 else f"K={k} not a multiple of {pattern.m}"
@@ -70,7 +71,7 @@ def eligible(layer: Layer, pattern: Pattern) -> str | None:
 
 def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
                    samples: dict[str, np.ndarray] | None = None, sequential: bool = False, batch_size: int = 16,
-                   memory_budget: float = 1e9, progress: Progress | None = None) -> SparsifyReport:
+                   memory_budget: float = SPARSIFY_BUDGET, progress: Progress | None = None) -> SparsifyReport:
     """Sparsify every Conv/Gemm/MatMul layer of ``graph`` in place; returns what happened per layer."""
     if method not in METHODS:
         raise UsageError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -94,7 +95,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
     feeds = batched(samples, batch_size_for(graph, batch_size)) if samples is not None else None
     dense_graph = graph.copy() if sequential and feeds is not None else None
     dense = {lay.node.name: lay for lay in find_layers(dense_graph)} if dense_graph is not None else {}
-    for chunk in _chunks(layers, 1 if sequential else None, memory_budget):
+    for chunk in chunks(layers, memory_budget, size=1 if sequential else None):
         if sequential and feeds is not None:
             # Calibrate on the pruned model's own inputs X_p, but aim at the dense outputs: first
             # re-fit W to  min ||X_p W'^T - X W^T||  (correcting the drift of earlier layers),
@@ -110,31 +111,6 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             report.layers.append(_prune_layer(layer, pattern, method, hessians.get(layer.name)))
     reshare_constants(graph, shared, {layer.weight.name for layer in layers})
     return report
-
-
-def _chunks(layers: list[Layer], size: int | None, budget: float) -> list[list[Layer]]:
-    chunks, current, used = [], [], 0.0
-    for layer in layers:
-        cost = 8.0 * layer.columns**2
-        if current and ((size and len(current) >= size) or used + cost > budget):
-            chunks.append(current)
-            current, used = [], 0.0
-        current.append(layer)
-        used += cost
-    return chunks + ([current] if current else [])
-
-
-def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """H = 2 X^T X / rows for each layer, one pass over the calibration batches."""
-    names = sorted({layer.x.name for layer in layers})
-    sums = {layer.name: np.zeros((layer.columns, layer.columns)) for layer in layers}
-    counts = dict.fromkeys(sums, 0)
-    for values in layer_inputs(graph, names, feeds):
-        for layer in layers:
-            rows = subsample(layer.rows_of(values[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
-            sums[layer.name] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
-            counts[layer.name] += rows.shape[0]
-    return {name: h / max(counts[name], 1) for name, h in sums.items()}
 
 
 def _refit_to_dense(ref: Layer, dense_graph: gs.Graph, layer: Layer, graph: gs.Graph, feeds,
@@ -161,4 +137,4 @@ def _prune_layer(layer: Layer, pattern: Pattern, method: str, h: np.ndarray | No
     return LayerReport(layer.name, layer.weight.name, layer.columns, float(1.0 - keep.mean()), error)
 
 
-__all__ = ["METHODS", "LayerReport", "SparsifyReport", "layer_hessians", "parse_pattern", "sparsify_graph"]
+__all__ = ["METHODS", "LayerReport", "SparsifyReport", "parse_pattern", "sparsify_graph"]

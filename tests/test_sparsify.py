@@ -34,8 +34,9 @@ import onnxprune
 from onnxprune.activations import layer_inputs
 from onnxprune.calibration import CalibrationSet
 from onnxprune.errors import UsageError
+from onnxprune.hessian import hessian
 from onnxprune.layers import Layer, find_layers
-from onnxprune.obs import Pattern, hessian, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+from onnxprune.obs import Pattern, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 from onnxprune.sparsify import parse_pattern
 
 HW = 64  # input size of the exported torchvision models

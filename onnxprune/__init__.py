@@ -17,12 +17,13 @@ _PUBLIC = {
     "analyze": "api", "bench": "api", "measure_costs": "api", "prune": "api",
     "BenchOptions": "options", "CalibOptions": "options", "ShapeOptions": "options", "SolverOptions": "options",
     "TargetOptions": "options",
-    "BenchResult": "deploy", "Latency": "deploy",
+    "Latency": "timing",
     "Criterion": "criteria",
     "ModelError": "errors", "OnnxPruneError": "errors", "UsageError": "errors",
     "Pipeline": "pipeline",
     "plot_sweep": "plots", "to_html": "html",
-    "Costs": "results", "PruneResult": "results", "SweepPoint": "results", "SweepResult": "results",
+    "BenchResult": "results", "Costs": "results", "PruneResult": "results", "SweepPoint": "results",
+    "SweepResult": "results",
     "sweep": "sweep",
 }
 

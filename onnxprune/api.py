@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -18,13 +17,14 @@ from . import capture as capture_mod
 from .analyze import Analysis
 from .cost import flops_terms, total
 from .criteria import score_groups
-from .deploy import BenchResult, bench_feed, make_runners, time_runners
-from .errors import UsageError
+from .deploy import bench_feed, make_runners, time_runners
+from .errors import UsageError, first_line
 from .granularity import candidate_multiples, parse_round_to
 from .obs import Pattern
 from .options import OPTION_CLASSES, from_kwargs, signature_parameters
 from .pipeline import Pipeline, analyze_model, costs_of, load_model, measured_at, model_costs, shape_lookup
-from .results import Costs, PruneResult
+from .progress import Progress
+from .results import BenchResult, Costs, PruneResult
 from .rewrite import apply_plan
 from .select import Plan, select_granular
 from .shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
@@ -32,7 +32,6 @@ from .sparsify import parse_pattern
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 InputShapes = dict[str, "tuple[int, ...] | list[int]"]  # {"x": (1, 3, 48, 320)}: sizes of free input dims
 
 
@@ -221,7 +220,7 @@ def _bench_size_failure(exc: Exception, protos: list[onnx.ModelProto], feeds: li
     given or assumed may be wrong for it); None for anything else."""
     if not type(exc).__module__.startswith("onnxruntime"):
         return None
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     for proto, feed in zip(protos, feeds, strict=True):
         error = size_failure(graph_inputs(proto), {k: v.shape for k, v in feed.items()}, reason)
         if error is not None:

@@ -13,7 +13,6 @@ live in ``gpu.py`` and are refused with a clear message where the library or dev
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -90,31 +89,3 @@ def measure(models: list[onnx.ModelProto], feed: dict[str, np.ndarray] | None = 
     return time_runners(runners, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, batch=batch)
 
 
-@dataclass
-class BenchResult:
-    """Latency of several models measured together on one backend (the first is the reference)."""
-
-    names: list[str]
-    latencies: list[Latency]
-    backend: str
-    batch: int
-    threads: int
-    fp16: bool = False
-    engines: list[str | None] | None = None
-    engine_reports: list[dict | None] | None = None  # tensorrt: flags, layers eligible for / run with 2:4
-    inputs: list[dict[str, tuple[int, ...]]] | None = None  # per model, the shape each input was timed at
-
-    def ratios(self) -> list[float]:
-        """Each model's median latency over the first model's."""
-        ref = self.latencies[0].median_ms
-        return [lat.median_ms / ref for lat in self.latencies]
-
-    def to_dict(self) -> dict:
-        """Plain data for JSON: the settings and, per model, its statistics and ratio."""
-        none = [None] * len(self.names)
-        return {"backend": self.backend, "batch": self.batch, "threads": self.threads, "fp16": self.fp16,
-                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e, "engine_build": b,
-                            "inputs": {k: list(v) for k, v in i.items()} if i else None}
-                           for n, lat, r, e, b, i in zip(self.names, self.latencies, self.ratios(),
-                                                         self.engines or none, self.engine_reports or none,
-                                                         self.inputs or none, strict=True)]}

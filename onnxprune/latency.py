@@ -29,7 +29,6 @@ ratio, hence by the FLOPs target; what remains is how far to go and which channe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +40,7 @@ from .cost import CostTerm, total
 from .deploy import bench_feed, make_runners, time_runners
 from .errors import ModelError
 from .options import BenchOptions
+from .progress import Progress
 from .select import Plan
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Candidates(Protocol):
     model: onnx.ModelProto
     bench: BenchOptions
     shapes: dict[str, tuple[int, ...]]
-    step: Callable[[str], None]
+    step: Progress
 
     def scores(self) -> list[np.ndarray]: ...
 

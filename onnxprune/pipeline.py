@@ -19,7 +19,6 @@ them is computed twice.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -35,17 +34,12 @@ from .errors import UsageError
 from .granularity import candidate_multiples
 from .load import read_model, refuse_nonfinite, to_graph, to_model, unshare_constants, upgrade
 from .options import BenchOptions, CalibOptions, ShapeOptions, SolverOptions
+from .progress import Progress, no_progress
 from .results import ChannelRow, Costs, FrozenRow
 from .rewrite import apply_plan
 from .select import Plan, select, select_granular
 from .shapes import announce_guesses, check_input_shapes, resolve_input_shapes
 from .verify import verify
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
@@ -59,7 +53,7 @@ def analyze_model(proto: onnx.ModelProto, progress: Progress | None = None,
                   shapes: dict[str, tuple[int, ...]] | None = None, given: dict | None = None) -> Analysis:
     """Fold constants, capture every shape at ``shapes`` (resolved from ``given``; warns about guessed
     sizes once the model ran there) and find the coupled groups."""
-    step = progress or _quiet
+    step = progress or no_progress
     step("folding constants")
     graph = to_graph(proto)
     refuse_nonfinite(graph)  # a NaN bias: the dense model is broken, a pruned one may look fine
@@ -133,7 +127,7 @@ class Pipeline:
         self.solver = solver or SolverOptions()
         self.bench = bench or BenchOptions()
         self.shape_options = shapes or ShapeOptions()
-        self.step = progress or _quiet
+        self.step = progress or no_progress
         given = self.shape_options.input_shapes
         self.model, self.external = load_model(model)
         self.shapes = resolve_input_shapes(self.model, given, batch=self.bench.batch)

@@ -11,14 +11,14 @@ from rich.console import Console
 from rich.table import Table
 
 from .analyze import Analysis
-from .deploy import BenchResult, Latency
 from .granularity import backend_multiple
 from .load import model_file_bytes
 from .outputs import write_atomic
 from .pipeline import measured_at
-from .results import PruneResult
+from .results import BenchResult, PruneResult
 from .shapes import spelled
 from .sparse24 import SparseLayer, reason_counts
+from .timing import Latency
 
 
 def file_size(path: str | os.PathLike) -> int:

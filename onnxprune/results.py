@@ -20,6 +20,7 @@ import onnx
 
 from .load import save_model
 from .outputs import write_atomic
+from .timing import Latency
 
 if TYPE_CHECKING:  # types only: stage modules import heavier libraries
     from .distill import Distillation
@@ -201,4 +202,34 @@ class SweepResult:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
 
-__all__ = ["ChannelRow", "Costs", "FrozenRow", "PruneResult", "SweepPoint", "SweepResult"]
+@dataclass
+class BenchResult:
+    """Latency of several models measured together on one backend (the first is the reference)."""
+
+    names: list[str]
+    latencies: list[Latency]
+    backend: str
+    batch: int
+    threads: int
+    fp16: bool = False
+    engines: list[str | None] | None = None
+    engine_reports: list[dict | None] | None = None  # tensorrt: flags, layers eligible for / run with 2:4
+    inputs: list[dict[str, tuple[int, ...]]] | None = None  # per model, the shape each input was timed at
+
+    def ratios(self) -> list[float]:
+        """Each model's median latency over the first model's."""
+        ref = self.latencies[0].median_ms
+        return [lat.median_ms / ref for lat in self.latencies]
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON: the settings and, per model, its statistics and ratio."""
+        none = [None] * len(self.names)
+        return {"backend": self.backend, "batch": self.batch, "threads": self.threads, "fp16": self.fp16,
+                "models": [{"name": n, **lat.to_dict(), "ratio_to_first": r, "engine": e, "engine_build": b,
+                            "inputs": {k: list(v) for k, v in i.items()} if i else None}
+                           for n, lat, r, e, b, i in zip(self.names, self.latencies, self.ratios(),
+                                                         self.engines or none, self.engine_reports or none,
+                                                         self.inputs or none, strict=True)]}
+
+
+__all__ = ["BenchResult", "ChannelRow", "Costs", "FrozenRow", "PruneResult", "SweepPoint", "SweepResult"]

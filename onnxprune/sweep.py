@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -26,11 +25,11 @@ from .options import (
     signature_parameters,
 )
 from .pipeline import Pipeline, measured_at
+from .progress import Progress, no_progress
 from .results import SweepPoint, SweepResult
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 SOLVER = ("scope", "criterion", "round_to", "reconstruct")  # the solver options a sweep takes
 OPTION_CLASSES = (CalibOptions, SolverOptions, BenchOptions, ShapeOptions)
@@ -75,7 +74,7 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
     calib.validate()
     solver.validate(None, calib)
     bench_options.validate()
-    step = progress or (lambda _msg: None)
+    step = progress or no_progress
     pipe = Pipeline(model, calib=calib, solver=solver, bench=bench_options, shapes=shapes, progress=progress)
     multiples, _ = pipe.multiples()
     step("scoring channels")

@@ -217,8 +217,8 @@ def test_bench_table_lists_tensorrt_sparse_layers():
     """The table's engine line, from a build report's plain data (the GPU run itself is in test_gpu.py)."""
     from rich.console import Console
 
-    from onnxprune.deploy import BenchResult
     from onnxprune.report import print_bench
+    from onnxprune.results import BenchResult
 
     build = {"tensorrt": "10.3", "flags": ["FP16", "SPARSE_WEIGHTS"], "build_s": 12.3,
              "eligible_sparse": ["conv1", "conv2"], "ran_sparse": ["conv2"]}

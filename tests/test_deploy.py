@@ -9,7 +9,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_rules import Net
+from helpers import Net, cli
 
 import onnxprune
 from onnxprune import latency as latency_mod
@@ -152,8 +152,6 @@ def test_latency_with_other_structured_target_is_usage_error():
 
 
 def test_cli_bench_two_models_json(tmp_path):
-    from test_cli import cli
-
     dense = tmp_path / "dense.onnx"
     onnx.save(conv_net(dynamic_batch=True), dense)
     pruned = tmp_path / "pruned.onnx"
@@ -177,8 +175,6 @@ def test_cli_bench_two_models_json(tmp_path):
     (["--runs", "0"], "at least 1"),
 ])
 def test_cli_bench_refusals(tmp_path, args, message):
-    from test_cli import cli
-
     onnx.save(conv_net(), tmp_path / "m.onnx")
     run = cli("bench", "m.onnx", *args, cwd=tmp_path)
     assert run.returncode == 2, run.stderr
@@ -192,8 +188,6 @@ def test_cli_bench_tensorrt_missing(tmp_path):
         pytest.skip("tensorrt is installed here: tests/test_gpu.py covers the real engine path")
     except ImportError:
         pass
-    from test_cli import cli
-
     onnx.save(conv_net(), tmp_path / "m.onnx")
     run = cli("bench", "m.onnx", "--backend", "tensorrt", "--save-engine", "m.engine", cwd=tmp_path)
     assert run.returncode == 2 and "TensorRT is not installed" in run.stderr
@@ -201,8 +195,6 @@ def test_cli_bench_tensorrt_missing(tmp_path):
 
 
 def test_cli_latency_target_report(tmp_path):
-    from test_cli import cli
-
     onnx.save(conv_net(), tmp_path / "m.onnx")
     run = cli("m.onnx", "--latency", "0.7", "--report", "r.json", cwd=tmp_path)
     assert run.returncode == 0, run.stderr

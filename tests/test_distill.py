@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import Net
 from onnx import numpy_helper
 
 import onnxprune
@@ -143,8 +144,6 @@ def test_missing_torch_says_what_to_install(resnet18, monkeypatch, capsys):
 
 
 def test_an_op_the_interpreter_cannot_run_is_named():
-    from test_rules import Net
-
     net = Net(channels=4)
     h = net.node("LpNormalization", [net.relu(net.conv("x", 4, 8, 3, name="c1"))], axis=1)
     net.head(h, 8)

@@ -14,12 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from masking import masked_dense
-from onnx import TensorProto, helper, numpy_helper
-from test_cli import small_model
-from test_rules import (
+from helpers import (
     Net,
-    _zero_rows,
     assert_close,
     const_input,
     feed_of,
@@ -28,7 +24,11 @@ from test_rules import (
     grouped_slots,
     initializers,
     mask_equivalent,
+    small_model,
+    zero_rows,
 )
+from masking import masked_dense
+from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune import api
@@ -336,7 +336,7 @@ def test_matmul_with_the_weight_on_the_left_batched():
     result = check_pruned(model, 0.4)
     w = initializers(result.model)
     assert w["wl"].shape == (w["c2.w"].shape[1], w["c1.w"].shape[0])
-    mask_equivalent(model, 0.4, extra_mask=_zero_rows("wl", 1))
+    mask_equivalent(model, 0.4, extra_mask=zero_rows("wl", 1))
 
 
 def test_initializer_shared_by_several_nodes():
@@ -502,7 +502,7 @@ def test_qdq_model_prunes_through_quantize_pairs(per_channel_activations: bool):
     if per_channel_activations:
         act_scales = [v for n, v in w.items() if n.startswith("act.scale") and v.ndim == 1]
         assert act_scales and all(len(v) == k1 for v in act_scales)
-    mask_equivalent(model, extra_mask=_zero_rows("c2.w.q", 1))
+    mask_equivalent(model, extra_mask=zero_rows("c2.w.q", 1))
     # the int8 weights count as parameters
     by_params = onnxprune.prune(model, params=0.6)
     assert by_params.dense.params >= 8 * 4 * 9 + 6 * 8 and by_params.params_ratio <= 0.6

@@ -16,9 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import IR_VERSION, conv_model
 from onnx import TensorProto, helper, numpy_helper
-from test_gpu import conv_model
-from test_rules import IR_VERSION
 
 from onnxprune.errors import UsageError
 from onnxprune.fp16 import to_float16

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from test_rules import IR_VERSION, OPSET
+from helpers import conv_model
+from onnx import TensorProto, helper
 
 from onnxprune import gpu
 from onnxprune.calibration import InputSpec, input_specs
@@ -34,34 +34,13 @@ from onnxprune.gpu import (
     tensorrt_runner,
     time_engine,
 )
-from onnxprune.obs import magnitude_mask
 from onnxprune.report import _engine_precision
-from onnxprune.sparse24 import SPARSE_24, carries_24
+from onnxprune.sparse24 import carries_24
 
 F32 = np.dtype(np.float32)
 STATIC = [InputSpec("x", (1, 3, 224, 224), F32)]
 DYNAMIC_BATCH = [InputSpec("x", ("batch", 3, 224, 224), F32)]
 DYNAMIC_HW = [InputSpec("x", ("batch", 3, "h", "w"), F32)]
-
-
-def conv_model(cin: int = 64, cout: int = 64, hw: int = 16, sparse: bool = False, seed: int = 0) -> onnx.ModelProto:
-    """Conv(3x3) + Relu with a dynamic batch; ``sparse`` makes its weights 2:4 along input channels."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32) / np.sqrt(9 * cin)
-    if sparse:
-        matrix = w.transpose(0, 2, 3, 1).reshape(cout, -1)
-        w = (matrix * magnitude_mask(matrix, SPARSE_24)).reshape(cout, 3, 3, cin).transpose(0, 3, 1, 2)
-    conv = helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    relu = helper.make_node("Relu", ["c"], ["y"], name="relu")
-    graph = helper.make_graph(
-        [conv, relu], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", cin, hw, hw])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", cout, hw, hw])],
-        [numpy_helper.from_array(np.ascontiguousarray(w, np.float32), "w"),
-         numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32) * 0.1, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
 
 
 # --- builder settings ----------------------------------------------------------------------------

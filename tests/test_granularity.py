@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import cli, small_model
 from onnx import numpy_helper
-from test_cli import cli, small_model
 
 import onnxprune
 import onnxprune.granularity as granularity

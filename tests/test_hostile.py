@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import Net, assert_one_line_error, cli, frozen_model, save_external, small_model, snapshot, wide_model
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
-from test_cli import assert_one_line_error, cli, frozen_model, save_external, small_model, snapshot, wide_model
-from test_rules import Net
 
 import onnxprune.cli
 from onnxprune.errors import ModelError, OnnxPruneError

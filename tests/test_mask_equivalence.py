@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
+from helpers import CNNS, EXPORTERS
 from masking import masked_dense
-from test_models import CNNS, EXPORTERS
 
 from onnxprune import api
 from onnxprune.capture import input_feed

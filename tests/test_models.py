@@ -5,15 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from helpers import CNNS, EXPORTERS, HYBRIDS, TRANSFORMERS
 
 import onnxprune
 from onnxprune.capture import input_feed, session
-
-CNNS = ["resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_y_400mf", "densenet121",
-        "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn"]
-TRANSFORMERS = ["vit_b_16", "swin_t", "deit_tiny_patch16_224", "vit_small_patch16_224"]
-HYBRIDS = ["convnext_tiny", "efficientvit_b0", "mobilevit_xs"]
-EXPORTERS = ["legacy", "dynamo"]
 
 
 def _run(model: onnx.ModelProto, batch: int = 1) -> dict[str, np.ndarray]:

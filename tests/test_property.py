@@ -11,10 +11,10 @@ import re
 import numpy as np
 import onnx
 import pytest
+from helpers import Net, assert_close, feed_of
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from masking import masked_dense
-from test_rules import Net, assert_close, feed_of
 
 import onnxprune
 from onnxprune import api

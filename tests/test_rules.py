@@ -9,112 +9,26 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
-from masking import masked_dense
-from onnx import TensorProto, helper, numpy_helper
+from helpers import (
+    Net,
+    const_input,
+    feed_of,
+    frozen_slots,
+    group_with,
+    grouped_slots,
+    initializers,
+    mask_equivalent,
+    zero_rows,
+)
+from onnx import helper, numpy_helper
 
 import onnxprune
-from onnxprune import api
-from onnxprune.analyze import Analysis, CoupledGroup
-from onnxprune.capture import input_feed
+from onnxprune.analyze import CoupledGroup
 from onnxprune.slots import Slot
 from onnxprune.verify import run
 
-OPSET = 17
-IR_VERSION = 8  # onnxruntime does not read the newest IR versions onnx.helper writes by default
-
-
-class Net:
-    """A tiny ONNX graph builder: tensors are names, weights come from a seeded numpy RNG.
-
-    ``conv(x, ..., name="c1")`` names its weight ``c1.w``, its bias ``c1.b`` and its output ``c1``.
-    """
-
-    def __init__(self, channels: int = 4, hw: int = 8, seed: int = 0, opset: int = OPSET):
-        self.rng = np.random.default_rng(seed)
-        self.opset = opset
-        self.channels, self.hw = channels, hw
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.domains: set[str] = set()
-        self.count = 0
-
-    def fresh(self, prefix: str) -> str:
-        self.count += 1
-        return f"{prefix}_{self.count}"
-
-    def const(self, name: str, values, dtype=np.float32) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
-        return name
-
-    def weight(self, name: str, shape: tuple[int, ...], fan_in: int) -> str:
-        return self.const(name, self.rng.standard_normal(shape) / np.sqrt(max(fan_in, 1)))
-
-    def node(self, op: str, inputs: list[str], out: str | None = None, n_out: int = 1,
-             domain: str | None = None, **attrs) -> str | list[str]:
-        outs = [out] if out is not None else [self.fresh(op.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=self.fresh(f"n_{op}"), domain=domain, **attrs))
-        if domain:
-            self.domains.add(domain)
-        return outs[0] if len(outs) == 1 else outs
-
-    def conv(self, x: str, cin: int, cout: int, k: int = 3, bias: bool = True, group: int = 1,
-             name: str | None = None) -> str:
-        name = name or self.fresh("conv")
-        w = self.weight(f"{name}.w", (cout, cin // group, k, k), cin // group * k * k)
-        inputs = [x, w]
-        if bias:
-            inputs.append(self.const(f"{name}.b", self.rng.standard_normal(cout) * 0.1))
-        return self.node("Conv", inputs, out=name, kernel_shape=[k, k], pads=[k // 2] * 4, group=group)
-
-    def bn(self, x: str, c: int, name: str | None = None) -> str:
-        name = name or self.fresh("bn")
-        params = [self.const(f"{name}.scale", self.rng.uniform(0.5, 1.5, c)),
-                  self.const(f"{name}.bias", self.rng.standard_normal(c) * 0.1),
-                  self.const(f"{name}.mean", self.rng.standard_normal(c) * 0.1),
-                  self.const(f"{name}.var", self.rng.uniform(0.5, 2.0, c))]
-        return self.node("BatchNormalization", [x, *params], out=name, epsilon=1e-5)
-
-    def relu(self, x: str) -> str:
-        return self.node("Relu", [x])
-
-    def ints(self, name: str, values) -> str:
-        return self.const(name, values, dtype=np.int64)
-
-    def reshape(self, x: str, shape, name: str | None = None) -> str:
-        name = name or self.fresh("reshape")
-        return self.node("Reshape", [x, self.ints(f"{name}.shape", shape)], out=name)
-
-    def head(self, x: str, c: int, classes: int = 10, out: str = "y") -> str:
-        """GlobalAveragePool + Flatten + Gemm(transB=1) to ``classes`` logits."""
-        flat = self.node("Flatten", [self.node("GlobalAveragePool", [x])], axis=1)
-        return self.node("Gemm", [flat, self.weight("fc.w", (classes, c), c),
-                                  self.const("fc.b", self.rng.standard_normal(classes) * 0.1)],
-                         out=out, transB=1)
-
-    def model(self, outputs: dict[str, list[int]] | None = None) -> onnx.ModelProto:
-        outputs = outputs or {"y": [1, 10]}
-        graph = helper.make_graph(
-            self.nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, self.channels, self.hw,
-                                                                                      self.hw])],
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, shape) for o, shape in outputs.items()], self.inits)
-        opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, 1) for d in sorted(self.domains)]
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxprune-tests")
-        model.ir_version = IR_VERSION
-        onnx.checker.check_model(model)
-        return model
-
-
 # --- checks shared by the tests ---------------------------------------------------------------
-
-
-def feed_of(model: onnx.ModelProto, seed: int = 3) -> dict[str, np.ndarray]:
-    return input_feed(gs.import_onnx(model), seed=seed)
-
-
-def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
 def node_of(model: onnx.ModelProto, output: str) -> onnx.NodeProto:
@@ -126,18 +40,6 @@ def attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
-
-
-def const_input(model: onnx.ModelProto, node: onnx.NodeProto, port: int) -> np.ndarray:
-    return initializers(model)[node.input[port]]
-
-
-def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], atol: float = 2e-4) -> None:
-    assert list(got) == list(want)
-    for key, value in want.items():
-        assert got[key].shape == value.shape, key
-        scale = np.abs(value).max() + 1e-6
-        np.testing.assert_allclose(got[key] / scale, value / scale, atol=atol, err_msg=key)
 
 
 def prune_checked(model: onnx.ModelProto, flops: float = 0.5, **kwargs) -> onnxprune.PruneResult:
@@ -153,39 +55,6 @@ def prune_checked(model: onnx.ModelProto, flops: float = 0.5, **kwargs) -> onnxp
     assert [i.name for i in result.model.graph.input] == [i.name for i in model.graph.input]
     assert result.flops_ratio <= flops + 1e-9
     return result
-
-
-def mask_equivalent(model: onnx.ModelProto, flops: float = 0.5, extra_mask=None):
-    """Prune through analyze/make_plan/apply; the pruned model must equal the masked dense one.
-
-    ``extra_mask(masked_proto, kept)`` zeroes consumers tests/masking.py does not know about.
-    Returns (analysis, kept, pruned model).
-    """
-    analysis = api.analyze(model)
-    plan = api.make_plan(analysis, flops=flops)
-    pruned, kept = api.apply(analysis, plan, model)
-    assert kept, "something must be pruned"
-    masked = masked_dense(analysis, kept, model)
-    if extra_mask is not None:
-        extra_mask(masked, kept)
-    onnx.checker.check_model(pruned)
-    feed = feed_of(model)
-    assert_close(run(pruned, feed), run(masked, feed))
-    return analysis, kept, pruned
-
-
-def group_with(analysis: Analysis, slot: Slot) -> CoupledGroup:
-    found = [g for g in analysis.groups if slot in g.members]
-    assert len(found) == 1, f"{slot} is in {len(found)} groups"
-    return found[0]
-
-
-def frozen_slots(analysis: Analysis) -> set[Slot]:
-    return {s for f in analysis.frozen for s in f.slots}
-
-
-def grouped_slots(analysis: Analysis) -> set[Slot]:
-    return {s for g in analysis.groups for s in g.members}
 
 
 def members(group: CoupledGroup, tensor: str, axis: int) -> np.ndarray:
@@ -620,20 +489,6 @@ def test_layer_norm_over_the_last_axis():
 # --- Pad, Resize, ConvTranspose, Gather ------------------------------------------------------
 
 
-def _zero_rows(name: str, axis: int):
-    """An extra_mask zeroing ``name``'s removed indices on ``axis`` (consumers masking.py skips)."""
-    def mask(masked: onnx.ModelProto, kept) -> None:
-        keep = kept.get(Slot(name, axis))
-        for init in masked.graph.initializer:
-            if init.name == name and keep is not None:
-                values = numpy_helper.to_array(init).copy()
-                index = [slice(None)] * values.ndim
-                index[axis] = np.setdiff1d(np.arange(values.shape[axis]), keep)
-                values[tuple(index)] = 0
-                init.CopyFrom(numpy_helper.from_array(values, name))
-    return mask
-
-
 def test_pad_passes_channels_it_does_not_pad():
     net = Net(channels=4)
     h = net.relu(net.conv("x", 4, 8, 3, name="c1"))
@@ -715,7 +570,7 @@ def test_conv_transpose():
     assert Slot("ct.w", 0) in group_with(analysis, Slot("c1.w", 0)).members
     assert {Slot("ct.w", 1), Slot("ct.b", 0), Slot("c2.w", 1)} <= set(group_with(analysis, Slot("ct", 1)).members)
     # masking.py does not know ConvTranspose sums over its weight's axis 0
-    _, kept, pruned = mask_equivalent(model, 0.5, extra_mask=_zero_rows("ct.w", 0))
+    _, kept, pruned = mask_equivalent(model, 0.5, extra_mask=zero_rows("ct.w", 0))
     w = initializers(pruned)
     assert w["ct.w"].shape[:2] == (w["c1.w"].shape[0], w["ct.b"].shape[0])
     prune_checked(model, 0.5)

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import IR_VERSION, OPSET, is_2_4, mixed_model, nm_layers
 from onnx import TensorProto, helper, numpy_helper
-from test_rules import IR_VERSION, OPSET
-from test_sparsify import is_2_4, mixed_model, nm_layers
 
 import onnxprune
 from onnxprune.obs import magnitude_mask

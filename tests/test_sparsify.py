@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from test_rules import IR_VERSION, OPSET, Net
+from helpers import IR_VERSION, OPSET, is_2_4, mixed_model, nm_layers, one_node_model, ort_run
 
 import onnxprune
 from onnxprune.activations import layer_inputs
@@ -45,27 +43,6 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def one_node_model(op: str, x_shape: tuple[int, ...], inits: dict[str, np.ndarray], inputs: list[str],
-                   **attrs) -> onnx.ModelProto:
-    """A model with a single ``op`` node: input "x", output "y" (same rank, dims left to onnxruntime)."""
-    node = helper.make_node(op, ["x", *inputs], ["y"], name=f"the_{op.lower()}", **attrs)
-    graph = helper.make_graph(
-        [node], "one", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(len(x_shape))])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
-
-
-def ort_run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
 
 
 def only_layer(model: onnx.ModelProto) -> tuple[gs.Graph, Layer]:
@@ -91,38 +68,6 @@ def layer_output(layer: Layer, x: np.ndarray, matrix: np.ndarray, bias: np.ndarr
 def assert_matches(got: np.ndarray, want: np.ndarray) -> None:
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
-
-
-def nm_layers(model: onnx.ModelProto) -> dict[str, tuple[int, np.ndarray]]:
-    """Our own reading of the layers N:M applies to, from the ONNX protos alone.
-
-    {node name: (input channels / K, weight as [outputs * positions, K])}: Conv (group 1, 4-D
-    weight) [Cout, Cin, kh, kw] -> one row per (cout, kh, kw), K = Cin; Gemm (transA 0) and
-    MatMul with a 2-D initializer on the right -> K along the reduction axis.
-    """
-    inits = {t.name: t for t in model.graph.initializer}
-    out: dict[str, tuple[int, np.ndarray]] = {}
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
-            continue
-        if node.input[1] not in inits or node.input[0] in inits:
-            continue
-        w = numpy_helper.to_array(inits[node.input[1]])
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "Conv":
-            if attrs.get("group", 1) != 1 or w.ndim != 4:
-                continue
-            out[node.name] = (w.shape[1], w.transpose(0, 2, 3, 1).reshape(-1, w.shape[1]))
-        elif w.ndim == 2 and not attrs.get("transA", 0):
-            k_major = w if node.op_type == "Gemm" and attrs.get("transB", 0) else w.T
-            out[node.name] = (k_major.shape[1], k_major)
-    return out
-
-
-def is_2_4(rows: np.ndarray) -> bool:
-    """At least 2 zeros in every group of 4 consecutive entries along K."""
-    groups = rows.reshape(rows.shape[0], -1, 4)
-    return bool(((groups == 0).sum(-1) >= 2).all())
 
 
 def check_2_4(model: onnx.ModelProto, result: onnxprune.PruneResult) -> set[str]:
@@ -266,26 +211,6 @@ def resnet18(tmp_path_factory) -> Path:
 def photo_calib() -> CalibrationSet:
     """32 photo crops; prune() holds the last 8 out to measure fidelity."""
     return CalibrationSet({"input": crops(32, seed=0)}, "crops of skimage photos")
-
-
-def mixed_model(dynamic_batch: bool = True) -> onnx.ModelProto:
-    """Conv/Gemm/MatMul layers whose K is or is not a multiple of 4 (3, 8, 6; 12, 10, 8)."""
-    net = Net(channels=3, hw=8, seed=5)
-    h = net.relu(net.conv("x", 3, 8, 3, name="c1"))        # Cin 3: dense
-    h = net.relu(net.conv(h, 8, 6, 3, name="c2"))          # Cin 8: 2:4
-    h = net.relu(net.conv(h, 6, 12, 1, name="c3"))         # Cin 6: dense
-    h = net.node("Flatten", [net.node("GlobalAveragePool", [h])], axis=1)
-    h = net.relu(net.node("Gemm", [h, net.weight("g1.w", (12, 10), 12), net.const("g1.b", np.zeros(10))],
-                          transB=0))                      # K 12: 2:4 (weight [K, N])
-    h = net.relu(net.node("MatMul", [h, net.weight("m1.w", (10, 8), 10)]))  # K 10: dense
-    net.node("Gemm", [h, net.weight("g2.w", (4, 8), 8), net.const("g2.b", np.zeros(4))], out="y",
-             transB=1)                                     # K 8: 2:4 (weight [N, K])
-    model = net.model({"y": [1, 4]})
-    if dynamic_batch:
-        for value in (model.graph.input[0], model.graph.output[0]):
-            value.type.tensor_type.shape.dim[0].dim_param = "batch"
-        onnx.checker.check_model(model)
-    return model
 
 
 # --- 1. layer matrices against onnxruntime ---------------------------------------------------

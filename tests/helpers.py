@@ -20,8 +20,9 @@ from masking import masked_dense
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import api
-from onnxprune.analyze import Analysis, CoupledGroup
-from onnxprune.capture import input_feed
+from onnxprune.analyze import Analysis, CoupledGroup, analyze_graph
+from onnxprune.capture import capture, input_feed
+from onnxprune.load import to_graph, unshare_constants
 from onnxprune.obs import magnitude_mask
 from onnxprune.slots import Slot
 from onnxprune.sparse24 import SPARSE_24
@@ -358,3 +359,21 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("onnxprune: error: "), lines[0]
     return lines[0]
+
+
+# --- the stages on their own -------------------------------------------------------------------
+
+
+def analysis_of(model: onnx.ModelProto) -> Analysis:
+    """The analysis stage alone, as the pipeline runs it: constants folded, shared initializers
+    given a copy per use, every shape read by onnxruntime, the coupled groups found."""
+    graph = to_graph(model)
+    shared = unshare_constants(graph)
+    analysis = analyze_graph(graph, capture(graph))
+    analysis.shared = shared
+    return analysis
+
+
+def shape_lookup(analysis: Analysis):
+    """The cost model's shape lookup: constants from their values, the rest from the capture."""
+    return lambda t: tuple(t.shape) if isinstance(t, gs.Constant) else analysis.capture.shapes.get(t.name)

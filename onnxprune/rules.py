@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .slots import SlotGraph
+from .layers import gemm_k_axis, group, weight_axes
+from .slots import RewriteContext, SlotGraph
 
 TieRule = Callable[[gs.Node, SlotGraph], None]
 RULES: dict[str, TieRule] = {}
@@ -146,68 +147,70 @@ def quantize(node: gs.Node, sg: SlotGraph) -> None:
 @ties("Conv")
 def conv(node: gs.Node, sg: SlotGraph) -> None:
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    groups = node.attrs.get("group", 1)
+    groups = group(node)
+    w_out, w_in = weight_axes(node)
     wshape, xshape = sg.shape(w), sg.shape(x)
     if wshape is None or xshape is None:
         return
     sg.tie(x, 0, y, 0)
-    sg.tie(w, 0, y, 1)
+    sg.tie(w, w_out, y, 1)
     if len(node.inputs) > 2 and node.inputs[2].name:
         sg.tie(node.inputs[2], 0, y, 1)
-    sg.weight(w, 0)
+    sg.weight(w, w_out)
     if groups == 1:
-        sg.tie(x, 1, w, 1)
-        sg.weight(w, 1)
+        sg.tie(x, 1, w, w_in)
+        sg.weight(w, w_in)
         return
-    per_in, per_out = xshape[1] // groups, wshape[0] // groups
+    per_in, per_out = xshape[1] // groups, wshape[w_out] // groups
     if per_in > 1 and sg.choice(2) == 1:
         # Same position in every group: ``group`` stays and every group shrinks alike. Input
         # channel g*per_in + j is the weight's column j in every group; output channel
         # g*per_out + j goes with the same channel of every other group.
-        sg.tie(x, 1, w, 1, np.arange(xshape[1]), np.arange(xshape[1]) % per_in)
-        sg.tie(y, 1, y, 1, np.arange(wshape[0]), np.arange(wshape[0]) % per_out)
-        sg.weight(w, 1)
+        sg.tie(x, 1, w, w_in, np.arange(xshape[1]), np.arange(xshape[1]) % per_in)
+        sg.tie(y, 1, y, 1, np.arange(wshape[w_out]), np.arange(wshape[w_out]) % per_out)
+        sg.weight(w, w_in)
         return
     # Whole groups (depthwise: single channels): every kept group keeps its shape and only
     # ``group`` changes. Tie each group's inputs and outputs into one atom. Where the rest of
     # the graph ties all the groups together anyway (a channel shuffle between grouped
     # convolutions), analyze_graph moves the Conv to the rule above.
-    gid_in, gid_out = np.arange(xshape[1]) // per_in, np.arange(wshape[0]) // per_out
+    gid_in, gid_out = np.arange(xshape[1]) // per_in, np.arange(wshape[w_out]) // per_out
     sg.tie(x, 1, y, 1, np.arange(xshape[1]), gid_in * per_out)
-    sg.tie(y, 1, y, 1, np.arange(wshape[0]), gid_out * per_out)
+    sg.tie(y, 1, y, 1, np.arange(wshape[w_out]), gid_out * per_out)
     if per_in > 1:
         sg.keep_apart(y, 1, np.arange(groups) * per_out)
 
 
 @fixes("Conv")
-def conv_fix(node: gs.Node, ctx) -> None:
+def conv_fix(node: gs.Node, ctx: RewriteContext) -> None:
     """``group`` = input channels / weight columns: fewer groups where whole groups went, the
     same where every group lost the same positions (depthwise: one group per channel)."""
     x, w = node.inputs[0], node.inputs[1]
-    if node.attrs.get("group", 1) > 1 and ctx.changed(x):
-        node.attrs["group"] = ctx.new_shape(x)[1] // ctx.new_shape(w)[1]
+    if group(node) > 1 and ctx.changed(x):
+        node.attrs["group"] = ctx.new_shape(x)[1] // ctx.new_shape(w)[weight_axes(node)[1]]
 
 
 @ties("ConvTranspose")
 def conv_transpose(node: gs.Node, sg: SlotGraph) -> None:
-    if node.attrs.get("group", 1) != 1:
+    if group(node) != 1:
         return
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    w_out, w_in = weight_axes(node)
     sg.tie(x, 0, y, 0)
-    sg.tie(x, 1, w, 0)
-    sg.tie(w, 1, y, 1)
+    sg.tie(x, 1, w, w_in)
+    sg.tie(w, w_out, y, 1)
     if len(node.inputs) > 2 and node.inputs[2].name:
         sg.tie(node.inputs[2], 0, y, 1)
-    sg.weight(w, 0)
-    sg.weight(w, 1)
+    sg.weight(w, w_in)
+    sg.weight(w, w_out)
 
 
 @ties("Gemm")
 def gemm(node: gs.Node, sg: SlotGraph) -> None:
     a, b, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    ta, tb = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
-    a_m, a_k = (1, 0) if ta else (0, 1)
-    b_k, b_n = (1, 0) if tb else (0, 1)
+    a_k = gemm_k_axis(node)
+    a_m = 1 - a_k
+    b_n, b_k = weight_axes(node)
     sg.tie(a, a_m, y, 0)
     sg.tie(a, a_k, b, b_k)
     sg.tie(b, b_n, y, 1)
@@ -378,7 +381,7 @@ def _can_write_shape(node: gs.Node, sg: SlotGraph) -> bool:
 
 
 @fixes("Reshape")
-def reshape_fix(node: gs.Node, ctx) -> None:
+def reshape_fix(node: gs.Node, ctx: RewriteContext) -> None:
     x, y = node.inputs[0], node.outputs[0]
     if not ctx.changed(y) and isinstance(node.inputs[1], gs.Constant):
         return
@@ -417,7 +420,7 @@ def split(node: gs.Node, sg: SlotGraph) -> None:
 
 
 @fixes("Split")
-def split_fix(node: gs.Node, ctx) -> None:
+def split_fix(node: gs.Node, ctx: RewriteContext) -> None:
     rank = len(ctx.old_shape(node.inputs[0]))
     axis = node.attrs.get("axis", 0) % rank
     sizes = np.array([ctx.new_shape(y)[axis] for y in node.outputs], dtype=np.int64)
@@ -472,7 +475,7 @@ def slice_(node: gs.Node, sg: SlotGraph) -> None:
 
 
 @fixes("Slice")
-def slice_fix(node: gs.Node, ctx) -> None:
+def slice_fix(node: gs.Node, ctx: RewriteContext) -> None:
     """Recompute bounds on pruned axes; computed bounds become constants (their values did
     not depend on the batch, and may have been computed from a pruned size)."""
     x = node.inputs[0]
@@ -519,7 +522,7 @@ def pad(node: gs.Node, sg: SlotGraph) -> None:
 
 
 @fixes("Pad")
-def pad_fix(node: gs.Node, ctx) -> None:
+def pad_fix(node: gs.Node, ctx: RewriteContext) -> None:
     for port in (1, 3):  # computed pads/axes: freeze their (batch-independent) values
         if port < len(node.inputs) and node.inputs[port].name and not isinstance(node.inputs[port], gs.Constant):
             value = ctx.fixed(node.inputs[port])
@@ -544,7 +547,7 @@ def resize(node: gs.Node, sg: SlotGraph) -> None:
 
 
 @fixes("Resize")
-def resize_fix(node: gs.Node, ctx) -> None:
+def resize_fix(node: gs.Node, ctx: RewriteContext) -> None:
     sizes = node.inputs[3] if len(node.inputs) > 3 and node.inputs[3].name else None
     y = node.outputs[0]
     if sizes is None or not ctx.changed(y):
@@ -579,7 +582,7 @@ def gather(node: gs.Node, sg: SlotGraph) -> None:
 
 
 @fixes("Gather")
-def gather_fix(node: gs.Node, ctx) -> None:
+def gather_fix(node: gs.Node, ctx: RewriteContext) -> None:
     x = node.inputs[0]
     axis = node.attrs.get("axis", 0) % len(ctx.old_shape(x))
     kept = ctx.kept(x, axis)
@@ -614,7 +617,7 @@ def expand(node: gs.Node, sg: SlotGraph) -> None:
 
 
 @fixes("Expand")
-def expand_fix(node: gs.Node, ctx) -> None:
+def expand_fix(node: gs.Node, ctx: RewriteContext) -> None:
     y = node.outputs[0]
     if not ctx.changed(y) or not isinstance(node.inputs[1], gs.Constant):
         return  # a computed target only holds 1 (keep the input's size) on tied axes

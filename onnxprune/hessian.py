@@ -26,6 +26,12 @@ def hessian(rows: np.ndarray) -> np.ndarray:
     return 2.0 * (x.T @ x)
 
 
+def from_sums(gram: np.ndarray, rows: int) -> np.ndarray:
+    """2 X^T X / rows from a sum X^T X over ``rows`` rows (or a cross term X_p^T X, as
+    ``activations.paired_statistics`` accumulates them)."""
+    return 2.0 * gram / max(rows, 1)
+
+
 def hessian_bytes(layer: Layer) -> float:
     """Memory a layer's Hessian takes (float64, columns x columns)."""
     return 8.0 * layer.columns**2
@@ -62,4 +68,4 @@ def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, n
     return {name: h / max(counts[name], 1) for name, h in sums.items()}
 
 
-__all__ = ["SCORING_BUDGET", "SPARSIFY_BUDGET", "chunks", "hessian", "hessian_bytes", "layer_hessians"]
+__all__ = ["SCORING_BUDGET", "SPARSIFY_BUDGET", "chunks", "from_sums", "hessian", "hessian_bytes", "layer_hessians"]

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from .activations import batch_size_for, batched, paired_statistics
 from .errors import ModelError, UsageError
-from .hessian import SPARSIFY_BUDGET, chunks, layer_hessians
+from .hessian import SPARSIFY_BUDGET, chunks, from_sums, layer_hessians
 from .layers import Layer, find_layers
 from .load import reshare_constants, unshare_constants
 from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
@@ -117,7 +117,7 @@ def _refit_to_dense(ref: Layer, dense_graph: gs.Graph, layer: Layer, graph: gs.G
                     percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """(H of the pruned model's inputs, W' fitted to reproduce the dense layer's outputs)."""
     stats = paired_statistics(dense_graph, graph, [(ref, layer, None)], feeds)[0]
-    hpp, cross = 2.0 * stats.pp / max(stats.rows, 1), 2.0 * stats.pd / max(stats.rows, 1)
+    hpp, cross = from_sums(stats.pp, stats.rows), from_sums(stats.pd, stats.rows)
     damped, _ = damp(hpp, percdamp)
     w_fit = np.linalg.solve(damped, cross @ ref.matrix().astype(np.float64).T).T
     return hpp, w_fit

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 from helpers import mixed_model
 
 from onnxprune.activations import batched, layer_inputs
-from onnxprune.hessian import chunks, hessian, hessian_bytes, layer_hessians
+from onnxprune.hessian import chunks, from_sums, hessian, hessian_bytes, layer_hessians
 from onnxprune.layers import find_layers
 
 
@@ -57,3 +57,9 @@ def test_chunks_that_fill_take_the_layer_that_reaches_the_budget():
     assert chunks([a, b, c, d], 1600.0, fill=True) == [[a, b], [c], [d]]
     assert chunks([a, b, c, d], 1000.0, fill=True) == [[a, b], [c], [d]]
     assert chunks([a, d, b, c], 1000.0, fill=True) == [[a, d], [b, c]]
+
+
+def test_from_sums_normalises_a_gram_sum():
+    gram = np.array([[4.0, 1.0], [1.0, 2.0]])
+    np.testing.assert_array_equal(from_sums(gram, 4), 2 * gram / 4)
+    np.testing.assert_array_equal(from_sums(gram, 0), 2 * gram)  # no rows: no division by zero

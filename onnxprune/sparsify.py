@@ -2,8 +2,8 @@
 by magnitude, Wanda or OBS (the correlation-aware pruner), optionally sequential.
 
 Hessians (``hessian.py``) are accumulated a calibration batch at a time for a chunk of layers
-whose Hessians fit the memory budget; ``sequential`` instead calibrates each layer on the outputs of the layers
-already pruned before it (one pass over the data per layer).
+whose Hessians fit the memory budget; ``sequential`` instead calibrates each layer on the outputs
+of the layers already pruned before it (one pass over the data per layer).
 """
 
 from __future__ import annotations

@@ -13,18 +13,20 @@ __version__ = "0.1.0"
 
 # name -> module that defines it
 _PUBLIC = {
-    "Analysis": "analyze", "CoupledGroup": "analyze", "FrozenGroup": "analyze", "Slot": "analyze",
+    "Analysis": "structure.analyze", "CoupledGroup": "structure.analyze", "FrozenGroup": "structure.analyze",
+    "Slot": "structure.slots",
     "analyze": "api", "bench": "api", "measure_costs": "api", "prune": "api",
     "BenchOptions": "options", "CalibOptions": "options", "ShapeOptions": "options", "SolverOptions": "options",
     "TargetOptions": "options",
-    "Latency": "timing",
-    "Criterion": "criteria",
+    "Latency": "deploy.timing",
+    "Criterion": "ranking.criteria",
     "ModelError": "errors", "OnnxPruneError": "errors", "UsageError": "errors",
     "Pipeline": "pipeline",
-    "plot_sweep": "plots", "to_html": "html",
+    "plot_sweep": "report.plots", "to_html": "report.html",
     "BenchResult": "results", "Costs": "results", "PruneResult": "results", "SweepPoint": "results",
     "SweepResult": "results",
     "sweep": "sweep",
+    "BatchResult": "jobs.batch", "batch": "jobs.batch", "JobOptions": "jobs.tasks",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]

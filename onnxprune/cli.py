@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import OnnxPruneError, UsageError
+from .errors import ModelError, OnnxPruneError, UsageError
 
 if TYPE_CHECKING:  # imported inside main(): a Ctrl-C while they load is then one line, not a traceback
     from rich.console import Console
@@ -81,9 +82,28 @@ fall-back to the CPU.
 
 EPILOG_SWEEP = """examples:
   onnxprune sweep model.onnx --flops 0.9 0.7 0.5   # -> model.sweep/sweep.csv, sweep.json, sweep.png
+  onnxprune sweep model.onnx --flops 0.9 0.7 0.5 --jobs 2            # two local processes
+  onnxprune sweep model.onnx --flops 0.9 0.7 0.5 --ray ray://head:10001   # Ray tasks on a cluster
   onnxprune sweep model.onnx --params 0.8 0.6 --bench      # add onnxruntime CPU latency
   onnxprune sweep model.onnx --flops 0.8 0.6 --calib photos/ --html sweep.html   # fidelity; one HTML page
   onnxprune sweep rec.onnx --flops 0.7 0.5 --input-shape x:1x3x48x320   # free input dims: their size
+
+""" + EXIT_CODES
+
+
+EPILOG_BATCH = """examples:
+  onnxprune batch models.yaml                      # -> models.batch/batch.csv, batch.json, done.json
+  onnxprune batch models.yaml --ray                # on a local Ray (pip install onnxprune[ray])
+  onnxprune batch models.yaml --ray auto --bench-on bench   # this node's cluster; time on nodes with 'bench'
+
+manifest:
+  models: [resnet18.onnx, mobilenet_v2.onnx]      # paths relative to the manifest
+  flops: [0.9, 0.7, 0.5]                          # or params: [...]
+  options: [{round_to: 8}, {round_to: 1}]         # sweep's options; one mapping or a list
+  bench: false
+
+A point that fails twice, or a model that cannot be read, is a row with its error; the others are
+written, and the exit code is then 1.
 
 """ + EXIT_CODES
 
@@ -129,7 +149,7 @@ def _prune_parser() -> argparse.ArgumentParser:
     add_arguments(p.add_argument_group("targets (a structured one, a sparsity one, or one of each)"), TargetOptions)
     add_arguments(p.add_argument_group("calibration data (for --method wanda/obs, --reconstruct, fidelity)"),
                   CalibOptions)
-    add_arguments(p.add_argument_group("solver"), SolverOptions, ("method", "sequential", "reconstruct"))
+    add_arguments(p.add_argument_group("solver"), SolverOptions, ("method", "sequential", "allocate", "reconstruct"))
     add_arguments(p.add_argument_group("recovery without labels (needs --calib and PyTorch: "
                                        "pip install onnxprune[recover])"), SolverOptions, ("distill", "distill_lr"))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
@@ -219,6 +239,31 @@ def _sweep_parser() -> argparse.ArgumentParser:
     latency.add_argument("--bench", action="store_true", help="time the dense and every pruned model, alternating")
     add_arguments(latency, BenchOptions)
     _add_input_shape(p)
+    _add_jobs(p)
+    _add_general(p)
+    return p
+
+
+def _add_jobs(p: argparse.ArgumentParser) -> None:
+    from .jobs import JobOptions
+    from .options import add_arguments
+
+    add_arguments(p.add_argument_group("where the points run (a local process pool by default)"), JobOptions)
+
+
+def _batch_parser() -> argparse.ArgumentParser:
+    p = _parser("onnxprune batch", usage="%(prog)s MANIFEST.yaml [options]",
+                description="Prune every model of a YAML manifest with every option set at every target (one\n"
+                            "analysis per model and option set), as tasks in a local process pool or on Ray, and\n"
+                            "write batch.csv, batch.json and done.json into a folder. A rerun into the same folder\n"
+                            "skips the points done (same model file, options and target) and retries the failed.",
+                epilog=EPILOG_BATCH)
+    p.add_argument("manifest", help="YAML: models, flops or params, options (one set or a list), bench")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", metavar="DIR", help="output folder (default: <manifest stem>.batch/ beside it)")
+    out.add_argument("--force", action="store_true", help="write into an existing non-empty folder that is not "
+                                                          "a batch folder")
+    _add_jobs(p)
     _add_general(p)
     return p
 
@@ -321,10 +366,10 @@ def _configure_logging(quiet: bool, verbose: int, debug: bool) -> None:
 
 def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .api import default_output, prune
-    from .deploy import measure
-    from .load import read_model, write_model
+    from .deploy.runners import measure
+    from .graph.load import read_model, write_model
     from .options import OPTION_CLASSES, values
-    from .report import file_size, print_summary, summary_dict, write_json
+    from .report.text import file_size, print_summary, summary_dict, write_json
 
     dst = Path(args.output) if args.output else default_output(args.model)
     with _outputs(io, args.force, args.model) as outputs:
@@ -350,7 +395,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
                 progress(f"writing the JSON report to {args.report}")
                 write_json(outputs.stage(args.report), {**summary, "plan": result.plan})
             if args.html:
-                from .html import prune_html, write_html
+                from .report.html import prune_html, write_html
 
                 progress(f"writing the HTML report to {args.html}")
                 write_html(outputs.stage(args.html), prune_html(summary))
@@ -368,8 +413,8 @@ def _print_written(io: _Io, paths: list[Path]) -> None:
 
 def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
     from .api import analyze, group_flops_share, measured_at
-    from .report import print_analysis, write_json
-    from .sparse24 import sparse_eligibility
+    from .deploy.sparse24 import sparse_eligibility
+    from .report.text import print_analysis, write_json
 
     with _outputs(io, args.force, args.model) as outputs:
         _claim_optional(outputs, (args.json, "JSON"), (args.html, "HTML report"))
@@ -389,7 +434,7 @@ def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
                 "input_shapes": {k: list(v) for k, v in measured_at(analysis).items()},  # FLOPs measured there
             })
         if args.html:
-            from .html import analysis_html, write_html
+            from .report.html import analysis_html, write_html
 
             log.info("writing the HTML report to %s", args.html)
             write_html(outputs.stage(args.html), analysis_html(analysis, shares, io.command))
@@ -410,12 +455,12 @@ def _sweep_folder(args: argparse.Namespace) -> Path:
 def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from rich.table import Table
 
-    from .load import write_model
+    from .graph.load import write_model
     from .options import values
-    from .plots import sweep_figure
-    from .report import measured_at_line
+    from .report.plots import sweep_figure
+    from .report.text import measured_at_line, write_json
     from .sweep import OPTION_CLASSES as SWEEP_OPTIONS
-    from .sweep import model_filename, sweep
+    from .sweep import model_filename, sweep_outcome
 
     folder = _sweep_folder(args)
     names = ["sweep.csv", "sweep.json", "sweep.png"]
@@ -432,17 +477,20 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
             outputs.claim(args.html, "HTML report")
         _check_fp16(args)
         with _stages(io, args.quiet, f"reading {args.model}") as progress:
-            result = sweep(args.model, flops=args.flops, params=args.params, bench=args.bench,
-                           keep_models=args.save_models, progress=progress, **values(args, *SWEEP_OPTIONS))
+            outcome = sweep_outcome(args.model, flops=args.flops, params=args.params, bench=args.bench,
+                                    keep_models=args.save_models, progress=progress, **values(args, *SWEEP_OPTIONS))
+            result = outcome.result
+            if result is None or not result.points:
+                raise ModelError("every point failed: " + "; ".join(outcome.errors.values()))
             progress(f"writing the results to {folder}")
             result.write_csv(outputs.stage(files["sweep.csv"]))
-            result.write_json(outputs.stage(files["sweep.json"]))
+            write_json(outputs.stage(files["sweep.json"]), {**result.to_dict(), **_errors_dict(outcome.errors)})
             sweep_figure(result).savefig(outputs.stage(files["sweep.png"]), format="png")
             for point in result.points if args.save_models else ():
                 path = files[model_filename(result.metric, point.target)]
                 write_model(point.model, outputs.stage(path), external=result.external_data or None)
             if args.html:
-                from .html import sweep_html, write_html
+                from .report.html import sweep_html, write_html
 
                 progress(f"writing the HTML report to {args.html}")
                 write_html(outputs.stage(args.html), sweep_html(result, io.command))
@@ -472,6 +520,65 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
     _print_written(io, written)
+    _fail_on_errors(io, {"the model" if t is None else f"{result.metric} {t:g}": e for t, e in outcome.errors.items()})
+
+
+def _errors_dict(errors: dict) -> dict:
+    """Failed points for sweep.json: {"errors": {"0.5": "..."}} (key "model": the model itself or its timing)."""
+    return {"errors": {"model" if t is None else f"{t:g}": e for t, e in errors.items()}} if errors else {}
+
+
+def _fail_on_errors(io: _Io, errors: dict[str, str]) -> None:
+    """After the others were written: each failed point ({what: error}) on stderr, then exit code 1."""
+    if not errors:
+        return
+    for what, error in errors.items():
+        _error(io, f"onnxprune: {what} failed: {error}")
+    raise ModelError(f"{len(errors)} point(s) failed; the others were written")
+
+
+def _batch_folder(args: argparse.Namespace) -> Path:
+    if args.out:
+        return Path(args.out)
+    src = Path(args.manifest)
+    return src.with_name(src.stem + ".batch")
+
+
+BATCH_FILES = ("batch.csv", "batch.json", "done.json")
+
+
+def _run_batch(args: argparse.Namespace, io: _Io) -> None:
+    from rich.table import Table
+
+    from .jobs import JobOptions
+    from .jobs.batch import batch
+    from .options import values
+
+    folder = _batch_folder(args)
+    resume = (folder / "done.json").is_file() and {p.name for p in folder.iterdir()
+                                                   if not p.name.startswith(".")} <= set(BATCH_FILES)
+    with _outputs(io, args.force or resume, args.manifest) as outputs:
+        files = dict(zip(BATCH_FILES, outputs.claim_folder(folder, BATCH_FILES), strict=True))
+        with _stages(io, args.quiet, f"reading {args.manifest}") as progress:
+            result = batch(args.manifest, done=folder / "done.json" if resume else None, progress=progress,
+                           **values(args, JobOptions))
+            progress(f"writing the results to {folder}")
+            result.write_csv(outputs.stage(files["batch.csv"]))
+            result.write_json(outputs.stage(files["batch.json"]))
+            result.write_done(outputs.stage(files["done.json"]))
+            written = outputs.publish()
+    if not args.quiet:
+        table = Table(title=f"onnxprune batch ({len(result.rows)} points)")
+        for col in ("model", "options", "target", "FLOPs ratio", "params ratio", "latency ms", "error"):
+            table.add_column(col, justify="left" if col in ("model", "options", "error") else "right")
+        for r in result.rows:
+            flops, params, ms = (r.point.get(k) for k in ("flops_ratio", "params_ratio", "latency_ms"))
+            table.add_row(r.model, json.dumps(r.options, sort_keys=True), f"{r.metric} {r.target:g}",
+                          "-" if flops is None else f"{flops:.3f}", "-" if params is None else f"{params:.3f}",
+                          "-" if ms is None else f"{ms:.2f}", (r.error or ("(earlier run)" if r.reused else "")))
+        io.out.print(table)
+        _print_written(io, written)
+    _fail_on_errors(io, {f"{r.model} {r.metric} {r.target:g}": r.error for r in result.failed})
 
 
 @dataclass
@@ -485,8 +592,8 @@ class Command:
 
 def _run_bench(args: argparse.Namespace, io: _Io) -> None:
     from .api import bench
-    from .load import check_model_path
-    from .report import print_bench, write_json
+    from .graph.load import check_model_path
+    from .report.text import print_bench, write_json
 
     for path in args.models:  # every path before the first is timed
         check_model_path(path)
@@ -520,6 +627,8 @@ COMMANDS: dict[str, Command] = {
                        _analyze_parser, _run_analyze),
     "sweep": Command("prune at several targets from one analysis: CSV, JSON, plot (and HTML)",
                      _sweep_parser, _run_sweep),
+    "batch": Command("models x options x targets from a YAML manifest, in a process pool or on Ray",
+                     _batch_parser, _run_batch),
     "bench": Command("time models on onnxruntime (CPU, CUDA, TensorRT provider) or TensorRT, alternating",
                      _bench_parser, _run_bench),
 }

@@ -1,5 +1,6 @@
 """Sweep: prune one model at several targets, analysing it (and loading calibration data, and
-scoring channels) once, and tabulate/plot what each target costs and keeps.
+scoring channels) once, and tabulate/plot what each target costs and keeps. The targets run in a
+local process pool or on Ray (jobs/), or one after another here (``jobs=1``).
 
 Per target: select -> rewrite -> optional re-fit -> verify -> costs -> optional fidelity; with
 ``bench`` the dense model and every pruned model are then timed alternating in one process.
@@ -7,6 +8,7 @@ Per target: select -> rewrite -> optional re-fit -> verify -> costs -> optional 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -14,7 +16,11 @@ from pathlib import Path
 
 import onnx
 
-from .errors import UsageError
+from .errors import ModelError, UsageError
+from .jobs import JobOptions, Unit, UnitOutcome
+from .jobs import run as run_jobs
+from .jobs.local import default_jobs
+from .jobs.tasks import sweep_point
 from .options import (
     BenchOptions,
     CalibOptions,
@@ -32,10 +38,10 @@ log = logging.getLogger(__name__)
 
 
 SOLVER = ("scope", "criterion", "round_to", "reconstruct")  # the solver options a sweep takes
-OPTION_CLASSES = (CalibOptions, SolverOptions, BenchOptions, ShapeOptions)
+OPTION_CLASSES = (CalibOptions, SolverOptions, BenchOptions, ShapeOptions, JobOptions)
 
 
-def _targets(flops, params) -> tuple[str, list[float]]:
+def parse_targets(flops, params) -> tuple[str, list[float]]:
     if (flops is None) == (params is None):
         raise UsageError("give one kind of target: flops=[...] or params=[...]")
     metric, values = ("flops", flops) if flops is not None else ("params", params)
@@ -47,11 +53,13 @@ def _targets(flops, params) -> tuple[str, list[float]]:
     return metric, values
 
 
-def _options(kwargs: dict) -> tuple[CalibOptions, SolverOptions, BenchOptions, ShapeOptions]:
+def parse_options(kwargs: dict, where: str = "sweep"
+                  ) -> tuple[CalibOptions, SolverOptions, BenchOptions, ShapeOptions, JobOptions]:
+    """The option instances of sweep's keywords; an unknown keyword is a TypeError."""
     known = {n for cls in OPTION_CLASSES for n in names(cls, SOLVER if cls is SolverOptions else None)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise TypeError(f"sweep() got an unexpected keyword argument {unknown[0]!r}")
+        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
     return tuple(cls(**{k: v for k, v in kwargs.items() if k in names(cls)}) for cls in OPTION_CLASSES)
 
 
@@ -68,33 +76,57 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
     ``preprocess``, ``holdout``), ``scope``, ``criterion``, ``round_to`` (default ``"auto"``: the
     channel multiple ``backend`` runs fastest), ``reconstruct``, ``backend``, ``threads``,
     ``batch``, ``fp16`` and ``input_shapes``.
+
+    Where the points run (jobs/): ``jobs`` local processes (default: one per CPU core; 1: one
+    after another in this process), or ``ray=True`` (a local Ray) / ``ray="auto"`` /
+    ``ray="ray://host:10001"`` as Ray tasks; ``bench_on`` pins the timing to Ray nodes with that
+    resource. In processes or on Ray, a point that fails twice is left out with a warning (all
+    failing: ModelError); ``sweep_outcome`` returns the errors too.
     """
-    metric, targets = _targets(flops, params)
-    calib, solver, bench_options, shapes = _options(options)
+    outcome = sweep_outcome(model, flops=flops, params=params, bench=bench, bench_runs=bench_runs,
+                            keep_models=keep_models, progress=progress, **options)
+    if outcome.result is None or not outcome.result.points:
+        raise ModelError("every point failed: " + "; ".join(_failures(outcome.errors)))
+    for line in _failures(outcome.errors):
+        log.warning("sweep point failed: %s", line)
+    return outcome.result
+
+
+def _failures(errors: dict) -> list[str]:
+    return [f"{'model' if t is None else f'{t:g}'}: {e}" for t, e in errors.items()]
+
+
+def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | None = None,
+                  params: list[float] | None = None, bench: bool = False, bench_runs: int = 20,
+                  keep_models: bool = False, progress: Progress | None = None, **options) -> UnitOutcome:
+    """``sweep``, returning the result and the errors of the points that failed ({target: error})."""
+    metric, targets = parse_targets(flops, params)
+    calib, solver, bench_options, shapes, job = parse_options(options)
     calib.validate()
     solver.validate(None, calib)
     bench_options.validate()
+    job.validate()
     step = progress or no_progress
-    pipe = Pipeline(model, calib=calib, solver=solver, bench=bench_options, shapes=shapes, progress=progress)
-    multiples, _ = pipe.multiples()
-    step("scoring channels")
-    pipe.scores()
+    ray_session = contextlib.nullcontext()
+    if job.ray:
+        from .jobs.ray import session
+
+        ray_session = session(job.ray, step)  # Ray starts, its workers import onnxprune, during the analysis
+    with ray_session:
+        pipe = Pipeline(model, calib=calib, solver=solver, bench=bench_options, shapes=shapes, progress=progress)
+        multiples, _ = pipe.multiples()
+        step("scoring channels")
+        pipe.scores()
+        if job.ray or ((job.jobs or default_jobs()) > 1 and len(targets) > 1):
+            unit = Unit("sweep", model, {"calib": calib, "solver": solver, "bench": bench_options, "shapes": shapes},
+                        metric, targets, bench, bench_runs, keep_models, pipe=pipe)
+            return run_jobs([unit], job, step)[0]
     points: list[SweepPoint] = []
     models: list[onnx.ModelProto] = []
     for i, target in enumerate(targets, 1):
         where = f"{metric} {target:g} ({i}/{len(targets)})"
         pipe.step = lambda m, w=where: step(f"{w}: {m}")
-        plan, _ = pipe.plan(**{metric: target}, multiples=multiples)
-        pruned_model = pipe.to_model(pipe.apply(plan))
-        costs = pipe.verify(pruned_model)
-        point = SweepPoint(target=float(target),
-                           flops_ratio=costs.flops / pipe.dense.flops if pipe.dense.flops else 1.0,
-                           params_ratio=costs.params / pipe.dense.params if pipe.dense.params else 1.0,
-                           groups_pruned=int(sum(len(r) > 0 for r in plan.removed)), ratio=float(plan.ratio),
-                           round_to=plan.round_to)
-        quality = pipe.fidelity(pruned_model)
-        if quality is not None:
-            point.top1_agreement, point.cosine, point.kl = quality.top1_agreement, quality.cosine, quality.kl
+        point, pruned_model = sweep_point(pipe, metric, target, multiples)
         log.debug("sweep %s: FLOPs %.4f params %.4f", where, point.flops_ratio, point.params_ratio)
         points.append(point)
         if keep_models:
@@ -110,9 +142,10 @@ def sweep(model: str | os.PathLike | onnx.ModelProto, *, flops: list[float] | No
         for point, latency in zip(points, lat[1:], strict=True):
             point.latency_ms = latency.median_ms
             point.latency_ratio = latency.median_ms / dense_ms if dense_ms else None
-    return SweepResult(metric=metric, dense=pipe.dense, points=points, dense_latency_ms=dense_ms,
-                       calibration=pipe.calib.description if pipe.calib else None, external_data=pipe.external,
-                       input_shapes=measured_at(pipe.analysis), batch=bench_options.batch)
+    return UnitOutcome(SweepResult(metric=metric, dense=pipe.dense, points=points, dense_latency_ms=dense_ms,
+                                   calibration=pipe.calib.description if pipe.calib else None,
+                                   external_data=pipe.external, input_shapes=measured_at(pipe.analysis),
+                                   batch=bench_options.batch))
 
 
 sweep.__signature__ = inspect.Signature(  # help(sweep) and IDEs list every option
@@ -131,7 +164,7 @@ def model_filename(metric: str, target: float) -> str:
 
 def save_models(result: SweepResult, folder: str | os.PathLike) -> list[Path]:
     """Write each point's kept model as ``<metric><target>.onnx`` in ``folder``."""
-    from .load import save_model
+    from .graph.load import save_model
 
     paths = []
     for p in result.points:
@@ -143,4 +176,4 @@ def save_models(result: SweepResult, folder: str | os.PathLike) -> list[Path]:
     return paths
 
 
-__all__ = ["model_filename", "save_models", "sweep"]
+__all__ = ["model_filename", "parse_options", "parse_targets", "save_models", "sweep", "sweep_outcome"]

@@ -13,22 +13,22 @@ from pathlib import Path
 
 import onnx
 
-from . import capture as capture_mod
-from .analyze import Analysis
-from .cost import flops_terms, total
-from .criteria import score_groups
-from .deploy import bench_feed, make_runners, time_runners
+from .calib.obs import Pattern
+from .calib.sparsify import parse_pattern
+from .deploy.runners import bench_feed, make_runners, time_runners
 from .errors import UsageError, first_line
-from .granularity import candidate_multiples, parse_round_to
-from .obs import Pattern
+from .graph import capture as capture_mod
+from .graph.shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
 from .options import OPTION_CLASSES, from_kwargs, signature_parameters
 from .pipeline import Pipeline, analyze_model, costs_of, load_model, measured_at, model_costs, shape_lookup
 from .progress import Progress
+from .ranking.cost import flops_terms, total
+from .ranking.criteria import score_groups
+from .ranking.granularity import candidate_multiples, parse_round_to
+from .ranking.select import select_granular
 from .results import BenchResult, Costs, PruneResult
-from .rewrite import apply_plan
-from .select import Plan, select_granular
-from .shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
-from .sparsify import parse_pattern
+from .structure.analyze import Analysis
+from .structure.rewrite import Plan, apply_plan
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     pipe = Pipeline(model, calib=calib, solver=solver, bench=bench, shapes=shapes, progress=progress)
     steps = solver.distill_steps()
     if steps is not None:
-        from .distill import check_supported
+        from .calib.distill import check_supported
 
         check_supported(pipe.model)
     plan, search, why = None, None, None
@@ -138,8 +138,8 @@ def make_plan(analysis: Analysis, *, flops: float | None = None, params: float |
     ``criterion``: a name registered in criteria.py (l1/l2 weight magnitude, or with calibration
     ``samples`` act or obs). ``round_to``: as in ``prune`` (``plan.round_to`` is the multiple used).
     """
-    from .cost import param_terms
     from .options import check_fraction
+    from .ranking.cost import param_terms
 
     if (flops is None) == (params is None):
         raise UsageError("give exactly one target: flops or params")
@@ -154,7 +154,7 @@ def make_plan(analysis: Analysis, *, flops: float | None = None, params: float |
 
 def apply(analysis: Analysis, plan: Plan, like: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     """The pruned ModelProto (opset, IR version, metadata of ``like``) and kept indices per slot."""
-    from .load import to_model
+    from .graph.load import to_model
 
     graph, kept = apply_plan(analysis, plan)
     return to_model(graph, like), kept

@@ -60,7 +60,7 @@ def positive(text: str) -> int:
 
 def round_to_arg(text: str) -> int | str:
     """argparse type of --round-to: a positive integer or auto."""
-    from .granularity import parse_round_to
+    from .ranking.granularity import parse_round_to
 
     try:
         return parse_round_to(text)
@@ -72,7 +72,7 @@ class InputShapesAction(argparse.Action):
     """``--input-shape NAME:1x3x48x320`` (or ``NAME:1,3,48,320``), repeatable: {name: dims}."""
 
     def __call__(self, parser, namespace, value, option_string=None):
-        from .shapes import parse_input_shape
+        from .graph.shapes import parse_input_shape
 
         name, dims = parse_input_shape(value)
         shapes = dict(getattr(namespace, self.dest, None) or {})
@@ -83,25 +83,31 @@ class InputShapesAction(argparse.Action):
 
 
 def _criteria() -> list[str]:
-    from .criteria import CRITERIA
+    from .ranking.criteria import CRITERIA
 
     return list(CRITERIA)
 
 
 def _scopes() -> tuple[str, ...]:
-    from .select import SCOPES
+    from .ranking.select import SCOPES
 
     return SCOPES
 
 
 def _methods() -> tuple[str, ...]:
-    from .sparsify import METHODS
+    from .calib.sparsify import METHODS
 
     return METHODS
 
 
+def _allocations() -> tuple[str, ...]:
+    from .calib.allocate import ALLOCATIONS
+
+    return ALLOCATIONS
+
+
 def _backends() -> tuple[str, ...]:
-    from .deploy import BACKENDS
+    from .deploy.runners import BACKENDS
 
     return BACKENDS
 
@@ -191,7 +197,7 @@ class CalibOptions(_Options):
 
 
 def _distill_help() -> str:
-    from .distill import DEFAULT_STEPS
+    from .calib.distill import DEFAULT_STEPS
 
     return ("after pruning, fine-tune the kept weights to the dense model's outputs (KL on softened logits) on "
             "augmented calibration samples, early-stopping on the held-out part; masks of --pattern/--sparsity stay "
@@ -214,6 +220,11 @@ class SolverOptions(_Options):
                                 flag="--method", choices=_methods)
     sequential: bool = option(False, "sparsity: calibrate each layer on the outputs of the already-pruned layers "
                                      "before it", flag="--sequential")
+    allocate: str | None = option(None, "--sparsity S per layer: the same S in every layer (uniform), or per-layer "
+                                        "sparsities from each layer's measured error so that the zeroed weights are "
+                                        "S of all sparsified layers' weights at the least summed error (measured; "
+                                        "default with --calib, uniform without; not with --pattern)",
+                                  flag="--allocate", choices=_allocations)
     reconstruct: bool = option(False, "after removing channels, re-fit each layer that lost inputs to the dense "
                                       "layer's outputs, layer by layer on the pruned model's own activations "
                                       "(least squares)", flag="--reconstruct")
@@ -227,17 +238,17 @@ class SolverOptions(_Options):
         return self.method or ("obs" if calib.given else "magnitude")
 
     def distill_steps(self) -> int | None:
-        from .distill import resolve_steps
+        from .calib.distill import resolve_steps
 
         return resolve_steps(self.distill)
 
     def validate(self, target: TargetOptions | None = None, calib: CalibOptions | None = None) -> None:
         """Choices, and what needs calibration data (``calib``) or a weight-sparsity ``target``."""
-        from .criteria import CRITERIA
-        from .distill import require_torch, resolve_lr
+        from .calib.distill import require_torch, resolve_lr
+        from .ranking.criteria import CRITERIA
 
         self.check_choices()
-        from .granularity import parse_round_to
+        from .ranking.granularity import parse_round_to
 
         self.round_to = parse_round_to(self.round_to)
         steps = self.distill_steps()
@@ -246,6 +257,15 @@ class SolverOptions(_Options):
         if target is not None and self.sequential and not target.weight_sparsity:
             raise UsageError("--sequential applies to weight sparsity (--sparsity/--pattern); --reconstruct is "
                              "always sequential")
+        if self.allocate is not None and target is not None and target.sparsity is None:
+            if target.pattern is not None and self.allocate == "measured":
+                raise UsageError(f"--allocate measured applies to --sparsity; --pattern {target.pattern} prunes every "
+                                 "eligible layer alike (use --sparsity S, or leave --allocate out)")
+            if target.pattern is None:
+                raise UsageError("--allocate applies to weight sparsity (--sparsity S)")
+        if calib is not None and not calib.given and self.allocate == "measured":
+            raise UsageError("--allocate measured needs calibration data: give --calib PATH (images, .npy, .npz), "
+                             "or --allocate uniform")
         if calib is not None and not calib.given:
             method = self.resolved_method(calib)
             needs = [what for what, on in (("--method " + method, method != "magnitude"),

@@ -25,21 +25,21 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import capture as capture_mod
-from .analyze import Analysis, analyze_graph
-from .calibration import CalibrationSet, input_specs, load_calibration
-from .cost import CostTerm, flops_terms, param_terms, total
-from .criteria import score_groups
+from .calib.data import CalibrationSet, input_specs, load_calibration
 from .errors import UsageError
-from .granularity import candidate_multiples
-from .load import read_model, refuse_nonfinite, to_graph, to_model, unshare_constants, upgrade
+from .graph import capture as capture_mod
+from .graph.load import read_model, refuse_nonfinite, to_graph, to_model, unshare_constants, upgrade
+from .graph.shapes import announce_guesses, check_input_shapes, resolve_input_shapes
+from .graph.verify import verify
 from .options import BenchOptions, CalibOptions, ShapeOptions, SolverOptions
 from .progress import Progress, no_progress
+from .ranking.cost import CostTerm, flops_terms, param_terms, total
+from .ranking.criteria import score_groups
+from .ranking.granularity import candidate_multiples
+from .ranking.select import select, select_granular
 from .results import ChannelRow, Costs, FrozenRow
-from .rewrite import apply_plan
-from .select import Plan, select, select_granular
-from .shapes import announce_guesses, check_input_shapes, resolve_input_shapes
-from .verify import verify
+from .structure.analyze import Analysis, analyze_graph, measured_at
+from .structure.rewrite import Plan, apply_plan
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
@@ -82,12 +82,6 @@ def costs_of(graph: gs.Graph, cap: capture_mod.Capture, skip: set[str] = frozens
 def model_costs(analysis: Analysis) -> Costs:
     """Dense FLOPs and params of an analysed model (an initializer shared by several layers once)."""
     return costs_of(analysis.graph, analysis.capture, skip=set(analysis.shared))
-
-
-def measured_at(analysis: Analysis) -> dict[str, tuple[int, ...]]:
-    """The shape (batch 1) each graph input had in the run FLOPs are counted from."""
-    return {t.name: tuple(analysis.capture.shapes[t.name]) for t in analysis.graph.inputs
-            if t.name in analysis.capture.shapes}
 
 
 def load_calibration_split(proto: onnx.ModelProto, calib: CalibOptions, input_shapes: dict | None = None
@@ -175,7 +169,7 @@ class Pipeline:
         coarsest multiple that meets them within 2%; a latency target is searched by measuring."""
         multiples = multiples or self.multiples()[0]
         if latency is not None:
-            from .latency import search_latency
+            from .ranking.latency import search_latency
 
             self.step("scoring channels")
             self.scores()
@@ -203,17 +197,21 @@ class Pipeline:
         graph, kept = apply_plan(self.analysis, plan)
         pruned = Pruned(graph, kept, plan)
         if self.solver.reconstruct:
-            from .reconstruct import refit_layers
+            from .calib.reconstruct import refit_layers
 
             pruned.refits = refit_layers(self.analysis.graph, graph, kept, self.samples, progress=progress or self.step)
         return pruned
 
     def sparsify(self, pruned: Pruned, pattern) -> None:
-        """Zero weights of ``pruned`` in place to ``pattern`` (an obs.Pattern) by the solver's method."""
-        from .sparsify import sparsify_graph
+        """Zero weights of ``pruned`` in place to ``pattern`` (an obs.Pattern) by the solver's method;
+        an unstructured target is spread over the layers by the solver's allocation."""
+        from .calib.sparsify import sparsify_graph
 
+        allocate = self.solver.allocate or ("measured" if self.samples is not None and not pattern.structured_nm
+                                            else "uniform")
         pruned.sparsity = sparsify_graph(pruned.graph, pattern, method=self.solver.resolved_method(self.calib_options),
-                                         samples=self.samples, sequential=self.solver.sequential, progress=self.step)
+                                         samples=self.samples, sequential=self.solver.sequential, progress=self.step,
+                                         allocate=allocate)
 
     def to_model(self, pruned: Pruned) -> onnx.ModelProto:
         """The candidate as a ModelProto with the dense model's opsets, IR version and metadata."""
@@ -222,7 +220,7 @@ class Pipeline:
     def distill(self, model: onnx.ModelProto, keep_zeros: bool = False):
         """(model fine-tuned to the dense model's outputs, Distillation) with ``solver.distill`` steps;
         ``keep_zeros`` holds weight-sparsity masks fixed."""
-        from .distill import distill_model
+        from .calib.distill import distill_model
 
         self.step("distilling from the dense model")
         return distill_model(self.model, model, self.calib, self.held_out, steps=self.solver.distill_steps(),
@@ -241,7 +239,7 @@ class Pipeline:
         """Fidelity to the dense model on the held-out calibration samples (None without data)."""
         if self.held_out is None:
             return None
-        from .fidelity import fidelity
+        from .calib.fidelity import fidelity
 
         self.step("measuring fidelity on held-out calibration samples")
         return fidelity(self.model, model, self.held_out.samples)
@@ -249,7 +247,7 @@ class Pipeline:
     def measure(self, models: list[onnx.ModelProto], *, runs: int = 20, min_seconds: float = 0.0,
                 warmup_s: float = 0.3) -> list:
         """Latency of ``models`` on the bench options' backend, alternating in one process."""
-        from .deploy import measure
+        from .deploy.runners import measure
 
         b = self.bench
         return measure(models, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, threads=b.threads,

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from .load import save_model
+from .deploy.timing import Latency
+from .graph.load import save_model
 from .outputs import write_atomic
-from .timing import Latency
 
 if TYPE_CHECKING:  # types only: stage modules import heavier libraries
-    from .distill import Distillation
-    from .fidelity import Fidelity
-    from .latency import LatencySearch
-    from .reconstruct import Refit
-    from .sparsify import SparsifyReport
+    from .calib.distill import Distillation
+    from .calib.fidelity import Fidelity
+    from .calib.reconstruct import Refit
+    from .calib.sparsify import SparsifyReport
+    from .ranking.latency import LatencySearch
 
 
 @dataclass
@@ -118,6 +118,7 @@ class PruneResult:
         if self.sparsity is not None:
             sp = self.sparsity
             out["sparsity"] = {"pattern": sp.pattern, "method": sp.method, "sequential": sp.sequential,
+                               "allocate": sp.allocate, "model_sparsity": sp.model_sparsity,
                                "layers": [vars(layer) for layer in sp.layers],
                                "dense_layers": [{"layer": n, "why": why} for n, why in sp.dense]}
         if self.refits:

@@ -20,13 +20,13 @@ from masking import masked_dense
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import api
-from onnxprune.analyze import Analysis, CoupledGroup, analyze_graph
-from onnxprune.capture import capture, input_feed
-from onnxprune.load import to_graph, unshare_constants
-from onnxprune.obs import magnitude_mask
-from onnxprune.slots import Slot
-from onnxprune.sparse24 import SPARSE_24
-from onnxprune.verify import run
+from onnxprune.calib.obs import magnitude_mask
+from onnxprune.deploy.sparse24 import SPARSE_24
+from onnxprune.graph.capture import capture, input_feed
+from onnxprune.graph.load import to_graph, unshare_constants
+from onnxprune.graph.verify import run
+from onnxprune.structure.analyze import Analysis, CoupledGroup, analyze_graph
+from onnxprune.structure.slots import Slot
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime does not read the newest IR versions onnx.helper writes by default

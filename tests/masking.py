@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.analyze import Analysis
-from onnxprune.load import to_model
-from onnxprune.slots import Slot
+from onnxprune.graph.load import to_model
+from onnxprune.structure.analyze import Analysis
+from onnxprune.structure.slots import Slot
 
 
 def reduction_axes(node: gs.Node) -> list[tuple[gs.Tensor, int]]:

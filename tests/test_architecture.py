@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune import cli, criteria, options
+from onnxprune import cli, options
+from onnxprune.ranking import criteria
 from onnxprune.sweep import OPTION_CLASSES as SWEEP_CLASSES
 from onnxprune.sweep import SOLVER as SWEEP_SOLVER
 
@@ -89,6 +90,35 @@ def test_no_import_cycles():
     edges = {m: {t for t, _ in deps if t != m and t not in entry and t.startswith("onnxprune")}
              for m, deps in _imports().items() if m not in entry}
     assert _cycles(edges) == []
+
+
+# Subpackages in dependency order: each may import those before it (and the base modules), never after.
+LAYERS = ["graph", "structure", "calib", "deploy", "ranking", "report"]
+BASE = {"onnxprune.errors", "onnxprune.progress", "onnxprune.outputs", "onnxprune.options", "onnxprune.results",
+        "onnxprune"}  # leaf modules every layer may use (the package itself: __version__)
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in LAYERS else None
+
+
+def test_subpackages_depend_downwards():
+    """graph <- structure <- calib <- deploy <- ranking <- report <- api/pipeline/cli: a subpackage
+    imports only earlier ones and the base modules (errors, progress, outputs, options, results), so
+    the map in the README is the architecture."""
+    wrong = []
+    for module, deps in _imports().items():
+        layer = _layer(module)
+        if layer is None:
+            continue
+        for target, _ in deps:
+            other = _layer(target)
+            if other is None and target not in BASE and not target.startswith(f"onnxprune.{layer}"):
+                wrong.append((module, target))
+            elif other is not None and LAYERS.index(other) > LAYERS.index(layer):
+                wrong.append((module, target))
+    assert wrong == []
 
 
 def test_no_private_names_across_modules():

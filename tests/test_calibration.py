@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from onnxprune.calibration import CalibrationSet, InputSpec, input_specs, load_calibration, load_preset, preset_names
+from onnxprune.calib.data import CalibrationSet, InputSpec, input_specs, load_calibration, load_preset, preset_names
 from onnxprune.errors import UsageError
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -260,9 +260,9 @@ def test_npz_two_inputs_keep_samples_aligned(tmp_path, two_inputs):
 
 
 def test_random_warns_and_says_so(caplog, two_inputs):
-    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calib.data"):
         calib = load_calibration("random", two_inputs, count=5)
-    assert any(r.levelno == logging.WARNING and r.name == "onnxprune.calibration" for r in caplog.records)
+    assert any(r.levelno == logging.WARNING and r.name == "onnxprune.calib.data" for r in caplog.records)
     assert "RANDOM" in calib.description and "MEANINGLESS" in calib.description
     assert calib.samples["image"].shape == (5, 3, 8, 8) and calib.samples["meta"].shape == (5, 4)
     assert calib.samples["image"].dtype == np.float32
@@ -428,7 +428,7 @@ def test_unreadable_images_skipped_with_a_warning_naming_them(photos, nchw, capl
     Image.new("RGB", (64, 48), (9, 99, 199)).save(whole)
     (photos / "truncated.jpg").write_bytes(whole.read_bytes()[:200])
     whole.unlink()
-    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calib.data"):
         calib = load_calibration(photos, nchw)
     assert len(calib) == 6  # every readable image
     assert np.isfinite(calib.samples["image"]).all()
@@ -460,7 +460,7 @@ def _raw_pixels_warned(caplog) -> list[str]:
 def test_raw_pixel_arrays_warn_they_are_fed_without_preprocessing(tmp_path, nchw, caplog, dtype):
     pixels = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32)).astype(dtype)
     np.save(tmp_path / "pixels.npy", pixels)
-    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calib.data"):
         calib = load_calibration(tmp_path / "pixels.npy", nchw)
     assert calib.samples["image"].dtype == np.float32 and calib.samples["image"].max() == 255
     (line,) = _raw_pixels_warned(caplog)
@@ -469,7 +469,7 @@ def test_raw_pixel_arrays_warn_they_are_fed_without_preprocessing(tmp_path, nchw
 
 def test_raw_pixel_npz_warns_too(tmp_path, nchw, caplog):
     np.savez(tmp_path / "d.npz", x=np.full((2, 3, 32, 32), 200, dtype=np.uint8))
-    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calib.data"):
         load_calibration(tmp_path / "d.npz", nchw)
     assert _raw_pixels_warned(caplog)
 
@@ -479,7 +479,7 @@ def test_no_raw_pixel_warning_for_normalised_data_raw_presets_or_integer_inputs(
     np.save(tmp_path / "norm.npy", rng.standard_normal((4, 3, 32, 32)).astype(np.float32))
     np.save(tmp_path / "pixels.npy", rng.integers(0, 256, (4, 3, 32, 32)).astype(np.uint8))
     u8 = _specs(("u8", TensorProto.UINT8, [None, 3, 32, 32]))
-    with caplog.at_level(logging.WARNING, logger="onnxprune.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onnxprune.calib.data"):
         load_calibration(tmp_path / "norm.npy", nchw)
         load_calibration(tmp_path / "pixels.npy", nchw, preprocess="none")  # the model takes raw pixels
         x = load_calibration(tmp_path / "pixels.npy", u8).samples["u8"]  # an integer input: raw pixels are right

@@ -11,9 +11,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-import onnxprune.capture as capture_module
-from onnxprune.capture import _all_outputs_model, capture, estimated_sizes, input_feed, session
-from onnxprune.load import read_model
+import onnxprune.graph.capture as capture_module
+from onnxprune.graph.capture import _all_outputs_model, capture, estimated_sizes, input_feed, session
+from onnxprune.graph.load import read_model
 
 MODELS = [("resnet18", "legacy"), ("mobilevit_xs", "dynamo")]
 

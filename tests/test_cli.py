@@ -17,7 +17,7 @@ import onnx
 import pytest
 from test_rules import Net, feed_of
 
-from onnxprune.verify import run
+from onnxprune.graph.verify import run
 
 USAGE, MODEL = 2, 1
 

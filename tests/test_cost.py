@@ -10,8 +10,8 @@ import pytest
 from helpers import IR_VERSION, OPSET, Net, analysis_of, one_node_model, shape_lookup
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.cost import flops_terms, param_terms, total
-from onnxprune.slots import Slot
+from onnxprune.ranking.cost import flops_terms, param_terms, total
+from onnxprune.structure.slots import Slot
 
 
 def conv_gemm():

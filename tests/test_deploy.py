@@ -12,11 +12,11 @@ import pytest
 from helpers import Net, cli
 
 import onnxprune
-from onnxprune import latency as latency_mod
 from onnxprune.api import measure_costs
-from onnxprune.deploy import bench_feed, make_runners
+from onnxprune.deploy.runners import bench_feed, make_runners
+from onnxprune.deploy.timing import latency_stats, time_runners
 from onnxprune.errors import ModelError, UsageError
-from onnxprune.timing import latency_stats, time_runners
+from onnxprune.ranking import latency as latency_mod
 
 
 def conv_net(dynamic_batch: bool = False) -> onnx.ModelProto:
@@ -104,7 +104,7 @@ def test_latency_search_brackets_target(monkeypatch, tmp_path, method):
     take microseconds, so real probe timings would make the test a coin toss."""
     import functools
 
-    from onnxprune import latency_model
+    from onnxprune.ranking import latency_model
 
     def ratios(self, models):
         return 100.0, [100.0 * (0.2 + 0.8 * measure_costs(m).flops / dense_flops) for m in models]
@@ -209,7 +209,7 @@ def test_bench_table_lists_tensorrt_sparse_layers():
     """The table's engine line, from a build report's plain data (the GPU run itself is in test_gpu.py)."""
     from rich.console import Console
 
-    from onnxprune.report import print_bench
+    from onnxprune.report.text import print_bench
     from onnxprune.results import BenchResult
 
     build = {"tensorrt": "10.3", "flags": ["FP16", "SPARSE_WEIGHTS"], "build_s": 12.3,

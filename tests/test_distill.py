@@ -29,14 +29,14 @@ from helpers import Net
 from onnx import numpy_helper
 
 import onnxprune
-from onnxprune.capture import session
+from onnxprune.deploy.sparse24 import sparse_eligibility
 from onnxprune.errors import UsageError
-from onnxprune.sparse24 import sparse_eligibility
+from onnxprune.graph.capture import session
 
 torch = pytest.importorskip("torch", reason="--distill needs torch")
 
-from onnxprune.distill import _Augment  # noqa: E402
-from onnxprune.torchgraph import TorchGraph, unsupported  # noqa: E402
+from onnxprune.calib.distill import _Augment  # noqa: E402
+from onnxprune.calib.torchgraph import TorchGraph, unsupported  # noqa: E402
 
 SIZE = 64
 COUNT = 48  # calibration samples: 36 to train on, 12 held out

@@ -32,8 +32,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune import api
-from onnxprune.slots import Slot
-from onnxprune.verify import run
+from onnxprune.graph.verify import run
+from onnxprune.structure.slots import Slot
 
 
 def check_pruned(model: onnx.ModelProto, flops: float = 0.5, tmp_path: Path | None = None,

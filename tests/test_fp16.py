@@ -1,4 +1,4 @@
-"""FP16 by conversion (onnxprune.fp16), the way TensorRT 11 gets FP16 engines: the float16 model
+"""FP16 by conversion (onnxprune.deploy.fp16), the way TensorRT 11 gets FP16 engines: the float16 model
 keeps float32 inputs and outputs and runs in onnxruntime's CPU provider close to the float32 model.
 
 Real models (slow): resnet50, mobilenet_v2 and vit_b_16 from both exporters, output cosine above
@@ -19,10 +19,10 @@ import pytest
 from helpers import IR_VERSION, conv_model
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxprune.deploy.fp16 import to_float16
+from onnxprune.deploy.sparse24 import carries_24
 from onnxprune.errors import UsageError
-from onnxprune.fp16 import to_float16
-from onnxprune.load import read_model
-from onnxprune.sparse24 import carries_24
+from onnxprune.graph.load import read_model
 
 pytest.importorskip("onnxconverter_common", reason="needs onnxconverter-common (the test and gpu extras)")
 

@@ -1,4 +1,4 @@
-"""The GPU deploy paths (onnxprune.gpu).
+"""The GPU deploy paths (onnxprune.deploy.gpu).
 
 On any machine: the builder settings (pure: flags, workspace, optimization profiles), the parsing
 of TensorRT's sparsity log lines, the atomic engine write, and the clear refusals where
@@ -20,10 +20,9 @@ import pytest
 from helpers import conv_model
 from onnx import TensorProto, helper
 
-from onnxprune import gpu
-from onnxprune.calibration import InputSpec, input_specs
-from onnxprune.errors import ModelError, UsageError
-from onnxprune.gpu import (
+from onnxprune.calib.data import InputSpec, input_specs
+from onnxprune.deploy import gpu
+from onnxprune.deploy.gpu import (
     EngineOptions,
     build_engine,
     builder_settings,
@@ -34,8 +33,9 @@ from onnxprune.gpu import (
     tensorrt_runner,
     time_engine,
 )
-from onnxprune.report import _engine_precision
-from onnxprune.sparse24 import carries_24
+from onnxprune.deploy.sparse24 import carries_24
+from onnxprune.errors import ModelError, UsageError
+from onnxprune.report.text import _engine_precision
 
 F32 = np.dtype(np.float32)
 STATIC = [InputSpec("x", (1, 3, 224, 224), F32)]

@@ -11,9 +11,9 @@ from helpers import cli, small_model
 from onnx import numpy_helper
 
 import onnxprune
-import onnxprune.granularity as granularity
+import onnxprune.ranking.granularity as granularity
 from onnxprune.errors import UsageError
-from onnxprune.granularity import backend_multiple, candidate_multiples, parse_round_to
+from onnxprune.ranking.granularity import backend_multiple, candidate_multiples, parse_round_to
 
 
 @pytest.mark.parametrize(("machine", "features", "multiple"), [

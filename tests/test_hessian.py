@@ -9,9 +9,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from helpers import mixed_model
 
-from onnxprune.activations import batched, layer_inputs
-from onnxprune.hessian import chunks, from_sums, hessian, hessian_bytes, layer_hessians
-from onnxprune.layers import find_layers
+from onnxprune.calib.activations import batched, layer_inputs
+from onnxprune.calib.hessian import chunks, from_sums, hessian, hessian_bytes, layer_hessians
+from onnxprune.graph.layers import find_layers
 
 
 def test_layer_hessians_are_2_xtx_over_rows_of_the_real_inputs():

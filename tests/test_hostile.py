@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune.cli
 from onnxprune.errors import ModelError, OnnxPruneError
-from onnxprune.load import save_model
+from onnxprune.graph.load import save_model
 
 USAGE, MODEL = 2, 1
 
@@ -303,18 +303,18 @@ def test_nan_weight_is_refused_by_the_api_naming_the_initializer():
 
 # Functions of our own pipeline, where the command looks them up, in the order it calls them.
 STAGES = [
-    ("onnxprune.api", "read_model"),        # load
-    ("onnxprune.api", "to_graph"),          # constant folding
-    ("onnxprune.capture", "capture"),       # shapes from onnxruntime
-    ("onnxprune.api", "analyze_graph"),     # coupled groups
-    ("onnxprune.api", "magnitude_scores"),  # score
-    ("onnxprune.api", "select_granular"),   # select
-    ("onnxprune.api", "apply_plan"),        # rewrite
-    ("onnxprune.api", "to_model"),
-    ("onnxprune.api", "verify"),            # verify
-    ("onnxprune.load", "write_model"),      # the model, staged
-    ("onnxprune.deploy", "measure"),        # latency, after the model is staged
-    ("onnxprune.report", "write_json"),     # the report, after the model is staged
+    ("onnxprune.pipeline", "read_model"),   # load
+    ("onnxprune.pipeline", "to_graph"),     # constant folding
+    ("onnxprune.graph.capture", "capture"),       # shapes from onnxruntime
+    ("onnxprune.pipeline", "analyze_graph"),  # coupled groups
+    ("onnxprune.ranking.criteria", "magnitude_scores"),  # score
+    ("onnxprune.pipeline", "select_granular"),  # select
+    ("onnxprune.pipeline", "apply_plan"),   # rewrite
+    ("onnxprune.pipeline", "to_model"),
+    ("onnxprune.pipeline", "verify"),       # verify
+    ("onnxprune.graph.load", "write_model"),      # the model, staged
+    ("onnxprune.deploy.runners", "measure"),        # latency, after the model is staged
+    ("onnxprune.report.text", "write_json"),     # the report, after the model is staged
     ("onnxprune.outputs", "_replace"),      # publishing, halfway: the data file is already in place
 ]
 FAULTS = [RuntimeError("injected fault"), MemoryError(), OSError(28, "No space left on device"),
@@ -325,8 +325,8 @@ FAULTS = [RuntimeError("injected fault"), MemoryError(), OSError(28, "No space l
 @given(stage=st.sampled_from(STAGES), fault=st.sampled_from(FAULTS), after=st.integers(0, 1),
        external=st.booleans(), existing=st.booleans())
 @example(stage=("onnxprune.outputs", "_replace"), fault=FAULTS[2], after=1, external=True, existing=False)
-@example(stage=("onnxprune.report", "write_json"), fault=FAULTS[0], after=0, external=True, existing=True)
-@example(stage=("onnxprune.deploy", "measure"), fault=FAULTS[4], after=0, external=False, existing=False)
+@example(stage=("onnxprune.report.text", "write_json"), fault=FAULTS[0], after=0, external=True, existing=True)
+@example(stage=("onnxprune.deploy.runners", "measure"), fault=FAULTS[4], after=0, external=False, existing=False)
 def test_a_crash_in_any_stage_leaves_no_partial_output(stage: tuple[str, str], fault: BaseException, after: int,
                                                         external: bool, existing: bool,
                                                         monkeypatch: pytest.MonkeyPatch, capsys):
@@ -358,7 +358,7 @@ def test_a_crash_in_any_stage_leaves_no_partial_output(stage: tuple[str, str], f
         args = [str(d / "in.onnx"), "--flops", "0.5", "-o", str(d / "out.onnx"), "-q",
                 "--report", str(d / "report.json")]
         args += ["--force"] if existing else []
-        args += [] if stage == ("onnxprune.deploy", "measure") else ["--no-latency"]
+        args += [] if stage == ("onnxprune.deploy.runners", "measure") else ["--no-latency"]
         capsys.readouterr()
         code = onnxprune.cli.main(args)
         err = capsys.readouterr().err

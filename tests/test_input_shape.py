@@ -25,10 +25,10 @@ import pytest
 
 import onnxprune
 from onnxprune.api import bench, measure_costs, measured_at
-from onnxprune.capture import capture
 from onnxprune.cli import main
 from onnxprune.errors import UsageError
-from onnxprune.shapes import parse_input_shape
+from onnxprune.graph.capture import capture
+from onnxprune.graph.shapes import parse_input_shape
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -295,15 +295,15 @@ def test_guessed_free_dim_is_announced(recogniser, caplog, cli, tmp_path):
     model = recogniser("dynamo")  # height fixed at 48: a guessed width of 224 runs
     with caplog.at_level(logging.WARNING, logger="onnxprune"):
         analysis = onnxprune.analyze(model)
-    warned = [r.getMessage() for r in caplog.records if r.name == "onnxprune.shapes"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "onnxprune.graph.shapes"]
     assert warned == ["input x has free dims [batch,3,48,width]; assumed 224 for width: FLOPs, calibration and "
                       "latency are measured at x[1,3,48,224]; set the size with --input-shape x:1x3x48xW"]
     assert measured_at(analysis) == {"x": (1, 3, 48, 224)}
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="onnxprune"):
         onnxprune.analyze(model, input_shapes={"x": (1, 3, 48, 320)})
-    assert not [r for r in caplog.records if r.name == "onnxprune.shapes"]
+    assert not [r for r in caplog.records if r.name == "onnxprune.graph.shapes"]
     code, out, err = cli(model, "--flops", "0.5", "-o", tmp_path / "p.onnx")  # and on the CLI, on stderr
     assert code == 0
-    assert "WARNING onnxprune.shapes: input x has free dims [batch,3,48,width]; assumed 224" in err
+    assert "WARNING onnxprune.graph.shapes: input x has free dims [batch,3,48,width]; assumed 224" in err
     assert "measured at x[1,3,48,224]" in out

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.capture import session
+from onnxprune.graph.capture import session
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune import latency_model as lm
-from onnxprune.deploy import bench_feed, measure
-from onnxprune.load import read_model
+from onnxprune.deploy.runners import bench_feed, measure
+from onnxprune.graph.load import read_model
 from onnxprune.pipeline import Pipeline
+from onnxprune.ranking import latency_model as lm
 
 ROUND_TO = 16
 
@@ -126,8 +126,8 @@ def _summary_and_html_show_the_table(result) -> None:
 
     from rich.console import Console
 
-    from onnxprune.html import prune_html
-    from onnxprune.report import print_summary, summary_dict
+    from onnxprune.report.html import prune_html
+    from onnxprune.report.text import print_summary, summary_dict
 
     summary = summary_dict(result, None, None)
     target = json.loads(json.dumps(summary))["latency_target"]  # plain data for --report

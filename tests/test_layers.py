@@ -1,4 +1,4 @@
-"""Weight layout (onnxprune/layers.py): which axis of a Conv, ConvTranspose, Gemm or MatMul weight
+"""Weight layout (onnxprune/graph/layers.py): which axis of a Conv, ConvTranspose, Gemm or MatMul weight
 holds the outputs and which the inputs, how ``group`` divides them, and the weight read as a
 matrix; checked by hand on index arrays and against onnxruntime on one-node models."""
 
@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from helpers import one_node_model, ort_run
 
-from onnxprune.layers import (
+from onnxprune.graph.layers import (
     Layer,
     find_layers,
     gemm_k_axis,

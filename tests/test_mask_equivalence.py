@@ -9,9 +9,9 @@ from helpers import CNNS, EXPORTERS
 from masking import masked_dense
 
 from onnxprune import api
-from onnxprune.capture import input_feed
-from onnxprune.load import read_model
-from onnxprune.verify import run
+from onnxprune.graph.capture import input_feed
+from onnxprune.graph.load import read_model
+from onnxprune.graph.verify import run
 
 
 @pytest.mark.slow

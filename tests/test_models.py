@@ -8,7 +8,7 @@ import pytest
 from helpers import CNNS, EXPORTERS, HYBRIDS, TRANSFORMERS
 
 import onnxprune
-from onnxprune.capture import input_feed, session
+from onnxprune.graph.capture import input_feed, session
 
 
 def _run(model: onnx.ModelProto, batch: int = 1) -> dict[str, np.ndarray]:

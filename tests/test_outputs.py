@@ -157,7 +157,7 @@ def test_graphsurgeon_messages_go_to_the_debug_log_not_stdout(capsys, caplog):
 
     import onnx_graphsurgeon as gs
 
-    import onnxprune.load  # noqa: F401  (routes graphsurgeon's logger)
+    import onnxprune.graph.load  # noqa: F401  (routes graphsurgeon's logger)
 
     with caplog.at_level(logging.DEBUG, logger="onnxprune.libraries"):
         gs.logger.G_LOGGER.warning("colored module is not installed")
@@ -348,7 +348,7 @@ def test_sigint_in_a_real_process_at_any_moment(model: Path, tmp_path: Path):
 
 def test_api_writers_are_atomic_and_refuse_special_files(tmp_path: Path):
     from onnxprune.errors import UsageError
-    from onnxprune.load import save_model
+    from onnxprune.graph.load import save_model
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

@@ -19,7 +19,7 @@ from masking import masked_dense
 import onnxprune
 from onnxprune import api
 from onnxprune.errors import ModelError
-from onnxprune.verify import run
+from onnxprune.graph.verify import run
 
 # ONNXPRUNE_EXAMPLES=1000 for a deeper search than the default run's.
 SETTINGS = settings(max_examples=int(os.environ.get("ONNXPRUNE_EXAMPLES", 25)), deadline=None,

@@ -14,10 +14,9 @@ import pytest
 from helpers import analysis_of, feed_of, initializers, ort_run, small_model
 from onnx import numpy_helper
 
-from onnxprune.load import to_model
-from onnxprune.rewrite import apply_plan, kept_indices
-from onnxprune.select import Plan
-from onnxprune.slots import Slot
+from onnxprune.graph.load import to_model
+from onnxprune.structure.rewrite import Plan, apply_plan, kept_indices
+from onnxprune.structure.slots import Slot
 
 REMOVED_C1 = np.array([1, 4, 6])  # of c1's 8 output channels
 REMOVED_C2 = np.array([0, 3])  # of c2's 6

@@ -24,9 +24,9 @@ from helpers import (
 from onnx import helper, numpy_helper
 
 import onnxprune
-from onnxprune.analyze import CoupledGroup
-from onnxprune.slots import Slot
-from onnxprune.verify import run
+from onnxprune.graph.verify import run
+from onnxprune.structure.analyze import CoupledGroup
+from onnxprune.structure.slots import Slot
 
 # --- checks shared by the tests ---------------------------------------------------------------
 

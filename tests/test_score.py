@@ -14,8 +14,8 @@ import pytest
 from helpers import analysis_of, initializers, ort_run, small_model
 
 from onnxprune.errors import ModelError, UsageError
-from onnxprune.score import calibrated_scores, magnitude_scores
-from onnxprune.slots import Slot
+from onnxprune.ranking.score import calibrated_scores, magnitude_scores
+from onnxprune.structure.slots import Slot
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers import Net, analysis_of, shape_lookup
 
-from onnxprune.cost import flops_terms
 from onnxprune.errors import ModelError, UsageError
-from onnxprune.select import Selector, _fill, select
-from onnxprune.slots import Slot
+from onnxprune.ranking.cost import flops_terms
+from onnxprune.ranking.select import Selector, _fill, select
+from onnxprune.structure.slots import Slot
 
 DENSE = 36864 + 73728 + 160
 

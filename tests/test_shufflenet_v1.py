@@ -17,8 +17,8 @@ from masking import masked_dense
 
 import onnxprune
 from onnxprune import api
-from onnxprune.capture import input_feed
-from onnxprune.verify import run
+from onnxprune.graph.capture import input_feed
+from onnxprune.graph.verify import run
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional

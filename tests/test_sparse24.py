@@ -1,4 +1,4 @@
-"""TensorRT 2:4 eligibility read from the ONNX side (onnxprune.sparse24), checked on CPU.
+"""TensorRT 2:4 eligibility read from the ONNX side (onnxprune.deploy.sparse24), checked on CPU.
 
 * One-node graphs for every case the rule distinguishes: Conv input channels 6 / 8, grouped and
   depthwise convs, MatMul with the weight on either side, Gemm with and without transB, a weight
@@ -25,8 +25,8 @@ from helpers import IR_VERSION, OPSET, is_2_4, mixed_model, nm_layers
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.obs import magnitude_mask
-from onnxprune.sparse24 import SPARSE_24, carries_24, carries_pattern, reason_counts, sparse_eligibility
+from onnxprune.calib.obs import magnitude_mask
+from onnxprune.deploy.sparse24 import SPARSE_24, carries_24, carries_pattern, reason_counts, sparse_eligibility
 
 RNG = np.random.default_rng(0)
 

@@ -29,13 +29,13 @@ import pytest
 from helpers import IR_VERSION, OPSET, is_2_4, mixed_model, nm_layers, one_node_model, ort_run
 
 import onnxprune
-from onnxprune.activations import layer_inputs
-from onnxprune.calibration import CalibrationSet
+from onnxprune.calib.activations import layer_inputs
+from onnxprune.calib.data import CalibrationSet
+from onnxprune.calib.hessian import hessian
+from onnxprune.calib.obs import Pattern, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+from onnxprune.calib.sparsify import parse_pattern
 from onnxprune.errors import UsageError
-from onnxprune.hessian import hessian
-from onnxprune.layers import Layer, find_layers
-from onnxprune.obs import Pattern, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
-from onnxprune.sparsify import parse_pattern
+from onnxprune.graph.layers import Layer, find_layers
 
 HW = 64  # input size of the exported torchvision models
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 import onnxprune  # noqa: E402
-from onnxprune.deploy import measure  # noqa: E402
-from onnxprune.load import read_model  # noqa: E402
+from onnxprune.deploy.runners import measure  # noqa: E402
+from onnxprune.graph.load import read_model  # noqa: E402
 
 BARS = {"mobilenet_v2": 1.7, "resnet50": 1.8, "convnext_tiny": 1.8, "vit_b_16": 1.9}
 

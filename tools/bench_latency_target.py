@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import onnxprune  # noqa: E402
 from onnxprune.api import apply, make_plan  # noqa: E402
-from onnxprune.deploy import bench_feed, measure  # noqa: E402
-from onnxprune.granularity import backend_multiple  # noqa: E402
-from onnxprune.latency import search_latency  # noqa: E402
-from onnxprune.latency_model import Knapsack, latency_table  # noqa: E402
-from onnxprune.load import read_model  # noqa: E402
+from onnxprune.deploy.runners import bench_feed, measure  # noqa: E402
+from onnxprune.graph.load import read_model  # noqa: E402
 from onnxprune.options import BenchOptions  # noqa: E402
 from onnxprune.pipeline import Pipeline  # noqa: E402
+from onnxprune.ranking.granularity import backend_multiple  # noqa: E402
+from onnxprune.ranking.latency import search_latency  # noqa: E402
+from onnxprune.ranking.latency_model import Knapsack, latency_table  # noqa: E402
 
 BAND = 0.03
 
@@ -116,7 +116,7 @@ def main() -> None:
 def _fidelity_data(args: argparse.Namespace):
     from bench_fidelity import crops, photos
 
-    from onnxprune.calibration import CalibrationSet
+    from onnxprune.calib.data import CalibrationSet
 
     images = photos()
     return CalibrationSet({"input": crops(images, args.crops)}, f"{args.crops} crops of {len(images)} photos")
@@ -224,9 +224,9 @@ def _build(analysis, plan, dense: onnx.ModelProto, data) -> onnx.ModelProto:
     ``prune(..., reconstruct=True, holdout=0.5)`` does."""
     if data is None:
         return apply(analysis, plan, dense)[0]
-    from onnxprune.load import to_model
-    from onnxprune.reconstruct import refit_layers
-    from onnxprune.rewrite import apply_plan
+    from onnxprune.calib.reconstruct import refit_layers
+    from onnxprune.graph.load import to_model
+    from onnxprune.structure.rewrite import apply_plan
 
     calib, _ = data.split(0.5)
     graph, kept = apply_plan(analysis, plan)
@@ -235,7 +235,7 @@ def _build(analysis, plan, dense: onnx.ModelProto, data) -> onnx.ModelProto:
 
 
 def _fid(dense, model, data):
-    from onnxprune.fidelity import fidelity
+    from onnxprune.calib.fidelity import fidelity
 
     _, held = data.split(0.5)
     return fidelity(dense, model, held.samples)

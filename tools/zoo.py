@@ -210,8 +210,8 @@ def _outside_checks(record: Record, proto, pruned, analysis, kept: dict) -> None
     import onnx_graphsurgeon as gs
     from masking import masked_dense
 
-    from onnxprune.capture import input_feed
-    from onnxprune.verify import run
+    from onnxprune.graph.capture import input_feed
+    from onnxprune.graph.verify import run
 
     feed = input_feed(gs.import_onnx(proto), seed=3)
     outputs = [t.name for t in analysis.graph.outputs]
@@ -261,9 +261,9 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
     """As :func:`evaluate`, yielding each target's Record as soon as it is known."""
     from onnxprune import api
     from onnxprune.errors import ModelError
-    from onnxprune.load import read_model
+    from onnxprune.graph.load import read_model
+    from onnxprune.graph.verify import verify
     from onnxprune.pipeline import costs_of
-    from onnxprune.verify import verify
 
     size = size or export_models.default_input_size(name)
     records = [Record(name, exporter, float(t), size) for t in targets]

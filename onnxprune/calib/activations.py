@@ -1,0 +1,97 @@
+"""Capture layer inputs on calibration data through onnxruntime, a batch at a time.
+
+The requested tensors are added as outputs to a copy of the graph; callers consume each batch
+(accumulating a Hessian, say) before the next one is computed, so memory stays bounded by one
+batch of the requested tensors, never all activations of all layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..graph.capture import session
+from ..graph.layers import MAX_ROWS, Layer, subsample
+
+
+def tap(graph: gs.Graph, names: list[str]):
+    """An onnxruntime session on ``graph`` whose outputs are exactly ``names``."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    del model.graph.output[:]
+    import onnx
+
+    for name in names:
+        model.graph.output.append(onnx.ValueInfoProto(name=name))
+    return session(model)  # onnxruntime keeps every requested output through its fusions
+
+
+def layer_inputs(graph: gs.Graph, names: list[str], batches: Iterable[dict[str, np.ndarray]]
+                 ) -> Iterator[dict[str, np.ndarray]]:
+    """For each calibration batch, the values of the tensors ``names``."""
+    sess = tap(graph, names)
+    for feed in batches:
+        yield dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def batched(samples: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Split {input: [n, ...]} samples into feeds of at most ``batch_size``."""
+    n = len(next(iter(samples.values())))
+    return [{k: v[i:i + batch_size] for k, v in samples.items()} for i in range(0, n, batch_size)]
+
+
+def batch_size_for(graph: gs.Graph, default: int = 16) -> int:
+    """Calibration batch size the model accepts: its static batch (often 1) or ``default``."""
+    for tensor in graph.inputs:
+        dims = tensor.shape or []
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            return dims[0]
+    return default
+
+
+@dataclass
+class PairedStatistics:
+    """Sums over calibration rows for one layer pair: X_p^T X_p, X_p^T X and, when asked, X^T X,
+    where X are the dense layer's input rows and X_p the pruned layer's (``Layer.rows_of``)."""
+
+    pp: np.ndarray
+    pd: np.ndarray
+    dd: np.ndarray | None
+    rows: int
+
+
+def paired_statistics(dense: gs.Graph, pruned: gs.Graph | None, pairs: list[tuple[Layer, Layer, np.ndarray | None]],
+                      feeds: list[dict[str, np.ndarray]], *, ones: bool = False, dense_gram: bool = False
+                      ) -> list[PairedStatistics]:
+    """Statistics for fitting pruned layers to dense outputs, one pass over ``feeds``.
+
+    ``pairs`` holds (dense layer, pruned layer, kept columns). With ``pruned`` given, X_p is what the
+    pruned model feeds its layer (so a fit also corrects the drift of earlier layers); with None,
+    X_p is X's kept columns and the pruned model is not run. ``ones`` appends a ones column to both
+    (a bias). Both sides take the same row subset: ``subsample`` is seeded and the row counts match.
+    """
+    dense_iter = layer_inputs(dense, sorted({ref.x.name for ref, _, _ in pairs}), feeds)
+    pruned_names = sorted({layer.x.name for _, layer, _ in pairs})
+    pruned_iter = layer_inputs(pruned, pruned_names, feeds) if pruned is not None else None
+    stats: list[PairedStatistics | None] = [None] * len(pairs)
+    for dense_vals in dense_iter:
+        pruned_vals = next(pruned_iter) if pruned_iter is not None else None
+        for i, (ref, layer, cols) in enumerate(pairs):
+            xd = subsample(ref.rows_of(dense_vals[ref.x.name]), MAX_ROWS).astype(np.float32, copy=False)
+            xp = (subsample(layer.rows_of(pruned_vals[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
+                  if pruned_vals is not None else xd[:, cols])
+            if ones:
+                column = np.ones((len(xd), 1), np.float32)
+                xd, xp = np.hstack([xd, column]), np.hstack([xp, column])
+            if stats[i] is None:
+                stats[i] = PairedStatistics(np.zeros((xp.shape[1],) * 2), np.zeros((xp.shape[1], xd.shape[1])),
+                                            np.zeros((xd.shape[1],) * 2) if dense_gram else None, 0)
+            s = stats[i]
+            s.pp += xp.T @ xp  # float32 BLAS, float64 sums
+            s.pd += xp.T @ xd
+            if s.dd is not None:
+                s.dd += xd.T @ xd
+            s.rows += len(xp)
+    return stats

@@ -1,0 +1,71 @@
+"""Layer Hessians from calibration data, within a memory budget.
+
+For a layer ``Y = X @ W.T`` (``layers.Layer``), H = 2 X^T X / rows over its input rows
+(``Layer.rows_of``). One pass over the calibration batches accumulates the Hessians of a chunk of
+layers: at most ``layers.MAX_ROWS`` rows per batch and layer (a fixed random subset), float32
+products summed in float64. A Hessian holds 8 * columns^2 bytes, so layers go in chunks that fit
+a memory budget (``chunks``). Weight sparsity (``sparsify.py``) and the calibrated channel
+criteria (``score.py``) take their Hessians from here; ``obs.py`` solves with them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..graph.layers import MAX_ROWS, Layer, subsample
+from .activations import layer_inputs
+
+SPARSIFY_BUDGET = 1e9  # bytes of Hessians one pass accumulates for weight sparsity
+SCORING_BUDGET = 5e8  # and for the calibrated criteria (``score.calibrated_scores``)
+
+
+def hessian(rows: np.ndarray) -> np.ndarray:
+    """2 X^T X of a batch of layer-input rows (float64); sum over batches, divide by the row count."""
+    x = rows.astype(np.float64, copy=False)
+    return 2.0 * (x.T @ x)
+
+
+def from_sums(gram: np.ndarray, rows: int) -> np.ndarray:
+    """2 X^T X / rows from a sum X^T X over ``rows`` rows (or a cross term X_p^T X, as
+    ``activations.paired_statistics`` accumulates them)."""
+    return 2.0 * gram / max(rows, 1)
+
+
+def hessian_bytes(layer: Layer) -> float:
+    """Memory a layer's Hessian takes (float64, columns x columns)."""
+    return 8.0 * layer.columns**2
+
+
+def chunks(layers: list[Layer], budget: float, *, size: int | None = None, fill: bool = False) -> list[list[Layer]]:
+    """The layers, in order, in chunks whose Hessians fit ``budget`` bytes (a layer over it alone
+    gets a chunk of its own) and of at most ``size`` layers. ``fill``: a chunk instead takes layers
+    until it reaches the budget, the one that reaches it included."""
+    out, current, used = [], [], 0.0
+    for layer in layers:
+        cost = hessian_bytes(layer)
+        if current and ((size and len(current) >= size) or (not fill and used + cost > budget)):
+            out.append(current)
+            current, used = [], 0.0
+        current.append(layer)
+        used += cost
+        if fill and used >= budget:
+            out.append(current)
+            current, used = [], 0.0
+    return out + ([current] if current else [])
+
+
+def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """H = 2 X^T X / rows for each layer, one pass over the calibration batches."""
+    names = sorted({layer.x.name for layer in layers})
+    sums = {layer.name: np.zeros((layer.columns, layer.columns)) for layer in layers}
+    counts = dict.fromkeys(sums, 0)
+    for values in layer_inputs(graph, names, feeds):
+        for layer in layers:
+            rows = subsample(layer.rows_of(values[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
+            sums[layer.name] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
+            counts[layer.name] += rows.shape[0]
+    return {name: h / max(counts[name], 1) for name, h in sums.items()}
+
+
+__all__ = ["SCORING_BUDGET", "SPARSIFY_BUDGET", "chunks", "from_sums", "hessian", "hessian_bytes", "layer_hessians"]

@@ -1,0 +1,1 @@
+"""Presenters: text (terminal summary and JSON), html (self-contained reports), plots (matplotlib)."""

@@ -1,0 +1,53 @@
+"""Plots (matplotlib, Agg backend, no pyplot state): the sweep's trade-off curve."""
+
+from __future__ import annotations
+
+import os
+
+from ..outputs import write_atomic
+from ..results import SweepResult
+
+
+def sweep_figure(result: SweepResult):
+    """The trade-off plot as a matplotlib Figure: FLOPs ratio on x; params ratio, top-1 agreement
+    and latency ratio (where measured) on the left axis, KL (where measured) on the right one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pts = sorted(result.points, key=lambda p: p.flops_ratio)
+    x = [p.flops_ratio for p in pts] + [1.0]  # the dense model closes every curve at (1, 1)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(x, [p.params_ratio for p in pts] + [1.0], "o-", label="params ratio")
+    if all(p.latency_ratio is not None for p in pts):
+        ax.plot(x, [p.latency_ratio for p in pts] + [1.0], "s-", label="latency ratio (onnxruntime CPU)")
+    if all(p.top1_agreement is not None for p in pts):
+        ax.plot(x, [p.top1_agreement for p in pts] + [1.0], "^-", label="top-1 agreement")
+    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
+    ax.set_xlabel("FLOPs ratio (pruned / dense)")
+    ax.set_ylabel("ratio to dense")
+    ax.set_xlim(0, 1.05)
+    tops = [v for p in pts for v in (p.params_ratio, p.latency_ratio) if v is not None]
+    ax.set_ylim(0, max([1.1, *(1.05 * v for v in tops)]))
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if all(p.kl is not None for p in pts):
+        ax2 = ax.twinx()
+        (line,) = ax2.plot(x, [p.kl for p in pts] + [0.0], "d--", color="tab:red", label="KL to dense")
+        ax2.set_ylabel("KL divergence (softmax)")
+        ax2.set_ylim(bottom=0)
+        handles, labels = handles + [line], labels + ["KL to dense"]
+    ax.legend(handles, labels, loc="lower right", fontsize="small")
+    ax.set_title(f"onnxprune sweep ({result.metric} targets)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(result: SweepResult, path: str | os.PathLike) -> None:
+    """Write the sweep's trade-off plot as a PNG, atomically."""
+    fig = sweep_figure(result)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+__all__ = ["plot_sweep", "sweep_figure"]

@@ -1,0 +1,214 @@
+"""Report stage: the terminal summary (rich) and the JSON report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..deploy.sparse24 import SparseLayer, reason_counts
+from ..deploy.timing import Latency
+from ..graph.load import model_file_bytes
+from ..graph.shapes import spelled
+from ..outputs import write_atomic
+from ..ranking.granularity import backend_multiple
+from ..results import BenchResult, PruneResult
+from ..structure.analyze import Analysis, measured_at
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes of a model file plus every external data file it names."""
+    return model_file_bytes(path)
+
+
+def human(n: float, unit: str = "") -> str:
+    """``1.23G``: three significant digits and a decimal SI suffix."""
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{suffix}{unit}"
+        n /= 1000
+    return f"{n:.3g}P{unit}"
+
+
+def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
+                 latency: tuple[Latency, Latency] | None, backend: str = "ort-cpu") -> dict[str, Any]:
+    """Everything the summary shows, as plain data (the JSON report adds the plan)."""
+    out = result.to_dict()
+    if sizes:
+        out["file_bytes"] = {"dense": sizes[0], "pruned": sizes[1], "ratio": sizes[1] / sizes[0]}
+    if latency:
+        dense, pruned = latency
+        out["latency_ms"] = {"dense": dense.median_ms, "pruned": pruned.median_ms,
+                             "speedup": dense.median_ms / pruned.median_ms, "runs": dense.runs,
+                             "backend": backend, "batch": dense.batch, "cv": [dense.cv, pruned.cv]}
+    search = result.latency_search
+    if search is not None:
+        if not latency and search.chosen is not None:  # the search's own alternating measurement
+            c = search.chosen
+            out["latency_ms"] = {"dense": c.dense_ms, "pruned": c.pruned_ms, "speedup": c.dense_ms / c.pruned_ms,
+                                 "runs": None, "backend": f"{search.backend}, latency search"}
+    return out
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (a staged file beside it, then renamed)."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+
+
+def measured_at_line(shapes: dict[str, Any], batch: int | None = None) -> str:
+    """``measured at x[1,3,48,320] (FLOPs per sample; latency at batch 1)``: the input sizes FLOPs (and
+    latency, if timed at ``batch``) were measured at."""
+    timed = f"; latency at batch {batch}" if batch else ""
+    return f"measured at {', '.join(spelled(k, v) for k, v in shapes.items())} (FLOPs per sample{timed})"
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The terminal summary of a prune (rich tables) from ``summary_dict``."""
+    table = Table(title="onnxprune summary", show_lines=False)
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("ratio", justify="right")
+    for key, label, unit in (("params", "params", ""), ("flops", "FLOPs", ""), ("file_bytes", "file size", "B")):
+        if key in summary:
+            row = summary[key]
+            table.add_row(label, human(row["dense"], unit), human(row["pruned"], unit), f"{row['ratio']:.3f}")
+    if "latency_ms" in summary:
+        lat = summary["latency_ms"]
+        table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",
+                      f"{lat['speedup']:.2f}x faster")
+    console.print(table)
+    if summary.get("input_shapes"):
+        console.print(measured_at_line(summary["input_shapes"], summary.get("latency_ms", {}).get("batch")),
+                      highlight=False)
+    if "channel_multiple" in summary:
+        m = summary["channel_multiple"]
+        console.print(f"channel counts: multiples of {m['multiple']} ({m['why']})", highlight=False)
+    if "latency_target" in summary:
+        t = summary["latency_target"]
+        c = t["chosen"]
+        console.print(f"latency target {t['target']:g} on {t['backend']}: measured {c['latency_ratio']:.3f} of dense "
+                      f"at FLOPs {c['flops_ratio']:.3f} (round-to {c['round_to']}), {len(t['probes'])} candidates "
+                      "timed", highlight=False)
+        if t.get("method") == "table" and t.get("table"):
+            lt = t["table"]
+            how = "read from the cache" if lt["cached"] else f"measured in {lt['build_s']:.1f} s"
+            console.print(f"  latency table ({lt['nodes']} layers, {lt['probes']} probes, {how}) predicted "
+                          f"{c['predicted_ratio']:.3f}; largest prediction error {t['prediction_error']:.3f}",
+                          highlight=False)
+    if "sparsity" in summary:
+        sp = summary["sparsity"]
+        layers = sp["layers"]
+        errors = [layer["error"] for layer in layers if layer["error"] is not None]
+        mean_err = f", mean layer output error {sum(errors) / len(errors):.4f}" if errors else ""
+        console.print(f"sparsity: {sp['pattern']} by {sp['method']}{' (sequential)' if sp['sequential'] else ''} "
+                      f"in {len(layers)} layers{mean_err}; {len(sp['dense_layers'])} layers stay dense")
+        for entry in sp["dense_layers"][:10]:
+            console.print(f"  dense: {entry['layer']} ({entry['why']})")
+    if "reconstruct" in summary:
+        refits = summary["reconstruct"]
+        before = sum(r["error_before"] for r in refits) / len(refits)
+        after = sum(r["error_after"] for r in refits) / len(refits)
+        console.print(f"reconstruct: {len(refits)} layers re-fitted, "
+                      f"mean layer output error {before:.4f} -> {after:.4f}")
+    if "distill" in summary:
+        console.print(distill_line(summary["distill"]), highlight=False)
+    if "fidelity" in summary:
+        f = summary["fidelity"]
+        console.print(f"fidelity on {f['samples']} held-out samples: top-1 agreement {f['top1_agreement']:.1%}, "
+                      f"cosine {f['cosine']:.4f}, KL {f['kl']:.4g}")
+    if "calibration" in summary:
+        console.print(f"calibration: {summary['calibration']}")
+    groups = summary["groups"]
+    console.print(f"groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen")
+    for frozen in summary["frozen"]:
+        console.print(f"  frozen: {frozen['channels']} channel set(s) at {', '.join(frozen['slots'][:2])}"
+                      f" because of {', '.join(frozen['reasons'])}")
+
+
+def distill_line(d: dict[str, Any]) -> str:
+    """``distill: 300 steps ... held-out KL 0.45 -> 0.08, top-1 agreement 63.3% -> 88.1%``."""
+    how = f"best at step {d['best_step']}" + (", stopped early" if d["stopped_early"] else "")
+    return (f"distill: {d['steps']} of {d['max_steps']} steps ({how}) in {d['seconds']:.0f} s on {d['device']}: "
+            f"held-out KL {d['kl_before']:.4g} -> {d['kl_after']:.4g}, top-1 agreement "
+            f"{d['agreement_before']:.1%} -> {d['agreement_after']:.1%} ({d['held_out']} samples)")
+
+
+def print_analysis(console: Console, analysis: Analysis, flops_share: list[float],
+                   sparse: list[SparseLayer] | None = None) -> None:
+    """The terminal view of an analysis: groups, classes, frozen channels, 2:4 eligibility."""
+    table = Table(title="coupled channel groups")
+    for col in ("#", "class", "channels", "width", "FLOPs share", "first member", "members"):
+        table.add_column(col, justify="right" if col not in ("first member",) else "left")
+    for i, (group, share) in enumerate(zip(analysis.groups, flops_share, strict=True)):
+        first = next(iter(group.members))
+        table.add_row(str(i), str(group.iso_class), str(group.size), str(group.width), f"{share:.1%}",
+                      f"{first.tensor}[{first.axis}]", str(len(group.members)))
+    console.print(table)
+    if measured_at(analysis):
+        console.print(measured_at_line(measured_at(analysis)), highlight=False)
+    classes = len({g.iso_class for g in analysis.groups})
+    console.print(f"{len(analysis.groups)} prunable groups in {classes} isomorphic classes; "
+                  f"{len(analysis.frozen)} frozen")
+    multiple = backend_multiple("ort-cpu")
+    console.print(f"pruning rounds channel counts to multiples of {multiple.multiple} by default "
+                  f"({multiple.reason}; --round-to N to change)", highlight=False)
+    for frozen in analysis.frozen:
+        where = ", ".join(f"{s.tensor}[{s.axis}]" for s in frozen.slots[:2])
+        console.print(f"  frozen: {frozen.channels} channel set(s) at {where} because of {', '.join(frozen.reasons)}")
+    if analysis.no_rule_ops:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(analysis.no_rule_ops.items()))
+        console.print(f"ops without a channel rule (their channels are frozen): {ops}")
+    if sparse is not None:
+        print_sparse_24(console, sparse)
+
+
+def print_sparse_24(console: Console, layers: list[SparseLayer]) -> None:
+    """One line on TensorRT 2:4 eligibility (how many layers, how many carry the pattern), one per
+    reason layers are not eligible."""
+    eligible = [layer for layer in layers if layer.eligible]
+    carrying = sum(layer.carries_24 for layer in eligible)
+    console.print(f"2:4 sparsity (TensorRT): {len(eligible)} of {len(layers)} Conv/MatMul/Gemm layers eligible, "
+                  f"{carrying} already carry the 2:4 pattern", highlight=False)
+    for why, count in sorted(reason_counts(layers).items(), key=lambda item: -item[1]):
+        console.print(f"  not eligible: {count} x {why}", highlight=False)
+
+
+def print_bench(console: Console, result: BenchResult) -> None:
+    """The ``onnxprune bench`` table: trtexec's statistics per model and the ratio to the first."""
+    table = Table(title=f"latency on {result.backend}, batch {result.batch}, {result.threads} thread(s)"
+                        f"{', fp16' if result.fp16 else ''}; models timed alternating")
+    for col in ("model", "median ms", "mean ms", "p90 ms", "p95 ms", "p99 ms", "CV", "runs", "samples/s",
+                "vs first"):  # CV above 10% is marked: the machine is busy, trust the ratios over the times
+        table.add_column(col, justify="left" if col == "model" else "right")
+    short = [Path(n).name for n in result.names]
+    names = short if len(set(short)) == len(short) else result.names
+    for name, lat, ratio in zip(names, result.latencies, result.ratios(), strict=True):
+        table.add_row(name, f"{lat.median_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p95_ms:.3f}",
+                      f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""), str(lat.runs),
+                      f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
+    console.print(table)
+    inputs = [", ".join(spelled(k, v) for k, v in feed.items()) for feed in result.inputs or []]
+    if inputs and len(set(inputs)) == 1:
+        console.print(f"inputs timed at {inputs[0]}", highlight=False)
+    elif inputs:
+        for name, shown in zip(names, inputs, strict=True):
+            console.print(f"{name}: inputs timed at {shown}", highlight=False)
+    for name, build in zip(names, result.engine_reports or [None] * len(names), strict=True):
+        if build:
+            ran = ", ".join(build["ran_sparse"][:8]) + (" ..." if len(build["ran_sparse"]) > 8 else "")
+            console.print(f"{name}: TensorRT {build['tensorrt']} engine ({_engine_precision(build)}), "
+                          f"built in {build['build_s']:.1f} s; {len(build['eligible_sparse'])} layers eligible for "
+                          f"sparse math, {len(build['ran_sparse'])} ran sparse{': ' + ran if ran else ''}",
+                          highlight=False)
+
+
+def _engine_precision(build: dict[str, Any]) -> str:
+    """The engine's precision and its other builder flags, e.g. "FP16, SPARSE_WEIGHTS" (on TensorRT 11
+    FP16 is a float16 model, not a flag)."""
+    flags = [flag for flag in build["flags"] if flag != "FP16"]
+    return ", ".join([build.get("precision") or ("FP16" if "FP16" in build["flags"] else "FP32"), *flags])

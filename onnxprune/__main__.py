@@ -7,6 +7,7 @@ another exception included). (Only the interpreter's own start-up, before
 this file runs, is out of reach.)
 """
 
+import os
 import signal
 import sys
 
@@ -18,6 +19,7 @@ def _interrupted_while_starting(_signum, _frame) -> None:
 
 signal.signal(signal.SIGINT, _interrupted_while_starting)
 
+from onnxprune import cli  # noqa: E402
 from onnxprune.cli import main as _main  # noqa: E402  (after the handler, on purpose)
 from onnxprune.cli import on_sigint  # noqa: E402
 
@@ -30,6 +32,13 @@ def main() -> int:
     except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
         code = 130
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only hide the exit status
+    if cli.SIGINT_SEEN:
+        # CPython marks a KeyboardInterrupt raised inside code it runs for an extension's import as
+        # unhandled even after we caught it, and at exit kills itself with SIGINT (status -2, not
+        # 130). Everything is written or cleaned up by now: leave with our status.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

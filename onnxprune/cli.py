@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ModelError, OnnxPruneError, UsageError
+from .progress import Progress
 
 if TYPE_CHECKING:  # imported inside main(): a Ctrl-C while they load is then one line, not a traceback
     from rich.console import Console
@@ -315,7 +316,7 @@ PIPED_WIDTH = 10_000  # tables take their natural width; nothing is that wide
 
 
 @contextlib.contextmanager
-def _stages(io: _Io, quiet: bool, first: str) -> Iterator[Callable[[str], None]]:
+def _stages(io: _Io, quiet: bool, first: str) -> Iterator[Progress]:
     """A progress callback for the API: logs each stage at INFO (-v shows them) and, on an interactive
     terminal and without -q, shows the current one on a spinner on stderr."""
     spinner = None

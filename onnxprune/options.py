@@ -140,7 +140,8 @@ class TargetOptions(_Options):
                                  flag="--flops", metavar="R", type=fraction)
     params: float | None = option(None, "remove channels: keep at most this fraction of the params",
                                   flag="--params", metavar="R", type=fraction)
-    sparsity: float | None = option(None, "zero this fraction of each layer's weights (unstructured)",
+    sparsity: float | None = option(None, "zero this fraction of the weights of all sparsified layers together "
+                                          "(unstructured; spread by --allocate)",
                                     flag="--sparsity", metavar="S", type=float)
     pattern: str | None = option(None, "keep N of every M weights along the input channels (2:4)",
                                  flag="--pattern", metavar="N:M")

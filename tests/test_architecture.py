@@ -136,6 +136,19 @@ def test_no_private_names_across_modules():
     assert used == []
 
 
+def test_tests_share_builders_through_helpers_only():
+    """No test file imports another test file: shared builders live in tests/helpers.py."""
+    tests = Path(__file__).parent
+    own = {p.stem for p in tests.glob("test_*.py")}
+    wrong = []
+    for path in tests.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            wrong += [(path.name, n) for n in names if n.split(".")[-1] in own]
+    assert wrong == []
+
+
 def _fields(classes, only=None):
     return [f for cls in classes for f in dataclasses.fields(cls)
             if only is None or cls is not options.SolverOptions or f.name in only]

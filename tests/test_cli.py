@@ -7,73 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from test_rules import Net, feed_of
+from helpers import (
+    USAGE,
+    assert_one_line_error,
+    cli,
+    feed_of,
+    save_external,
+    small_model,
+    snapshot,
+    wide_model,
+)
 
 from onnxprune.graph.verify import run
-
-USAGE, MODEL = 2, 1
-
-
-def cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "onnxprune.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def small_model() -> onnx.ModelProto:
-    net = Net(channels=4)
-    h = net.relu(net.conv("x", 4, 8, 3, name="c1"))
-    h = net.relu(net.conv(h, 8, 6, 1, name="c2"))
-    net.head(h, 6)
-    return net.model()
-
-
-def wide_model() -> onnx.ModelProto:
-    """Weights big enough (over 1 KiB each after pruning) to stay external when saved."""
-    net = Net(channels=4)
-    h = net.relu(net.conv("x", 4, 32, 3, name="c1"))
-    h = net.relu(net.conv(h, 32, 32, 3, name="c2"))
-    net.head(h, 32)
-    return net.model()
-
-
-def save_external(model: onnx.ModelProto, path: Path) -> None:
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=0)
-
-
-def frozen_model() -> onnx.ModelProto:
-    """The only conv's output is the graph output: every channel is frozen."""
-    net = Net(channels=4)
-    net.conv("x", 4, 8, 3, name="y")
-    return net.model({"y": [1, 8, 8, 8]})
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every entry under folder (hidden temp files included) with its sha256."""
-    out = {}
-    for path in sorted(folder.rglob("*")):
-        rel = str(path.relative_to(folder))
-        out[rel] = "<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, code: int) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stdout + proc.stderr
-    assert proc.stdout == ""
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("onnxprune: error: "), lines[0]
-    return lines[0]
 
 
 @pytest.fixture

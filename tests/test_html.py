@@ -14,9 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_cli import USAGE, assert_one_line_error, small_model, snapshot
-from test_rules import Net
-from test_sweep import sweep_model
+from helpers import USAGE, Net, assert_one_line_error, small_model, snapshot, sweep_model
 
 import onnxprune
 

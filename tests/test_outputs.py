@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_cli import USAGE, assert_one_line_error, cli, save_external, small_model, snapshot, wide_model
+from helpers import USAGE, assert_one_line_error, cli, save_external, small_model, snapshot, wide_model
 
 import onnxprune.cli
 import onnxprune.outputs

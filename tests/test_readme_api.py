@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import onnx
-from test_rules import Net
+from helpers import Net
 
 import onnxprune
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
-from test_rules import Net
+from helpers import cli, sweep_model
 
 import onnxprune
 from onnxprune import pipeline
@@ -21,26 +18,11 @@ from onnxprune.sweep import save_models
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def sweep_model() -> onnx.ModelProto:
-    net = Net(channels=3, hw=16)
-    h = net.relu(net.conv("x", 3, 16, 3, name="c1"))
-    h = net.relu(net.conv(h, 16, 24, 3, name="c2"))
-    h = net.relu(net.conv(h, 24, 16, 3, name="c3"))
-    net.head(h, 16)
-    return net.model()
-
-
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sweep") / "net.onnx"
     onnx.save(sweep_model(), str(path))
     return path
-
-
-def cli(*args, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "onnxprune.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
 
 
 def check_png(path: Path) -> None:

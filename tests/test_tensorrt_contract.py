@@ -43,7 +43,7 @@ from onnxprune.deploy.gpu import STRONGLY_TYPED_MAJOR, EngineOptions, builder_se
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_CACHE = ROOT / ".cache" / "trt-wheels"
-GPU_PY = ROOT / "onnxprune" / "gpu.py"
+GPU_PY = ROOT / "onnxprune" / "deploy" / "gpu.py"
 
 # major -> the bindings wheel that carries it (the `tensorrt` metapackage's own bindings package).
 WHEELS = {8: "tensorrt-bindings==8.6.*", 10: "tensorrt-cu12-bindings==10.*", 11: "tensorrt-cu13-bindings==11.*"}

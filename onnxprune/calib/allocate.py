@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .obs import damp, inverse_cholesky
+from .obs import damp, inverse_cholesky, obs_column
 
 ALLOCATIONS = ("uniform", "measured")
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # the sparsities each layer is measured at
@@ -103,11 +103,7 @@ def _obs_copies(w: np.ndarray, hinv: np.ndarray, sparsities: list[float], blocks
                 prune1[k] = score[k] <= np.partition(score[k], n - 1)[n - 1]
         prune1 = prune1.reshape(g * rows, i2 - i1)
         for i in range(i2 - i1):
-            q = np.where(prune1[:, i], 0.0, w1[:, i])
-            err = (w1[:, i] - q) / d[i]
-            w1[:, i:] -= np.outer(err, hinv1[i, i:])
-            w1[:, i] = q
-            err1[:, i] = err
+            obs_column(w1, err1, hinv1, d, prune1[:, i], i)
         big[:, i1:i2] = w1
         mask[:, i1:i2] = ~prune1
         big[:, i2:] -= err1 @ hinv[i1:i2, i2:]

@@ -48,6 +48,17 @@ def inverse_cholesky(h: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(hinv).T
 
 
+def obs_column(w1: np.ndarray, err1: np.ndarray, hinv1: np.ndarray, d: np.ndarray, drop: np.ndarray, i: int) -> None:
+    """One OBS step inside a block, in place: zero column ``i`` of ``w1`` where ``drop``, spread the
+    error over the later columns through the inverse Hessian's Cholesky factor ``hinv1`` (diagonal
+    ``d``), and record it in ``err1`` for the update of the columns after the block."""
+    q = np.where(drop, 0.0, w1[:, i])
+    err = (w1[:, i] - q) / d[i]
+    w1[:, i:] -= np.outer(err, hinv1[i, i:])
+    w1[:, i] = q
+    err1[:, i] = err
+
+
 def obs_prune(w: np.ndarray, h: np.ndarray, pattern: Pattern, *, blocksize: int = 128,
               percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Prune ``w`` [rows, cols] given its Hessian; returns (updated weights, kept mask)."""
@@ -77,11 +88,7 @@ def obs_prune(w: np.ndarray, h: np.ndarray, pattern: Pattern, *, blocksize: int 
                 group = w1[:, i:i + pattern.m] ** 2 / d[None, i:i + pattern.m] ** 2
                 lowest = np.argpartition(group, pattern.n - 1, axis=1)[:, :pattern.n]
                 np.put_along_axis(prune1[:, i:i + pattern.m], lowest, True, axis=1)
-            q = np.where(prune1[:, i], 0.0, w1[:, i])
-            err = (w1[:, i] - q) / d[i]
-            w1[:, i:] -= np.outer(err, hinv1[i, i:])
-            w1[:, i] = q
-            err1[:, i] = err
+            obs_column(w1, err1, hinv1, d, prune1[:, i], i)
         w[:, i1:i2] = w1
         mask[:, i1:i2] = ~prune1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]

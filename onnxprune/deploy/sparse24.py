@@ -153,25 +153,21 @@ def _check_matmul(node: gs.Node) -> SparseLayer:
     a, b = _input(node, 0), _input(node, 1)
     if isinstance(a, gs.Constant) and not isinstance(b, gs.Constant):
         return _result(node, 0, "constant on the left (W @ x: only x @ W weights are checked)", None)
-    problem = _weight_problem(b)
-    if problem:
-        return _result(node, 0, problem, None)
-    w = np.asarray(b.values)
-    if w.ndim != 2:
-        return _result(node, 0, f"weight rank {w.ndim} (expected a 2-D [K, N] weight)", None)
-    k = reduction_length(node, w.shape)
-    matrix = _matrix(node, b) if k % 4 == 0 else None
-    return _result(node, k, "" if k % 4 == 0 else f"K not a multiple of 4 ({k})", matrix)
+    return _check_2d_weight(node, b, "a 2-D [K, N] weight")
 
 
 def _check_gemm(node: gs.Node) -> SparseLayer:
-    b = _input(node, 1)
+    return _check_2d_weight(node, _input(node, 1), "a 2-D weight")
+
+
+def _check_2d_weight(node: gs.Node, b, expected: str) -> SparseLayer:
+    """MatMul and Gemm: a constant 2-D weight whose reduction length K is a multiple of 4."""
     problem = _weight_problem(b)
     if problem:
         return _result(node, 0, problem, None)
     w = np.asarray(b.values)
     if w.ndim != 2:
-        return _result(node, 0, f"weight rank {w.ndim} (expected a 2-D weight)", None)
+        return _result(node, 0, f"weight rank {w.ndim} (expected {expected})", None)
     k = reduction_length(node, w.shape)
     matrix = _matrix(node, b) if k % 4 == 0 else None
     return _result(node, k, "" if k % 4 == 0 else f"K not a multiple of 4 ({k})", matrix)

@@ -6,6 +6,7 @@ fields of the option classes in options.py, which the CLI's flags are built from
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -20,7 +21,7 @@ from .errors import UsageError, first_line
 from .graph import capture as capture_mod
 from .graph.shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
 from .options import OPTION_CLASSES, from_kwargs, signature_parameters
-from .pipeline import Pipeline, analyze_model, costs_of, load_model, measured_at, model_costs, shape_lookup
+from .pipeline import Pipeline, analyze_model, costs_of, load_model, load_split, measured_at, model_costs, shape_lookup
 from .progress import Progress
 from .ranking.cost import flops_terms, total
 from .ranking.criteria import score_groups
@@ -41,8 +42,8 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, progress: Progress | Non
 
     ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims (else 224, with a
     warning); FLOPs shares are measured there (``measured_at``)."""
-    proto, _ = load_model(model)
-    return analyze_model(proto, progress, resolve_input_shapes(proto, input_shapes), input_shapes)
+    proto, weights, _ = load_split(model)
+    return analyze_model(proto, progress, resolve_input_shapes(proto, input_shapes), input_shapes, weights)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | None = None, **options) -> PruneResult:
@@ -83,12 +84,13 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     calib.validate()
     solver.validate(target, calib)
     bench.validate()
-    pipe = Pipeline(model, calib=calib, solver=solver, bench=bench, shapes=shapes, progress=progress)
+    pipe = Pipeline(model, calib=calib, solver=solver, bench=bench, shapes=shapes, progress=progress,
+                    kept=target.flops or target.params or 1.0)
     steps = solver.distill_steps()
     if steps is not None:
         from .calib.distill import check_supported
 
-        check_supported(pipe.model)
+        check_supported(pipe.skeleton)
     plan, search, why = None, None, None
     if target.structured:
         pattern_m = parse_pattern(target.pattern).m if target.pattern else None
@@ -104,7 +106,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     if steps is not None:
         model_out, distilled = pipe.distill(model_out, keep_zeros=target.weight_sparsity)
     costs = pipe.verify(model_out)
-    return PruneResult(
+    result = PruneResult(
         model=model_out, dense=pipe.dense, pruned=costs, plan=pipe.kept_indices(pruned),
         groups_found=len(pipe.analysis.groups),
         groups_pruned=int(sum(len(r) > 0 for r in plan.removed)) if plan else 0,
@@ -114,6 +116,9 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         latency_search=search, distillation=distilled, input_shapes=measured_at(pipe.analysis),
         channel_multiple=plan.round_to if plan else 1, channel_multiple_why=why if plan else None,
     )
+    del pipe, pruned
+    gc.collect()  # graphsurgeon graphs are cyclic: uncollected, the dense weights would outlive the call
+    return result
 
 
 prune.__signature__ = inspect.Signature(  # help(prune) and IDEs list every option

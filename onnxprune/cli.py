@@ -154,6 +154,7 @@ def _prune_parser() -> argparse.ArgumentParser:
     add_arguments(p.add_argument_group("recovery without labels (needs --calib and PyTorch: "
                                        "pip install onnxprune[recover])"), SolverOptions, ("distill", "distill_lr"))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
+    add_arguments(p.add_argument_group("memory"), SolverOptions, ("max_memory",))
     latency = p.add_argument_group("latency (--latency target and --bench)")
     latency.add_argument("--bench", action="store_true",
                          help="time the dense and the pruned model, alternating, and show both in the summary")
@@ -236,6 +237,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
     add_arguments(calib, CalibOptions)
     add_arguments(calib, SolverOptions, ("reconstruct",))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
+    add_arguments(p.add_argument_group("memory"), SolverOptions, ("max_memory",))
     latency = p.add_argument_group("latency")
     latency.add_argument("--bench", action="store_true", help="time the dense and every pruned model, alternating")
     add_arguments(latency, BenchOptions)

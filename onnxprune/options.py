@@ -47,6 +47,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def gigabytes(text: str) -> float:
+    """argparse type: a number of GiB > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of GiB, got {text}")
+    return value
+
+
 def positive(text: str) -> int:
     """argparse type: an integer >= 1."""
     try:
@@ -233,6 +244,10 @@ class SolverOptions(_Options):
                                         const=True)
     distill_lr: float | None = option(None, "Adam learning rate of --distill (default 1e-4)", flag="--distill-lr",
                                       metavar="LR", type=float)
+    max_memory: float | None = option(None, "stay within GB GiB of memory: the shape capture, verification and "
+                                            "calibration work in smaller steps to fit, and a model that cannot fit "
+                                            "is refused before any work, naming the stage", flag="--max-memory",
+                                      metavar="GB", type=gigabytes)
 
     def resolved_method(self, calib: CalibOptions) -> str:
         """The weight-sparsity method: as given, else obs with calibration data, magnitude without."""
@@ -252,6 +267,11 @@ class SolverOptions(_Options):
         from .ranking.granularity import parse_round_to
 
         self.round_to = parse_round_to(self.round_to)
+        if self.max_memory is not None:
+            try:
+                gigabytes(str(self.max_memory))
+            except argparse.ArgumentTypeError as exc:
+                raise UsageError(f"max_memory: {exc}") from None
         steps = self.distill_steps()
         if self.distill_lr is not None and steps is None:
             raise UsageError("--distill-lr needs --distill")

@@ -18,6 +18,7 @@ them is computed twice.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field, replace
 
@@ -28,9 +29,19 @@ import onnx_graphsurgeon as gs
 from .calib.data import CalibrationSet, input_specs, load_calibration
 from .errors import UsageError
 from .graph import capture as capture_mod
-from .graph.load import read_model, refuse_nonfinite, to_graph, to_model, unshare_constants, upgrade
+from .graph.load import (
+    read_model,
+    read_split,
+    refuse_nonfinite,
+    split_weights,
+    to_graph,
+    to_model,
+    unshare_constants,
+    upgrade,
+)
 from .graph.shapes import announce_guesses, check_input_shapes, resolve_input_shapes
 from .graph.verify import verify
+from .memory import plan_memory
 from .options import BenchOptions, CalibOptions, ShapeOptions, SolverOptions
 from .progress import Progress, no_progress
 from .ranking.cost import CostTerm, flops_terms, param_terms, total
@@ -49,17 +60,29 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     return read_model(model)
 
 
+def load_split(model: str | os.PathLike | onnx.ModelProto
+               ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
+    """(the model upgraded to a supported opset, without weight bytes; its weights by name; whether
+    the file used external data). From a path the arrays are the only copy of the weights in
+    memory; from a ModelProto they are copies (the proto is the caller's)."""
+    if isinstance(model, onnx.ModelProto):
+        return (*split_weights(upgrade(model)), False)
+    return read_split(model)
+
+
 def analyze_model(proto: onnx.ModelProto, progress: Progress | None = None,
-                  shapes: dict[str, tuple[int, ...]] | None = None, given: dict | None = None) -> Analysis:
+                  shapes: dict[str, tuple[int, ...]] | None = None, given: dict | None = None,
+                  weights: dict[str, np.ndarray] | None = None, group_bytes: float | None = None) -> Analysis:
     """Fold constants, capture every shape at ``shapes`` (resolved from ``given``; warns about guessed
-    sizes once the model ran there) and find the coupled groups."""
+    sizes once the model ran there) and find the coupled groups. ``weights``: the initializers'
+    values of a ``proto`` without them (``load_split``); ``group_bytes``: see ``capture.capture``."""
     step = progress or no_progress
     step("folding constants")
-    graph = to_graph(proto)
+    graph = to_graph(proto, weights)
     refuse_nonfinite(graph)  # a NaN bias: the dense model is broken, a pruned one may look fine
     shared = unshare_constants(graph)
     step("running the model once to read every shape")
-    cap = capture_mod.capture(graph, shapes)
+    cap = capture_mod.capture(graph, shapes, group_bytes=group_bytes)
     announce_guesses(proto, given)
     step("finding coupled channel groups")
     analysis = analyze_graph(graph, cap)
@@ -116,21 +139,36 @@ class Pipeline:
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, *, calib: CalibOptions | None = None,
                  solver: SolverOptions | None = None, bench: BenchOptions | None = None,
-                 shapes: ShapeOptions | None = None, progress: Progress | None = None) -> None:
+                 shapes: ShapeOptions | None = None, progress: Progress | None = None, kept: float = 1.0) -> None:
         self.calib_options = calib or CalibOptions()
         self.solver = solver or SolverOptions()
         self.bench = bench or BenchOptions()
         self.shape_options = shapes or ShapeOptions()
         self.step = progress or no_progress
         given = self.shape_options.input_shapes
-        self.model, self.external = load_model(model)
-        self.shapes = resolve_input_shapes(self.model, given, batch=self.bench.batch)
-        self.calib, self.held_out = load_calibration_split(self.model, self.calib_options, given)
-        self.analysis = analyze_model(self.model, progress, self.shapes, given)
+        self._source = model
+        # --max-memory: refused here, before anything is read, if the model cannot fit; ``kept``
+        # (the target's share, where known) sizes the pruned copy
+        self.memory = plan_memory(model, self.solver.max_memory, kept=kept, calibrated=self.calib_options.given)
+        self._model: onnx.ModelProto | None = None
+        self.skeleton, weights, self.external = load_split(model)
+        self.shapes = resolve_input_shapes(self.skeleton, given, batch=self.bench.batch)
+        self.calib, self.held_out = load_calibration_split(self.skeleton, self.calib_options, given)
+        self.analysis = analyze_model(self.skeleton, progress, self.shapes, given, weights,
+                                      self.memory.capture_group)
+        del weights  # the analysis graph holds them now, and nothing else does
         self.dense = model_costs(self.analysis)
         self.outputs = [t.name for t in self.analysis.graph.outputs]
         self._scores: dict[str, list[np.ndarray]] = {}
         self._terms: dict[str, list[CostTerm]] = {}
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The dense model as a full ModelProto, read when first asked for (fidelity, latency and
+        distillation run on it; pruning itself needs only ``skeleton`` and the analysis graph)."""
+        if self._model is None:
+            self._model = load_model(self._source)[0]
+        return self._model
 
     # --- ranking ---------------------------------------------------------------------------------
 
@@ -186,7 +224,7 @@ class Pipeline:
 
     def build(self, plan: Plan) -> onnx.ModelProto:
         """The rewritten model of ``plan``, nothing else (latency-search candidates)."""
-        return to_model(apply_plan(self.analysis, plan)[0], self.model)
+        return to_model(apply_plan(self.analysis, plan)[0], self.skeleton)
 
     def apply(self, plan: Plan | None, progress: Progress | None = None) -> Pruned:
         """Rewrite the graph by ``plan`` (None: an unchanged copy) and, with ``solver.reconstruct``,
@@ -211,11 +249,11 @@ class Pipeline:
                                             else "uniform")
         pruned.sparsity = sparsify_graph(pruned.graph, pattern, method=self.solver.resolved_method(self.calib_options),
                                          samples=self.samples, sequential=self.solver.sequential, progress=self.step,
-                                         allocate=allocate)
+                                         allocate=allocate, memory_budget=self.memory.hessians)
 
     def to_model(self, pruned: Pruned) -> onnx.ModelProto:
         """The candidate as a ModelProto with the dense model's opsets, IR version and metadata."""
-        return to_model(pruned.graph, self.model)
+        return to_model(pruned.graph, self.skeleton)
 
     def distill(self, model: onnx.ModelProto, keep_zeros: bool = False):
         """(model fine-tuned to the dense model's outputs, Distillation) with ``solver.distill`` steps;
@@ -232,8 +270,11 @@ class Pipeline:
         """Refuse unless ``model`` is a drop-in replacement for the dense one (onnx.checker, onnxruntime
         at batch 1 and 2, same outputs); its costs, measured on it."""
         self.step("verifying with onnx.checker and onnxruntime")
-        graph, cap = verify(model, self.analysis.capture, self.outputs, self.shapes)
-        return costs_of(graph, cap)
+        graph, cap = verify(model, self.analysis.capture, self.outputs, self.shapes, self.memory.capture_group)
+        costs = costs_of(graph, cap)
+        del graph
+        gc.collect()  # the verified graph holds a copy of the pruned weights in cycles: free it now
+        return costs
 
     def fidelity(self, model: onnx.ModelProto):
         """Fidelity to the dense model on the held-out calibration samples (None without data)."""
@@ -278,4 +319,4 @@ class Pipeline:
                 for f in self.analysis.frozen]
 
 
-__all__ = ["Pipeline", "Pruned", "analyze_model", "costs_of", "load_model", "measured_at", "model_costs"]
+__all__ = ["Pipeline", "Pruned", "analyze_model", "costs_of", "load_model", "load_split", "measured_at", "model_costs"]

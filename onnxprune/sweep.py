@@ -37,7 +37,7 @@ from .results import SweepPoint, SweepResult
 log = logging.getLogger(__name__)
 
 
-SOLVER = ("scope", "criterion", "round_to", "reconstruct")  # the solver options a sweep takes
+SOLVER = ("scope", "criterion", "round_to", "reconstruct", "max_memory")  # the solver options a sweep takes
 OPTION_CLASSES = (CalibOptions, SolverOptions, BenchOptions, ShapeOptions, JobOptions)
 
 
@@ -113,7 +113,8 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
 
         ray_session = session(job.ray, step)  # Ray starts, its workers import onnxprune, during the analysis
     with ray_session:
-        pipe = Pipeline(model, calib=calib, solver=solver, bench=bench_options, shapes=shapes, progress=progress)
+        pipe = Pipeline(model, calib=calib, solver=solver, bench=bench_options, shapes=shapes, progress=progress,
+                        kept=max(targets))
         multiples, _ = pipe.multiples()
         step("scoring channels")
         pipe.scores()

@@ -12,8 +12,9 @@ import onnx_graphsurgeon as gs
 import pytest
 
 import onnxprune.graph.capture as capture_module
-from onnxprune.graph.capture import _all_outputs_model, capture, estimated_sizes, input_feed, session
+from onnxprune.graph.capture import _all_outputs_model, capture, estimated_sizes, input_feed
 from onnxprune.graph.load import read_model
+from onnxprune.graph.sessions import shared_session
 
 MODELS = [("resnet18", "legacy"), ("mobilevit_xs", "dynamo")]
 
@@ -25,10 +26,10 @@ def graph(request, export) -> gs.Graph:
 
 
 def test_estimated_sizes_match_the_bytes_onnxruntime_returns(graph: gs.Graph) -> None:
-    model, names = _all_outputs_model(graph)
+    model, weights, names = _all_outputs_model(graph)
     feed = input_feed(graph)
     sizes = estimated_sizes(model, feed, len(graph.outputs))
-    values = session(model).run(names, feed)
+    values = shared_session(model, weights).run(names, feed)
     real = {name: float(np.asarray(v).nbytes) for name, v in zip(names, values, strict=True)}
     known = [n for n in names if n in sizes]
     assert len(known) == len(names), "every tensor gets an estimate (inferred or from its node's inputs)"
@@ -41,8 +42,9 @@ def test_capture_in_many_groups_equals_capture_in_one(graph: gs.Graph, monkeypat
     whole = capture(graph)
     monkeypatch.setattr(capture_module, "CHUNK_BYTES", 2e6)  # a few MB: dozens of groups and sessions
     sessions = []
-    real_session = capture_module.session
-    monkeypatch.setattr(capture_module, "session", lambda model: sessions.append(1) or real_session(model))
+    real_session = capture_module.shared_session
+    monkeypatch.setattr(capture_module, "shared_session",
+                        lambda model, weights: sessions.append(1) or real_session(model, weights))
     split = capture(graph)
     assert len(sessions) > 10, "the small budget must split both runs"
     assert split.shapes == whole.shapes and split.shapes2 == whole.shapes2 and split.dynamic == whole.dynamic

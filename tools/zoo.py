@@ -203,9 +203,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def _outside_checks(record: Record, proto, pruned, analysis, kept: dict) -> None:
+def _outside_checks(record: Record, path: Path, proto, pruned, analysis, kept: dict) -> None:
     """Run the pruned model in a fresh onnxruntime session at batch 1 and 2, compare output
-    shapes with the dense model's, and compare with the masked dense model where that applies."""
+    shapes with the dense model's, and compare with the masked dense model where that applies
+    (``proto``: the dense model without its weights; the file at ``path`` is read whole for the
+    masked model only)."""
     import numpy as np
     import onnx_graphsurgeon as gs
     from masking import masked_dense
@@ -228,7 +230,9 @@ def _outside_checks(record: Record, proto, pruned, analysis, kept: dict) -> None
     record.mask_blockers = mask_blockers(analysis, kept)
     if record.mask_blockers:
         return
-    masked = run(masked_dense(analysis, kept, proto), feed)
+    from onnxprune.graph.load import read_model
+
+    masked = run(masked_dense(analysis, kept, read_model(path)[0]), feed)
     delta = 0.0
     for name in outputs:
         scale = float(np.abs(masked[name]).max()) + 1e-6
@@ -261,9 +265,9 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
     """As :func:`evaluate`, yielding each target's Record as soon as it is known."""
     from onnxprune import api
     from onnxprune.errors import ModelError
-    from onnxprune.graph.load import read_model
+    from onnxprune.graph.shapes import resolve_input_shapes
     from onnxprune.graph.verify import verify
-    from onnxprune.pipeline import costs_of
+    from onnxprune.pipeline import analyze_model, costs_of, load_split
 
     size = size or export_models.default_input_size(name)
     records = [Record(name, exporter, float(t), size) for t in targets]
@@ -284,8 +288,9 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
     start = time.perf_counter()
     _stage("analysing (load, fold, capture, groups)")
     try:
-        proto, _ = read_model(path)
-        analysis = api.analyze(proto)
+        proto, weights, _ = load_split(path)  # as onnxprune reads it: the weights once, in the graph
+        analysis = analyze_model(proto, None, resolve_input_shapes(proto, None), None, weights)
+        del weights
         dense = api.model_costs(analysis)
     except Exception as exc:  # noqa: BLE001 - ModelError or a bug: the record says which
         for r in records:
@@ -314,7 +319,7 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
             r.seconds = analysis_seconds + time.perf_counter() - start
             r.flops_ratio = costs.flops / dense.flops if dense.flops else 1.0
             r.params_ratio = costs.params / dense.params if dense.params else 1.0
-            _outside_checks(r, proto, pruned, analysis, kept)
+            _outside_checks(r, path, proto, pruned, analysis, kept)
         r.status = _judge(r)
         yield r
 

@@ -22,6 +22,7 @@ import onnxruntime as ort
 
 from ..errors import ModelError, first_line
 from .load import save_model
+from .sessions import light_model, shared_session
 from .shapes import GUESS, free_dims, size_failure
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,10 @@ def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0,
     return sess
 
 
-def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, list[str]]:
-    model = gs.export_onnx(graph, do_type_check=False)
+def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[str]]:
+    """(the graph with every tensor an output and its large weights as stubs, their arrays, the
+    output names)"""
+    model, weights = light_model(graph)
     present = {o.name for o in model.graph.output}
     names = []
     for node in graph.nodes:
@@ -122,7 +125,7 @@ def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, list[str]]:
                 present.add(out.name)
     for name in names:
         model.graph.output.append(onnx.ValueInfoProto(name=name))
-    return model, [o.name for o in model.graph.output]
+    return model, weights, [o.name for o in model.graph.output]
 
 
 SMALL = 64  # run-time values up to this many elements are kept (shape arithmetic, bounds, scales)
@@ -153,11 +156,13 @@ class _GroupSessions:
 
     onnxruntime keeps every graph output alive to the end of a run, whatever a run fetches, so
     bounding memory takes a session whose outputs are only the group. The latest session is kept:
-    a model small enough for one group runs both captures on one session.
+    a model small enough for one group runs both captures on one session. The sessions read the
+    graph's own weight arrays (``sessions.shared_session``), so a new one costs no copy of them.
     """
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> None:
         self.model = model
+        self.weights = weights
         self.group: list[str] | None = None
         self.sess: ort.InferenceSession | None = None
 
@@ -166,7 +171,7 @@ class _GroupSessions:
             self.sess = None  # free the previous session's weights and buffers before the next one
             del self.model.graph.output[:]
             self.model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in group)
-            self.sess = session(self.model)  # onnxruntime keeps every requested output through its fusions
+            self.sess = shared_session(self.model, self.weights)
             self.group = group
         return self.sess
 
@@ -250,7 +255,7 @@ def estimated_sizes(model: onnx.ModelProto, feed: dict[str, np.ndarray], outputs
 
 
 def capture(graph: gs.Graph, shapes: dict[str, tuple[int, ...]] | None = None,
-            second_inputs: dict[str, tuple[int, ...]] | None = None) -> Capture:
+            second_inputs: dict[str, tuple[int, ...]] | None = None, group_bytes: float | None = None) -> Capture:
     """Run the graph twice with every tensor as an output; record shapes and dynamic axes.
 
     ``shapes`` (input name -> dims, see ``shapes.resolve_input_shapes``) sizes the free dims of the
@@ -258,15 +263,17 @@ def capture(graph: gs.Graph, shapes: dict[str, tuple[int, ...]] | None = None,
     ``second_inputs`` (another capture's ``second_inputs``) makes the second run at exactly those
     sizes, without trying others: verify runs a pruned model where the dense model ran.
     A first run that fails while some input has a free dim other than the batch is a usage error
-    (the size may be wrong for the model) that says how to give the size.
+    (the size may be wrong for the model) that says how to give the size. ``group_bytes`` (default
+    ``CHUNK_BYTES``) bounds the activations one run fetches: less memory, more runs.
     """
-    model, names = _all_outputs_model(graph)
+    group_bytes = group_bytes or CHUNK_BYTES
+    model, weights, names = _all_outputs_model(graph)
     feed = input_feed(graph, shapes=shapes)
-    first_groups = _groups(names, estimated_sizes(model, feed, len(graph.outputs)), CHUNK_BYTES)
+    first_groups = _groups(names, estimated_sizes(model, feed, len(graph.outputs)), group_bytes)
     if len(first_groups) > 1:
         log.debug("capture: first run in %d groups of outputs to bound memory", len(first_groups))
     try:
-        sessions = _GroupSessions(model)
+        sessions = _GroupSessions(model, weights)
         first = _run(sessions, first_groups, feed, frozenset(t.name for t in graph.outputs))
     except Exception as exc:
         failed = exc.__cause__ if isinstance(exc, _RunFailed) else exc
@@ -274,7 +281,7 @@ def capture(graph: gs.Graph, shapes: dict[str, tuple[int, ...]] | None = None,
         error = size_failure(_input_dims(graph), {k: v.shape for k, v in feed.items()}, reason) \
             if isinstance(exc, _RunFailed) else None
         raise error or ModelError(f"onnxruntime cannot run the model: {reason}") from None
-    groups = _groups(names, {name: seen.nbytes * GROWTH for name, seen in first.items()}, CHUNK_BYTES)
+    groups = _groups(names, {name: seen.nbytes * GROWTH for name, seen in first.items()}, group_bytes)
     if len(groups) > 1:
         log.debug("capture: second run in %d groups of outputs to bound memory", len(groups))
     if second_inputs is not None:

@@ -14,6 +14,7 @@ from onnx import external_data_helper, version_converter
 
 from ..errors import ModelError, UsageError, first_line
 from ..outputs import write_atomic
+from .sessions import make_stub, save_stubbed
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,90 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     model can keep the same layout).
     """
     path = check_model_path(path)
+    model = _load_proto(path)
+    external = uses_external_data(model)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
+    check_model(model, path)
+    return upgrade(model, path), external
+
+
+def read_split(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
+    """Read and check an ONNX file as (its proto without weight bytes, every initializer's values
+    by name, whether the file kept weights as external data).
+
+    The arrays are the one copy of the weights in memory: nothing else holds them. External data
+    is read tensor by tensor, so it never passes through a full proto; an inline file is parsed
+    whole once (its peak is twice its weights while it is read). onnx.checker reads the file by
+    path, not a serialised copy. ``read_model`` gives the classic full proto instead.
+    """
+    path = check_model_path(path)
+    model = _load_proto(path)
+    opset = _default_opset(model)
+    if opset is not None and opset < ORT_MIN_OPSET:  # the upgrade converts weights too: the classic way
+        full, external = read_model(path)
+        light, weights = split_weights(full)
+        return light, weights, external
+    external = uses_external_data(model)
+    refuse_unsupported(model, path)
+    weights = {t.name: _values(t, path) for t in model.graph.initializer}  # to_array checks sizes
+    light = without_weights(model)
+    del model  # an inline file's weight bytes go with the parsed proto
+    check_without_weights(light, path)
+    return upgrade(light, path), weights, external
+
+
+def split_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """(``model`` without weight bytes, its initializers' values by name): copies of the values;
+    ``model`` itself is not changed."""
+    return without_weights(model), {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers keep name, type and shape but no values: a skeleton
+    for metadata, inputs and structure, not a runnable model. Nothing of the weights is copied."""
+    light = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name,
+                            producer_version=model.producer_version, domain=model.domain,
+                            model_version=model.model_version, doc_string=model.doc_string)
+    light.opset_import.extend(model.opset_import)
+    light.metadata_props.extend(model.metadata_props)
+    light.functions.extend(model.functions)
+    graph = model.graph
+    light.graph.name = graph.name
+    light.graph.doc_string = graph.doc_string
+    for name in ("node", "input", "output", "value_info", "sparse_initializer", "quantization_annotation",
+                 "metadata_props"):
+        getattr(light.graph, name).extend(getattr(graph, name))
+    for t in graph.initializer:
+        if t.data_type == onnx.TensorProto.STRING:  # never external, never big: kept whole
+            light.graph.initializer.append(t)
+        else:
+            light.graph.initializer.add(name=t.name, dims=t.dims, data_type=t.data_type)
+    return light
+
+
+def check_without_weights(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
+    """onnx.checker on a model from ``without_weights``: its initializers become external stubs in a
+    private folder beside an empty data file, so the checker checks all but the weights' bytes
+    (reading them into arrays checked their sizes) and never holds a copy of them."""
+    stubbed = onnx.ModelProto()
+    stubbed.CopyFrom(model)
+    for tensor in stubbed.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        make_stub(tensor, count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
+    try:
+        with tempfile.TemporaryDirectory(prefix="onnxprune-check-") as folder:
+            onnx.checker.check_model(str(save_stubbed(stubbed, folder)))
+    except Exception as exc:
+        raise ModelError(f"{name}: invalid ONNX model ({first_line(exc)})") from None
+
+
+def _load_proto(path: Path) -> onnx.ModelProto:
+    """The file's proto without external data; one clear line for what is no ONNX model."""
     if path.stat().st_size == 0:
         raise ModelError(f"{path}: empty file, not an ONNX model")
     try:
@@ -54,13 +139,21 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
     if not model.graph.node and not model.graph.output:
         raise ModelError(f"{path}: not an ONNX model (no graph inside; truncated or another format?)")
-    external = uses_external_data(model)
+    return model
+
+
+def _values(tensor: onnx.TensorProto, path: Path) -> np.ndarray:
+    """One initializer's values; external bytes are read into a private TensorProto that is freed
+    at once (so they never pile up in a long-lived proto)."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return onnx.numpy_helper.to_array(tensor)
+    one = onnx.TensorProto()
+    one.CopyFrom(tensor)
     try:
-        external_data_helper.load_external_data_for_model(model, str(path.parent))
+        external_data_helper.load_external_data_for_tensor(one, str(path.parent))
     except Exception as exc:
         raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
-    check_model(model, path)
-    return upgrade(model, path), external
+    return onnx.numpy_helper.to_array(one)
 
 
 def check_model_path(path: str | os.PathLike) -> Path:
@@ -207,13 +300,19 @@ def check_model(model: onnx.ModelProto, name: str | os.PathLike = "model") -> No
         raise ModelError(f"{name}: invalid ONNX model ({first_line(exc)})") from None
 
 
-def to_graph(model: onnx.ModelProto) -> gs.Graph:
+def to_graph(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = None) -> gs.Graph:
     """Import into graphsurgeon with constants folded, so weights are plain initializers.
 
     Folding turns ``Constant`` nodes (paddle2onnx) and constant subgraphs (a Transpose of a
-    weight, ``Shape`` of a static dim) into values the analysis can read.
+    weight, ``Shape`` of a static dim) into values the analysis can read. ``weights`` (from
+    ``read_split``) are the initializers' values of a ``model`` without them: the graph takes
+    those arrays themselves.
     """
     graph = gs.import_onnx(model)
+    if weights is not None:
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and tensor.name in weights:
+                tensor.values = weights[tensor.name]
     _constant_attrs_as_values(graph)
     try:
         graph.fold_constants(fold_shapes=True, error_ok=True, size_threshold=None)

@@ -22,10 +22,12 @@ def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.nda
 
 
 def verify(pruned: onnx.ModelProto, dense: Capture, output_names: list[str],
-           shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[gs.Graph, Capture]:
+           shapes: dict[str, tuple[int, ...]] | None = None, group_bytes: float | None = None
+           ) -> tuple[gs.Graph, Capture]:
     """Raise ModelError unless the pruned model is a drop-in replacement for the dense one.
 
-    ``shapes``: the input sizes the dense model was captured at (``capture(graph, shapes)``).
+    ``shapes``: the input sizes the dense model was captured at (``capture(graph, shapes)``);
+    ``group_bytes``: as in ``capture``.
     Returns the pruned graph and its capture (shapes of every tensor) for measuring costs.
     """
     check_model(pruned, "pruned model")
@@ -33,7 +35,7 @@ def verify(pruned: onnx.ModelProto, dense: Capture, output_names: list[str],
     if [t.name for t in graph.outputs] != output_names:
         raise ModelError("internal error: the pruned model's outputs differ in names; nothing was written")
     try:
-        cap = capture(graph, shapes, dense.second_inputs)  # the second run at the dense model's sizes
+        cap = capture(graph, shapes, dense.second_inputs, group_bytes)  # the second run at the dense model's sizes
     except OnnxPruneError as exc:  # the dense model ran at these sizes: a failure here is the rewrite's
         raise ModelError(f"internal error: the pruned model does not run ({exc}); nothing was written") from None
     for name in output_names:

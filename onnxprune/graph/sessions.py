@@ -1,0 +1,120 @@
+"""onnxruntime sessions that read the weights already in memory instead of copying them.
+
+A session built from a serialised ModelProto holds the weights three times while it starts (the
+proto, its bytes, onnxruntime's parse) and once for as long as it lives. For a 2.5 GB model that
+is what kills a 16-32 GB machine. Here the graph is exported with every large initializer as an
+*external* stub (name, type, shape; no bytes), written to a private folder beside an empty data
+file, and each stub's values are handed to onnxruntime with ``SessionOptions.add_initializer``:
+onnxruntime then runs on the very numpy arrays the graph holds (on the CPU, in place, no copy).
+
+Such sessions run unoptimised and without pre-packing: they serve capture and verification,
+where every tensor is an output anyway and a packed copy of each weight would double memory.
+Latency is measured on ordinary sessions (``capture.session``), as a deployment would run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+
+SHARE_BYTES = 1 << 16  # initializers from 64 KiB up are shared by pointer; smaller ones travel inline
+_DATA_FILE = "weights.bin"  # the stubs' location: an empty file (onnxruntime checks that it exists)
+
+
+def _stub(name: str, values) -> onnx.TensorProto:
+    """An external-data TensorProto with ``values``' name, type and shape and no bytes."""
+    dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(values.dtype))
+    stub = onnx.TensorProto(name=name, dims=list(values.shape), data_type=dtype)
+    make_stub(stub, values.nbytes)
+    return stub
+
+
+def make_stub(tensor: onnx.TensorProto, nbytes: int) -> None:
+    """Mark ``tensor`` (name, type and shape set, no values) as external data of ``nbytes`` in the
+    stubs' data file."""
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", _DATA_FILE), ("offset", "0"), ("length", str(nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+
+
+def save_stubbed(model: onnx.ModelProto, folder: str | Path) -> Path:
+    """Write ``model`` (its stubs' data file empty) to ``folder``/model.onnx, for onnx.checker and
+    onnxruntime, which both check that the data file exists."""
+    path = Path(folder) / "model.onnx"
+    (path.parent / _DATA_FILE).touch()
+    path.write_bytes(model.SerializeToString())  # small: the stubs carry no bytes
+    return path
+
+
+@contextlib.contextmanager
+def _stubbed(graph: gs.Graph, min_bytes: int) -> Iterator[dict[str, np.ndarray]]:
+    """Within the block the graph's large constants export as stubs; yields their arrays by name.
+
+    graphsurgeon exports a constant whose values are ``LazyValues`` by reusing its TensorProto, so
+    swapping in a stub for the export copies no weight. The arrays are restored on the way out."""
+    saved: dict[int, tuple[gs.Constant, object]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for tensor in graph.tensors().values():
+            if not isinstance(tensor, gs.Constant) or id(tensor) in saved:
+                continue
+            if getattr(tensor._values, "nbytes", 0) < min_bytes:
+                continue
+            values = np.asarray(tensor.values)
+            if values.dtype == object or values.dtype.kind in "OUS":
+                continue  # strings: onnxruntime takes them inline only
+            saved[id(tensor)] = (tensor, tensor._values)
+            arrays[tensor.name] = np.ascontiguousarray(values)
+            tensor._values = gs.ir.tensor.LazyValues(_stub(tensor.name, values))
+        yield arrays
+    finally:
+        for tensor, values in saved.values():
+            tensor._values = values
+
+
+def light_model(graph: gs.Graph, min_bytes: int = SHARE_BYTES) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The graph as a ModelProto whose initializers of ``min_bytes`` or more are stubs, and those
+    initializers' arrays by name (the graph's own, not copies, where they are contiguous)."""
+    with _stubbed(graph, min_bytes) as arrays:
+        model = gs.export_onnx(graph, do_type_check=False)
+    return model, arrays
+
+
+def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, threads: int = 0
+                   ) -> ort.InferenceSession:
+    """An unoptimised CPU session on ``model`` (from ``light_model``) that reads the stubs' values
+    from ``weights`` in place; the arrays must stay unchanged while the session lives."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # fatal only: run errors come back as exceptions
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy per weight otherwise
+    opts.enable_cpu_mem_arena = False  # activations go back to the system after each run, not to an arena
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()}
+    for name, value in values.items():
+        opts.add_initializer(name, value)
+    folder = tempfile.TemporaryDirectory(prefix="onnxprune-session-")
+    path = save_stubbed(model, folder.name)
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess._onnxprune_keep = (values, weights, folder)  # onnxruntime reads these buffers for the session's life
+    return sess
+
+
+def graph_session(graph: gs.Graph, *, threads: int = 0) -> ort.InferenceSession:
+    """A shared session (see ``shared_session``) on a graph as it is."""
+    model, weights = light_model(graph)
+    return shared_session(model, weights, threads=threads)
+
+
+__all__ = ["SHARE_BYTES", "graph_session", "light_model", "make_stub", "save_stubbed", "shared_session"]

@@ -1,0 +1,105 @@
+"""``--max-memory``: what each stage needs at least, the working sets that fit a budget, and a
+refusal up front, naming the stage, when the model cannot fit.
+
+The weights are held once (``graph.load.read_split``, ``graph.sessions``); what else a stage needs
+is measured by ``tools/bench_memory.py`` and modelled here, with W the dense weights' bytes and P
+the pruned weights' bytes (W times the target where it is a FLOPs or params share, else W):
+
+    reading            base + W (external data) or 2 W (inline: the parsed file, then the arrays)
+    capturing shapes   base + W + one group of activations
+    rewriting          base + W + P
+    verifying          base + W + 3 P + one group of activations (pruned arrays, proto, its import)
+    calibrating        base + 2 W + Hessians (activation sessions run on a copy of the weights)
+
+(The calibrated criteria, act and obs, keep their fixed 0.5 GB of Hessians per pass.)
+
+Stages that can trade time for memory do so within the budget: the shape capture and the
+verification fetch their activations in smaller groups (more onnxruntime runs), and calibration
+accumulates Hessians for fewer layers per pass over the data (more passes).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .calib.hessian import SPARSIFY_BUDGET
+from .errors import UsageError
+from .graph.capture import CHUNK_BYTES
+
+GiB = 2**30
+BASE = GiB // 2  # the interpreter, numpy, onnx, onnxruntime and their buffers (0.11 GiB after import)
+MIN_GROUP = 64 * 2**20  # the smallest group of activations a capture run fetches
+MIN_HESSIANS = 64 * 2**20  # the Hessians of at least one layer per pass
+_SMALL_PROTO = 64 * 2**20  # an .onnx file under this is parsed to find its external data files
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Working-set sizes in bytes for the stages that trade time for memory (the defaults without a
+    budget)."""
+
+    budget: int | None = None
+    capture_group: int = CHUNK_BYTES
+    hessians: float = SPARSIFY_BUDGET
+
+
+def weights_on_disk(model: str | os.PathLike | onnx.ModelProto) -> tuple[int, bool]:
+    """(bytes of the model's weights, whether they are inline in the .onnx file), from file sizes
+    without reading the weights: an inline file is about its weights; an external-data model's
+    small .onnx is parsed for its data files."""
+    if isinstance(model, onnx.ModelProto):
+        return sum(t.ByteSize() for t in model.graph.initializer), True
+    path = Path(model)
+    size = path.stat().st_size
+    if size >= _SMALL_PROTO:
+        return size, True
+    proto = onnx.load(str(path), load_external_data=False)
+    files = {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+             for entry in t.external_data if entry.key == "location"}
+    external = sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+    return size + external, not files
+
+
+def stage_needs(weights: int, inline: bool, kept: float = 1.0, calibrated: bool = False) -> dict[str, int]:
+    """Bytes each stage needs at its smallest working set (see the module's table)."""
+    w, p = weights, int(weights * min(max(kept, 0.0), 1.0))
+    needs = {
+        "reading": BASE + (2 * w if inline else w),
+        "capturing shapes": BASE + w + MIN_GROUP,
+        "rewriting": BASE + w + p,
+        "verifying": BASE + w + 3 * p + MIN_GROUP,
+    }
+    if calibrated:
+        needs["calibrating"] = BASE + 2 * w + MIN_HESSIANS
+    return needs
+
+
+def plan_memory(model: str | os.PathLike | onnx.ModelProto, max_memory_gb: float | None, *, kept: float = 1.0,
+                calibrated: bool = False) -> MemoryPlan:
+    """The working sets that fit ``max_memory_gb`` (None: the defaults, no check). Raises UsageError,
+    naming the stage, when even the smallest working sets do not fit."""
+    if max_memory_gb is None:
+        return MemoryPlan()
+    budget = int(max_memory_gb * GiB)
+    weights, inline = weights_on_disk(model)
+    p = int(weights * min(max(kept, 0.0), 1.0))
+    needs = stage_needs(weights, inline, kept, calibrated)
+    stage, need = max(needs.items(), key=lambda item: item[1])
+    if need > budget:
+        at_least = math.ceil(need / GiB * 10) / 10
+        raise UsageError(f"--max-memory {max_memory_gb:g} is too little: {stage} needs about {need / GiB:.1f} GiB "
+                         f"for {weights / GiB:.2f} GiB of weights even in the smallest steps; give --max-memory "
+                         f"{at_least:g} or more")
+    spare = budget - (BASE + weights + 3 * p)  # what the verification's activations may use
+    group = int(np.clip(spare, MIN_GROUP, CHUNK_BYTES))
+    hessians = float(np.clip(budget - BASE - 2 * weights, MIN_HESSIANS, SPARSIFY_BUDGET))
+    return MemoryPlan(budget, group, hessians)
+
+
+__all__ = ["GiB", "MemoryPlan", "plan_memory", "stage_needs", "weights_on_disk"]

@@ -1,0 +1,98 @@
+"""Sessions that share the graph's weights, and models read as (proto without weights, arrays).
+
+onnxruntime must run on the very arrays the graph holds (a changed weight changes the output,
+which a copy could not), give the outputs an ordinary session gives, and the pruning pipeline
+must read a file's weights into arrays once, inline or external, equal to what onnx reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from helpers import conv_model, feed_of, initializers, ort_run, save_external
+
+from onnxprune.errors import ModelError
+from onnxprune.graph.load import check_without_weights, read_model, read_split, to_graph, without_weights
+from onnxprune.graph.sessions import graph_session, light_model
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+@pytest.fixture
+def model() -> onnx.ModelProto:
+    return conv_model(cin=64, cout=96, hw=8)  # a 216 KiB weight: over SHARE_BYTES, shared by pointer
+
+
+def test_a_shared_session_gives_the_outputs_of_an_ordinary_one(model: onnx.ModelProto) -> None:
+    feed = feed_of(model)
+    sess = graph_session(gs.import_onnx(model))
+    np.testing.assert_allclose(sess.run(None, feed)[0], ort_run(model, feed)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_shared_session_reads_the_graphs_own_arrays(model: onnx.ModelProto) -> None:
+    graph = gs.import_onnx(model)
+    weight = next(t for t in graph.tensors().values() if t.name == "w")
+    weight.values = np.array(weight.values)  # an array the test owns
+    feed = feed_of(model)
+    sess = graph_session(graph)
+    before = sess.run(None, feed)[0]
+    weight.values[:] = 0  # in place: a session holding a copy would not see it
+    after = sess.run(None, feed)[0]
+    assert not np.allclose(before, after)
+    bias = initializers(model)["b"]
+    np.testing.assert_allclose(after, np.maximum(bias, 0)[None, :, None, None] * np.ones_like(after), atol=1e-6)
+
+
+def test_a_light_model_carries_no_weight_bytes_and_the_graph_keeps_them(model: onnx.ModelProto) -> None:
+    graph = gs.import_onnx(model)
+    light, arrays = light_model(graph)
+    assert set(arrays) == {"w"}  # the bias (384 bytes) travels inline
+    assert light.ByteSize() < 2000 < model.ByteSize()
+    stub = next(t for t in light.graph.initializer if t.name == "w")
+    assert stub.data_location == onnx.TensorProto.EXTERNAL and not stub.raw_data
+    np.testing.assert_array_equal(graph.tensors()["w"].values, initializers(model)["w"])  # restored
+
+
+@pytest.mark.parametrize("layout", ["inline", "external"])
+def test_read_split_gives_the_weights_onnx_reads(model: onnx.ModelProto, tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "m.onnx"
+    if layout == "external":
+        save_external(_copy(model), path)  # saving converts the proto it is given
+    else:
+        onnx.save_model(model, str(path))
+    light, weights, external = read_split(path)
+    assert external == (layout == "external")
+    full, _ = read_model(path)
+    assert weights.keys() == initializers(full).keys()
+    for name, values in initializers(full).items():
+        np.testing.assert_array_equal(weights[name], values)
+    assert all(not t.raw_data and t.data_location != onnx.TensorProto.EXTERNAL for t in light.graph.initializer)
+    graph = to_graph(light, weights)
+    assert graph.tensors()["w"].values is weights["w"]  # the graph holds the arrays, not copies
+    feed = feed_of(model)
+    np.testing.assert_allclose(graph_session(graph).run(None, feed)[0], ort_run(model, feed)[0], atol=1e-5)
+
+
+def test_read_split_refuses_a_short_external_data_file(model: onnx.ModelProto, tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    save_external(_copy(model), path)
+    data = tmp_path / "m.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(ModelError, match="cannot load its external weights"):
+        read_split(path)
+
+
+def test_the_checker_without_weights_still_checks_the_graph(model: onnx.ModelProto) -> None:
+    light = without_weights(model)
+    check_without_weights(light)  # fine as it is
+    light.graph.node[0].input[1] = "missing"
+    with pytest.raises(ModelError, match="invalid ONNX model"):
+        check_without_weights(light)

@@ -511,13 +511,17 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     if fid:
         table.add_column("top-1 agreement", justify="right")
         table.add_column("KL", justify="right")
+    if result.failed:
+        table.add_column("error")
     for p in result.points:
         row = [f"{p.target:g}", f"{p.flops_ratio:.3f}", f"{p.params_ratio:.3f}"]
         if bench:
             row += [f"{p.latency_ms:.2f}", f"{1 / p.latency_ratio:.2f}x" if p.latency_ratio else "-"]
         if fid:
             row += [f"{p.top1_agreement:.1%}", f"{p.kl:.3f}"]
-        table.add_row(*row)
+        table.add_row(*row, *([""] if result.failed else []))
+    for target, error in result.failed.items():  # failed after a retry: a row with its error
+        table.add_row(f"{target:g}", *["-"] * (len(table.columns) - 2), error)
     io.out.print(table)
     io.out.print(measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
     if bench:

@@ -173,6 +173,7 @@ class SweepResult:
     external_data: bool = False
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # FLOPs measured there (batch 1)
     batch: int = 1  # the batch latency was timed at
+    failed: dict[float, str] = field(default_factory=dict)  # targets that failed (retried once) and their error
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: dense costs, the input sizes they were measured at, and every point."""
@@ -180,7 +181,8 @@ class SweepResult:
                 "dense_latency_ms": self.dense_latency_ms, "calibration": self.calibration,
                 "points": [p.to_dict() for p in self.points],
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
-                "latency_batch": self.batch if self.dense_latency_ms is not None else None}
+                "latency_batch": self.batch if self.dense_latency_ms is not None else None,
+                "failed": {f"{t:g}": e for t, e in self.failed.items()}}
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write the points as CSV, atomically."""
@@ -193,10 +195,12 @@ class SweepResult:
     def write_csv(self, path: str | os.PathLike) -> None:
         """Write the points as CSV to ``path`` as is (not atomically)."""
         with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(SWEEP_COLUMNS))
+            writer = csv.DictWriter(fh, fieldnames=[*SWEEP_COLUMNS, "error"])
             writer.writeheader()
             for p in self.points:
                 writer.writerow({k: "" if v is None else v for k, v in p.to_dict().items()})
+            for target, error in self.failed.items():  # a failed point is a row too, with its error
+                writer.writerow({"target": target, "error": error})
 
     def write_json(self, path: str | os.PathLike) -> None:
         """Write ``to_dict()`` as JSON to ``path`` as is (not atomically)."""

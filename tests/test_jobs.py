@@ -5,6 +5,7 @@ Ray (its tests skip without it)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -70,6 +71,23 @@ def test_pool_reports_a_point_killed_twice_and_keeps_the_others(resnet18, sequen
     outcome = sweep_outcome(resnet18, flops=TARGETS, round_to=8, jobs=2)
     assert outcome.errors == {0.7: "the worker process died (killed or crashed) twice"}
     assert [(p.target, p.flops_ratio) for p in outcome.result.points] == [(0.9, sequential[0]), (0.5, sequential[2])]
+    assert outcome.result.failed == {0.7: "the worker process died (killed or crashed) twice"}
+
+
+def test_the_sweep_tables_show_a_failed_point_with_its_error(resnet18, sequential, kill_dir, tmp_path, capsys):
+    (kill_dir / "flops0.7.kill").write_text("2")
+    out = tmp_path / "s"
+    code = cli.main(["sweep", str(resnet18), "--flops", "0.9", "0.7", "0.5", "--round-to", "8", "--jobs", "2",
+                     "--out", str(out), "--html", str(tmp_path / "s.html")])
+    assert code == 1  # a point failed; the others were written
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(float(r["target"]), r["error"]) for r in rows] == [
+        (0.9, ""), (0.5, ""), (0.7, "the worker process died (killed or crashed) twice")]
+    assert float(rows[1]["flops_ratio"]) == sequential[2] and rows[2]["flops_ratio"] == ""
+    assert json.loads((out / "sweep.json").read_text())["failed"] == {"0.7": rows[2]["error"]}
+    assert "the worker process died (killed or crashed) twice" in (tmp_path / "s.html").read_text()
+    table = capsys.readouterr().out
+    assert "error" in table and "died (killed or crashed) twice" in table
 
 
 def test_pool_reports_a_point_that_fails_twice(resnet18, monkeypatch):

@@ -312,6 +312,7 @@ def _sweep_section(result: SweepResult) -> str:
     headers = ["target", "FLOPs ratio", "params ratio", "groups pruned"]
     headers += ["latency ms", "latency ratio"] if bench else []
     headers += ["top-1 agreement", "cosine", "KL"] if fid else []
+    headers += ["error"] if result.failed else []
     rows = []
     for p in result.points:
         row = [f"{p.target:g}", f"{p.flops_ratio:.4f}", f"{p.params_ratio:.4f}", p.groups_pruned]
@@ -319,7 +320,9 @@ def _sweep_section(result: SweepResult) -> str:
             row += [f"{p.latency_ms:.3f}", f"{p.latency_ratio:.3f}"]
         if fid:
             row += [f"{p.top1_agreement:.1%}", f"{p.cosine:.4f}", f"{p.kl:.4g}"]
-        rows.append(row)
+        rows.append(row + ([""] if result.failed else []))
+    for target, error in result.failed.items():  # failed after a retry: a row with its error
+        rows.append([f"{target:g}", *["-"] * (len(headers) - 2), error])
     body = _table(headers, rows, "sweep-table")
     notes = [f"dense: {human(result.dense.flops)} FLOPs, {human(result.dense.params)} params"]
     if bench:

@@ -9,7 +9,8 @@ the pruned weights' bytes (W times the target where it is a FLOPs or params shar
     capturing shapes   base + W + one group of activations
     rewriting          base + W + P
     verifying          base + W + 3 P + one group of activations (pruned arrays, proto, its import)
-    calibrating        base + 2 W + Hessians (activation sessions run on a copy of the weights)
+    calibrating        base + W + P + Hessians, + W under 1 GiB of weights (calibration sessions
+                       of smaller models run, faster, on a copy; larger ones share the arrays)
 
 (The calibrated criteria, act and obs, keep their fixed 0.5 GB of Hessians per pass.)
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .calib.activations import SHARE_FROM
 from .calib.hessian import SPARSIFY_BUDGET
 from .errors import UsageError
 from .graph.capture import CHUNK_BYTES
@@ -76,7 +78,7 @@ def stage_needs(weights: int, inline: bool, kept: float = 1.0, calibrated: bool 
         "verifying": BASE + w + 3 * p + MIN_GROUP,
     }
     if calibrated:
-        needs["calibrating"] = BASE + 2 * w + MIN_HESSIANS
+        needs["calibrating"] = BASE + w + p + (w if w < SHARE_FROM else 0) + MIN_HESSIANS
     return needs
 
 
@@ -98,7 +100,8 @@ def plan_memory(model: str | os.PathLike | onnx.ModelProto, max_memory_gb: float
                          f"{at_least:g} or more")
     spare = budget - (BASE + weights + 3 * p)  # what the verification's activations may use
     group = int(np.clip(spare, MIN_GROUP, CHUNK_BYTES))
-    hessians = float(np.clip(budget - BASE - 2 * weights, MIN_HESSIANS, SPARSIFY_BUDGET))
+    copy = weights if weights < SHARE_FROM else 0
+    hessians = float(np.clip(budget - BASE - weights - p - copy, MIN_HESSIANS, SPARSIFY_BUDGET))
     return MemoryPlan(budget, group, hessians)
 
 

@@ -283,7 +283,7 @@ class Pipeline:
         from .calib.fidelity import fidelity
 
         self.step("measuring fidelity on held-out calibration samples")
-        return fidelity(self.model, model, self.held_out.samples)
+        return fidelity(self.analysis.graph, model, self.held_out.samples)  # the dense weights, not a copy
 
     def measure(self, models: list[onnx.ModelProto], *, runs: int = 20, min_seconds: float = 0.0,
                 warmup_s: float = 0.3) -> list:

@@ -26,6 +26,12 @@ def reduction_axes(node: gs.Node) -> list[tuple[gs.Tensor, int]]:
 
 
 def masked_dense(analysis: Analysis, kept: dict[Slot, np.ndarray], like: onnx.ModelProto) -> onnx.ModelProto:
+    return to_model(masked_graph(analysis, kept), like)
+
+
+def masked_graph(analysis: Analysis, kept: dict[Slot, np.ndarray]) -> gs.Graph:
+    """A copy of the dense graph with the removed channels zeroed where they are consumed (new
+    arrays for those weights only; the others are the analysis graph's own)."""
     graph = analysis.graph.copy()
     for node in graph.nodes:
         for weight, axis in reduction_axes(node):
@@ -39,4 +45,4 @@ def masked_dense(analysis: Analysis, kept: dict[Slot, np.ndarray], like: onnx.Mo
             index[axis] = mask
             values[tuple(index)] = 0
             weight.values = values
-    return to_model(graph, like)
+    return graph

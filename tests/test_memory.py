@@ -46,8 +46,10 @@ def test_stage_needs_follow_the_table() -> None:
     inline = stage_needs(w, inline=True, kept=0.5)
     assert inline["reading"] == BASE + 2 * w
     assert inline["verifying"] == BASE + w + 3 * (w // 2) + MIN_GROUP
-    external = stage_needs(w, inline=False, kept=0.5, calibrated=True)
-    assert external["reading"] == BASE + w and external["calibrating"] == BASE + 2 * w + MIN_GROUP
+    external = stage_needs(w, inline=False, kept=0.5, calibrated=True)  # over 1 GiB: calibration shares
+    assert external["reading"] == BASE + w and external["calibrating"] == BASE + w + w // 2 + MIN_GROUP
+    small = stage_needs(GiB // 4, inline=True, kept=1.0, calibrated=True)  # under: on a copy
+    assert small["calibrating"] == BASE + 3 * (GiB // 4) + MIN_GROUP
 
 
 def test_a_tight_budget_shrinks_the_activation_groups(model_path: Path) -> None:

@@ -96,3 +96,18 @@ def test_the_checker_without_weights_still_checks_the_graph(model: onnx.ModelPro
     light.graph.node[0].input[1] = "missing"
     with pytest.raises(ModelError, match="invalid ONNX model"):
         check_without_weights(light)
+
+
+def test_calibration_taps_share_the_weights_of_big_models_and_agree(monkeypatch) -> None:
+    from onnxprune.calib import activations
+
+    model = conv_model(cin=64, cout=96, hw=8)
+    graph = gs.import_onnx(model)
+    feeds = [feed_of(model, seed=s) for s in (1, 2)]
+    copied = [v["c"] for v in activations.layer_inputs(graph, ["c"], feeds)]
+    monkeypatch.setattr(activations, "SHARE_FROM", 0)  # every model counts as big: shared sessions
+    sess = activations.tap(graph, ["c"])
+    assert sess.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"  # the shared kind
+    shared = [v["c"] for v in activations.layer_inputs(graph, ["c"], feeds)]
+    for a, b in zip(copied, shared, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

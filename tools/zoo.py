@@ -203,14 +203,13 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
-def _outside_checks(record: Record, path: Path, proto, pruned, analysis, kept: dict) -> None:
+def _outside_checks(record: Record, proto, pruned, analysis, kept: dict) -> None:
     """Run the pruned model in a fresh onnxruntime session at batch 1 and 2, compare output
     shapes with the dense model's, and compare with the masked dense model where that applies
-    (``proto``: the dense model without its weights; the file at ``path`` is read whole for the
-    masked model only)."""
+    (``proto``: the dense model without its weights)."""
     import numpy as np
     import onnx_graphsurgeon as gs
-    from masking import masked_dense
+    from masking import masked_graph
 
     from onnxprune.graph.capture import input_feed
     from onnxprune.graph.verify import run
@@ -230,9 +229,11 @@ def _outside_checks(record: Record, path: Path, proto, pruned, analysis, kept: d
     record.mask_blockers = mask_blockers(analysis, kept)
     if record.mask_blockers:
         return
-    from onnxprune.graph.load import read_model
+    from onnxprune.graph.sessions import graph_session
 
-    masked = run(masked_dense(analysis, kept, read_model(path)[0]), feed)
+    graph = masked_graph(analysis, kept)  # the removed channels zeroed; the other weights are the analysis's own
+    names = [t.name for t in graph.outputs]
+    masked = dict(zip(names, graph_session(graph).run(names, feed), strict=True))
     delta = 0.0
     for name in outputs:
         scale = float(np.abs(masked[name]).max()) + 1e-6
@@ -273,12 +274,17 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
     records = [Record(name, exporter, float(t), size) for t in targets]
     start = time.perf_counter()
     _stage("exporting")
-    try:
-        path = export_models.export_model(name, exporter, export_dir(name, exporter, cache, size), seed=seed,
-                                          size=size)
-    except Exception as exc:  # noqa: BLE001 - an export failure is a row of the table
+    folder = export_dir(name, exporter, cache, size)
+    path = export_models.output_path(name, exporter, folder, size)
+    # The export runs in a process of its own: what torch keeps after an export (gigabytes for a
+    # giant) is then gone before onnxprune starts, as when a user exports first and prunes later.
+    # The parent's memory watch counts that process too (it is a child of this one).
+    proc = subprocess.run([sys.executable, export_models.__file__, name, "--exporter", exporter, "--out",
+                           str(folder), "--seed", str(seed), "--size", str(size)], capture_output=True, text=True)
+    if proc.returncode != 0 or not path.exists():
+        error = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         for r in records:
-            r.status, r.error = "export-failed", _first_line(exc)
+            r.status, r.error = "export-failed", error
         yield from records
         return
     export_seconds = time.perf_counter() - start
@@ -319,7 +325,7 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
             r.seconds = analysis_seconds + time.perf_counter() - start
             r.flops_ratio = costs.flops / dense.flops if dense.flops else 1.0
             r.params_ratio = costs.params / dense.params if dense.params else 1.0
-            _outside_checks(r, path, proto, pruned, analysis, kept)
+            _outside_checks(r, proto, pruned, analysis, kept)
         r.status = _judge(r)
         yield r
 
@@ -378,13 +384,18 @@ def read_records(paths: list[Path]) -> list[Record]:
 
 
 def _rss_bytes(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (the child's export process included)."""
+    total = 0
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+                total += int(line.split()[1]) * 1024
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _rss_bytes(int(child))
     except OSError:
         pass
-    return 0
+    return total
 
 
 def _run_child(cmd: list[str], log_path: Path, timeout: float, mem_limit: float) -> str:

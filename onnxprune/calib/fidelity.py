@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from ..graph.capture import session
+from ..graph.sessions import graph_session
 from .activations import batched
 
 
@@ -27,13 +29,16 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def fidelity(dense: onnx.ModelProto, pruned: onnx.ModelProto, samples: dict[str, np.ndarray],
+def fidelity(dense: onnx.ModelProto | gs.Graph, pruned: onnx.ModelProto, samples: dict[str, np.ndarray],
              batch_size: int = 32) -> Fidelity:
-    """Compare the two models' first outputs on ``samples`` ({input: [n, ...]})."""
-    sess_d, sess_p = session(dense), session(pruned)
+    """Compare the two models' first outputs on ``samples`` ({input: [n, ...]}). ``dense`` may be a
+    graph: its session then runs on the graph's own weight arrays, without a copy."""
+    sess_d = graph_session(dense, arena=True) if isinstance(dense, gs.Graph) else session(dense)
+    sess_p = session(pruned)
     name_d, name_p = sess_d.get_outputs()[0].name, sess_p.get_outputs()[0].name
     agree, cos, kl, n = 0.0, 0.0, 0.0, 0
-    static = [d.dim_value for i in dense.graph.input[:1] for d in i.type.tensor_type.shape.dim[:1] if d.dim_value > 0]
+    first = sess_d.get_inputs()[0].shape[:1]
+    static = [d for d in first if isinstance(d, int) and d > 0]
     for feed in batched(samples, static[0] if static else batch_size):
         a = sess_d.run([name_d], feed)[0].astype(np.float64)
         b = sess_p.run([name_p], feed)[0].astype(np.float64)

@@ -89,15 +89,17 @@ def light_model(graph: gs.Graph, min_bytes: int = SHARE_BYTES) -> tuple[onnx.Mod
     return model, arrays
 
 
-def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, threads: int = 0
-                   ) -> ort.InferenceSession:
+def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, threads: int = 0,
+                   arena: bool = False) -> ort.InferenceSession:
     """An unoptimised CPU session on ``model`` (from ``light_model``) that reads the stubs' values
-    from ``weights`` in place; the arrays must stay unchanged while the session lives."""
+    from ``weights`` in place; the arrays must stay unchanged while the session lives. ``arena``
+    keeps onnxruntime's activation arena (many runs of one size: calibration batches); without it
+    each run's activations go back to the system (a capture's few, large runs)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # fatal only: run errors come back as exceptions
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimisers would read the stubs
     opts.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy per weight otherwise
-    opts.enable_cpu_mem_arena = False  # activations go back to the system after each run, not to an arena
+    opts.enable_cpu_mem_arena = arena
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -111,10 +113,21 @@ def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, th
     return sess
 
 
-def graph_session(graph: gs.Graph, *, threads: int = 0) -> ort.InferenceSession:
-    """A shared session (see ``shared_session``) on a graph as it is."""
+def weight_bytes(graph: gs.Graph) -> int:
+    """Bytes of the graph's constants (each once), loaded or not."""
+    return sum(getattr(t._values, "nbytes", 0) for t in graph.tensors().values() if isinstance(t, gs.Constant))
+
+
+def graph_session(graph: gs.Graph, *, outputs: list[str] | None = None, threads: int = 0,
+                  arena: bool = False) -> ort.InferenceSession:
+    """A shared session (see ``shared_session``) on a graph as it is, or with exactly ``outputs``
+    (tensor names) as its outputs."""
     model, weights = light_model(graph)
-    return shared_session(model, weights, threads=threads)
+    if outputs is not None:
+        del model.graph.output[:]
+        model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    return shared_session(model, weights, threads=threads, arena=arena)
 
 
-__all__ = ["SHARE_BYTES", "graph_session", "light_model", "make_stub", "save_stubbed", "shared_session"]
+__all__ = ["SHARE_BYTES", "graph_session", "light_model", "make_stub", "save_stubbed", "shared_session",
+           "weight_bytes"]

@@ -101,7 +101,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     pruned = pipe.apply(plan)
     if target.weight_sparsity:
         pipe.sparsify(pruned, parse_pattern(target.pattern) if target.pattern else Pattern(sparsity=target.sparsity))
-    model_out = pipe.to_model(pruned)
+    model_out = pipe.to_model(pruned, release=True)
     distilled = None
     if steps is not None:
         model_out, distilled = pipe.distill(model_out, keep_zeros=target.weight_sparsity)

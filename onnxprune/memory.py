@@ -8,7 +8,8 @@ the pruned weights' bytes (W times the target where it is a FLOPs or params shar
     reading            base + W (external data) or 2 W (inline: the parsed file, then the arrays)
     capturing shapes   base + W + one group of activations
     rewriting          base + W + P
-    verifying          base + W + 3 P + one group of activations (pruned arrays, proto, its import)
+    verifying          base + W + 2 P + one group of activations (the pruned proto and its import;
+                       the checker reads the proto without its weights' bytes)
     calibrating        base + W + P + Hessians, + W under 1 GiB of weights (calibration sessions
                        of smaller models run, faster, on a copy; larger ones share the arrays)
 
@@ -75,7 +76,7 @@ def stage_needs(weights: int, inline: bool, kept: float = 1.0, calibrated: bool 
         "reading": BASE + (2 * w if inline else w),
         "capturing shapes": BASE + w + MIN_GROUP,
         "rewriting": BASE + w + p,
-        "verifying": BASE + w + 3 * p + MIN_GROUP,
+        "verifying": BASE + w + 2 * p + MIN_GROUP,
     }
     if calibrated:
         needs["calibrating"] = BASE + w + p + (w if w < SHARE_FROM else 0) + MIN_HESSIANS
@@ -98,7 +99,7 @@ def plan_memory(model: str | os.PathLike | onnx.ModelProto, max_memory_gb: float
         raise UsageError(f"--max-memory {max_memory_gb:g} is too little: {stage} needs about {need / GiB:.1f} GiB "
                          f"for {weights / GiB:.2f} GiB of weights even in the smallest steps; give --max-memory "
                          f"{at_least:g} or more")
-    spare = budget - (BASE + weights + 3 * p)  # what the verification's activations may use
+    spare = budget - (BASE + weights + 2 * p)  # what the verification's activations may use
     group = int(np.clip(spare, MIN_GROUP, CHUNK_BYTES))
     copy = weights if weights < SHARE_FROM else 0
     hessians = float(np.clip(budget - BASE - weights - p - copy, MIN_HESSIANS, SPARSIFY_BUDGET))

@@ -127,7 +127,7 @@ class Pruned:
     """A candidate made from the dense graph: the rewritten graph, the kept indices per slot, the
     plan it follows (None: weight sparsity only) and what the optional steps reported."""
 
-    graph: gs.Graph
+    graph: gs.Graph | None  # None once released (Pipeline.to_model)
     kept: dict = field(default_factory=dict)
     plan: Plan | None = None
     refits: list = field(default_factory=list)
@@ -251,9 +251,15 @@ class Pipeline:
                                          samples=self.samples, sequential=self.solver.sequential, progress=self.step,
                                          allocate=allocate, memory_budget=self.memory.hessians)
 
-    def to_model(self, pruned: Pruned) -> onnx.ModelProto:
-        """The candidate as a ModelProto with the dense model's opsets, IR version and metadata."""
-        return to_model(pruned.graph, self.skeleton)
+    def to_model(self, pruned: Pruned, *, release: bool = False) -> onnx.ModelProto:
+        """The candidate as a ModelProto with the dense model's opsets, IR version and metadata.
+        ``release`` drops the candidate's graph afterwards: its weights then live in the model only,
+        not twice through verification."""
+        model = to_model(pruned.graph, self.skeleton)
+        if release:
+            pruned.graph = None
+            gc.collect()  # graphsurgeon graphs are cyclic
+        return model
 
     def distill(self, model: onnx.ModelProto, keep_zeros: bool = False):
         """(model fine-tuned to the dense model's outputs, Distillation) with ``solver.distill`` steps;

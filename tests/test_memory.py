@@ -45,7 +45,7 @@ def test_stage_needs_follow_the_table() -> None:
     w = 4 * GiB
     inline = stage_needs(w, inline=True, kept=0.5)
     assert inline["reading"] == BASE + 2 * w
-    assert inline["verifying"] == BASE + w + 3 * (w // 2) + MIN_GROUP
+    assert inline["verifying"] == BASE + w + 2 * (w // 2) + MIN_GROUP
     external = stage_needs(w, inline=False, kept=0.5, calibrated=True)  # over 1 GiB: calibration shares
     assert external["reading"] == BASE + w and external["calibrating"] == BASE + w + w // 2 + MIN_GROUP
     small = stage_needs(GiB // 4, inline=True, kept=1.0, calibrated=True)  # under: on a copy
@@ -55,7 +55,7 @@ def test_stage_needs_follow_the_table() -> None:
 def test_a_tight_budget_shrinks_the_activation_groups(model_path: Path) -> None:
     weights, _ = weights_on_disk(model_path)
     roomy = plan_memory(model_path, 64)
-    tight = plan_memory(model_path, (BASE + 4 * weights + MIN_GROUP + 2**20) / GiB)
+    tight = plan_memory(model_path, (BASE + 3 * weights + MIN_GROUP + 2**20) / GiB)
     assert roomy.capture_group == CHUNK_BYTES
     assert MIN_GROUP <= tight.capture_group < CHUNK_BYTES
     assert tight.hessians <= roomy.hessians

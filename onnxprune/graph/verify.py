@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, OnnxPruneError
 from .capture import Capture, capture, session
-from .load import check_model
+from .load import check_without_weights, without_weights
 
 
 def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -30,7 +30,10 @@ def verify(pruned: onnx.ModelProto, dense: Capture, output_names: list[str],
     ``group_bytes``: as in ``capture``.
     Returns the pruned graph and its capture (shapes of every tensor) for measuring costs.
     """
-    check_model(pruned, "pruned model")
+    # The checker sees the model without its weights' bytes (a serialised copy of a giant's weights,
+    # and the checker's own parse of it, would be two more copies); their sizes are checked as
+    # the import below reads them into arrays.
+    check_without_weights(without_weights(pruned), "pruned model")
     graph = gs.import_onnx(pruned)
     if [t.name for t in graph.outputs] != output_names:
         raise ModelError("internal error: the pruned model's outputs differ in names; nothing was written")

@@ -20,6 +20,7 @@ from .deploy.runners import bench_feed, make_runners, time_runners
 from .errors import UsageError, first_line
 from .graph import capture as capture_mod
 from .graph.shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
+from .memory import kept_share
 from .options import OPTION_CLASSES, from_kwargs, signature_parameters
 from .pipeline import Pipeline, analyze_model, costs_of, load_model, load_split, measured_at, model_costs, shape_lookup
 from .progress import Progress
@@ -85,7 +86,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     solver.validate(target, calib)
     bench.validate()
     pipe = Pipeline(model, calib=calib, solver=solver, bench=bench, shapes=shapes, progress=progress,
-                    kept=target.flops or target.params or 1.0)
+                    kept=kept_share(target.flops, target.params))
     steps = solver.distill_steps()
     if steps is not None:
         from .calib.distill import check_supported

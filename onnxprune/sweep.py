@@ -21,6 +21,7 @@ from .jobs import JobOptions, Unit, UnitOutcome
 from .jobs import run as run_jobs
 from .jobs.local import default_jobs
 from .jobs.tasks import sweep_point
+from .memory import kept_share
 from .options import (
     BenchOptions,
     CalibOptions,
@@ -114,7 +115,7 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
         ray_session = session(job.ray, step)  # Ray starts, its workers import onnxprune, during the analysis
     with ray_session:
         pipe = Pipeline(model, calib=calib, solver=solver, bench=bench_options, shapes=shapes, progress=progress,
-                        kept=max(targets))
+                        kept=max(kept_share(**{metric: t}) for t in targets))
         multiples, _ = pipe.multiples()
         step("scoring channels")
         pipe.scores()

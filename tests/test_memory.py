@@ -13,7 +13,7 @@ from helpers import assert_one_line_error, cli, conv_model, initializers, save_e
 import onnxprune
 from onnxprune.errors import UsageError
 from onnxprune.graph.capture import CHUNK_BYTES
-from onnxprune.memory import BASE, MIN_GROUP, GiB, plan_memory, stage_needs, weights_on_disk
+from onnxprune.memory import BASE, MIN_GROUP, GiB, kept_share, plan_memory, stage_needs, weights_on_disk
 
 
 @pytest.fixture
@@ -87,3 +87,9 @@ def test_the_cli_refuses_up_front_naming_the_stage(model_path: Path, tmp_path: P
 def test_the_cli_refuses_a_budget_that_is_no_size(model_path: Path, tmp_path: Path, value: str) -> None:
     proc = cli(model_path, "--flops", "0.5", f"--max-memory={value}", cwd=tmp_path)
     assert proc.returncode == 2 and "--max-memory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_flops_target_sizes_the_pruned_copy_with_room_for_more_params() -> None:
+    assert kept_share(params=0.6) == 0.6
+    assert kept_share(flops=0.5) == pytest.approx(0.575)  # params kept may exceed FLOPs kept
+    assert kept_share(flops=0.95) == 1.0 and kept_share() == 1.0

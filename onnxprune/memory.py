@@ -7,7 +7,7 @@ the pruned weights' bytes (W times a params target, 1.15 times a FLOPs target, e
 
     reading            base + W (external data) or 2 W (inline: the parsed file, then the arrays)
     capturing shapes   base + W + one group of activations
-    rewriting          base + W + P
+    rewriting          base + W + 2 P (the pruned arrays and their proto)
     verifying          base + W + 2 P + one group of activations (the pruned proto and its import;
                        the checker reads the proto without its weights' bytes)
     calibrating        base + W + P + Hessians, + W under 1 GiB of weights (calibration sessions
@@ -85,7 +85,7 @@ def stage_needs(weights: int, inline: bool, kept: float = 1.0, calibrated: bool 
     needs = {
         "reading": BASE + (2 * w if inline else w),
         "capturing shapes": BASE + w + MIN_GROUP,
-        "rewriting": BASE + w + p,
+        "rewriting": BASE + w + 2 * p,
         "verifying": BASE + w + 2 * p + MIN_GROUP,
     }
     if calibrated:

@@ -39,6 +39,7 @@ from .graph.load import (
     unshare_constants,
     upgrade,
 )
+from .graph.sessions import return_freed_memory
 from .graph.shapes import announce_guesses, check_input_shapes, resolve_input_shapes
 from .graph.verify import verify
 from .memory import plan_memory
@@ -259,6 +260,7 @@ class Pipeline:
         if release:
             pruned.graph = None
             gc.collect()  # graphsurgeon graphs are cyclic
+            return_freed_memory()
         return model
 
     def distill(self, model: onnx.ModelProto, keep_zeros: bool = False):
@@ -280,6 +282,7 @@ class Pipeline:
         costs = costs_of(graph, cap)
         del graph
         gc.collect()  # the verified graph holds a copy of the pruned weights in cycles: free it now
+        return_freed_memory()
         return costs
 
     def fidelity(self, model: onnx.ModelProto):

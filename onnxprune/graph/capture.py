@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from ..errors import ModelError, first_line
 from .load import save_model
-from .sessions import light_model, shared_session
+from .sessions import light_model, return_freed_memory, shared_session
 from .shapes import GUESS, free_dims, size_failure
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,8 @@ def capture(graph: gs.Graph, shapes: dict[str, tuple[int, ...]] | None = None,
             second = None
     else:
         second = _second_run(graph, sessions, groups, shapes)
+    del sessions
+    return_freed_memory()  # the runs' activations, freed into the allocator, go back to the system
     result = Capture()
     for name, one in first.items():
         other = second[name] if second is not None else one

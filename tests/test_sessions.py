@@ -111,3 +111,16 @@ def test_calibration_taps_share_the_weights_of_big_models_and_agree(monkeypatch)
     shared = [v["c"] for v in activations.layer_inputs(graph, ["c"], feeds)]
     for a, b in zip(copied, shared, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_rewritten_graph_exports_light_too(export) -> None:
+    # the rewrite makes new constants (export_dtype set): they too must travel as stubs
+    import onnxprune
+    from onnxprune.api import make_plan
+    from onnxprune.structure.rewrite import apply_plan
+
+    analysis = onnxprune.analyze(export("resnet18", "legacy"))
+    graph, _ = apply_plan(analysis, make_plan(analysis, flops=0.5))
+    light, arrays = light_model(graph)
+    assert sum(a.nbytes for a in arrays.values()) > 10 * 2**20  # about half of resnet18's 45 MB
+    assert light.ByteSize() < 2**20

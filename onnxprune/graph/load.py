@@ -14,7 +14,7 @@ from onnx import external_data_helper, version_converter
 
 from ..errors import ModelError, UsageError, first_line
 from ..outputs import write_atomic
-from .sessions import make_stub, save_stubbed
+from .sessions import light_model, make_stub, save_stubbed
 
 log = logging.getLogger(__name__)
 
@@ -349,8 +349,16 @@ def _constant_attrs_as_values(graph: gs.Graph) -> None:
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export a graph back to a ModelProto keeping the original's opset, IR version and metadata."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    """Export a graph back to a ModelProto keeping the original's opset, IR version and metadata.
+
+    The large weights are exported as stubs and then filled in one tensor at a time: exporting
+    them whole goes through onnx.helper.make_model, which copies the finished graph once more
+    (twice the pruned weights at once, on top of the graph's own arrays)."""
+    model, arrays = light_model(graph)
+    for tensor in model.graph.initializer:
+        values = arrays.pop(tensor.name, None)
+        if values is not None:
+            tensor.CopyFrom(onnx.numpy_helper.from_array(values, tensor.name))
     model.ir_version = max(like.ir_version, 4)  # initializers are not listed as inputs, which IR 3 requires
     del model.opset_import[:]
     model.opset_import.extend(like.opset_import)

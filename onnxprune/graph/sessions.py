@@ -69,8 +69,8 @@ def _stubbed(graph: gs.Graph, min_bytes: int) -> Iterator[dict[str, np.ndarray]]
         for tensor in graph.tensors().values():
             if not isinstance(tensor, gs.Constant) or id(tensor) in saved:
                 continue
-            if getattr(tensor._values, "nbytes", 0) < min_bytes:
-                continue
+            if getattr(tensor._values, "nbytes", 0) < min_bytes or tensor.export_dtype != tensor.dtype:
+                continue  # small, or exported in another type than its values (bfloat16): inline
             values = np.asarray(tensor.values)
             if values.dtype == object or values.dtype.kind in "OUS":
                 continue  # strings: onnxruntime takes them inline only

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,6 +33,7 @@ from .calib.activations import SHARE_FROM
 from .calib.hessian import SPARSIFY_BUDGET
 from .errors import UsageError
 from .graph.capture import CHUNK_BYTES
+from .graph.load import check_model_path
 
 GiB = 2**30
 BASE = GiB // 2  # the interpreter, numpy, onnx, onnxruntime and their buffers (0.11 GiB after import)
@@ -68,11 +68,14 @@ def weights_on_disk(model: str | os.PathLike | onnx.ModelProto) -> tuple[int, bo
     small .onnx is parsed for its data files."""
     if isinstance(model, onnx.ModelProto):
         return sum(t.ByteSize() for t in model.graph.initializer), True
-    path = Path(model)
+    path = check_model_path(model)  # a missing path or a folder: the usual one-line usage error
     size = path.stat().st_size
-    if size >= _SMALL_PROTO:
+    if size >= _SMALL_PROTO or not path.is_file():  # a FIFO or device is never read here
         return size, True
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a readable model: reading it says so, in one line
+        return size, True
     files = {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
              for entry in t.external_data if entry.key == "location"}
     external = sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())

@@ -3,6 +3,7 @@ fits gets smaller working sets, and the same pruned model as without a budget.""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,18 @@ def test_a_flops_target_sizes_the_pruned_copy_with_room_for_more_params() -> Non
     assert kept_share(params=0.6) == 0.6
     assert kept_share(flops=0.5) == pytest.approx(0.575)  # params kept may exceed FLOPs kept
     assert kept_share(flops=0.95) == 1.0 and kept_share() == 1.0
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "garbage", "fifo"])
+def test_a_budget_never_changes_how_bad_input_is_reported(tmp_path: Path, kind: str) -> None:
+    # the budget is checked before reading: that check must not read a FIFO or trip over a bad file
+    path = tmp_path / "m.onnx"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "garbage":
+        path.write_bytes(b"not a model at all")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    proc = cli(path, "--flops", "0.5", "--max-memory", "4", cwd=tmp_path)
+    line = assert_one_line_error(proc, 2 if kind in ("missing", "folder") else 1)
+    assert str(path.name) in line and "internal error" not in line

@@ -108,10 +108,11 @@ def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, th
     values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()}
     for name, value in values.items():
         opts.add_initializer(name, value)
-    folder = tempfile.TemporaryDirectory(prefix="onnxprune-session-")
-    path = save_stubbed(model, folder.name)
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    sess._onnxprune_keep = (values, weights, folder)  # onnxruntime reads these buffers for the session's life
+    # The files are read while the session starts and never again (the stubs' values come from
+    # ``weights``), so the folder goes at once: an interrupted run leaves nothing behind.
+    with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as folder:
+        sess = ort.InferenceSession(str(save_stubbed(model, folder)), opts, providers=["CPUExecutionProvider"])
+    sess._onnxprune_keep = (values, weights)  # onnxruntime reads these buffers for the session's life
     return sess
 
 

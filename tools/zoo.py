@@ -314,8 +314,11 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
         try:
             plan = api.make_plan(analysis, flops=r.target)
             pruned, kept = api.apply(analysis, plan, proto)
+            _release()  # the rewritten graph (its weights are in ``pruned`` now), as onnxprune.prune does
             graph, cap = verify(pruned, analysis.capture, outputs)
             costs = costs_of(graph, cap)  # as onnxprune.sweep measures a verified model
+            del graph
+            _release()
         except ModelError as exc:
             r.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in onnxprune: recorded, not raised
@@ -326,8 +329,20 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
             r.flops_ratio = costs.flops / dense.flops if dense.flops else 1.0
             r.params_ratio = costs.params / dense.params if dense.params else 1.0
             _outside_checks(r, proto, pruned, analysis, kept)
+        pruned = None
+        _release()  # this target's copies go before the next target's
         r.status = _judge(r)
         yield r
+
+
+def _release() -> None:
+    """Collect graphsurgeon's cyclic graphs and hand the freed memory back, as onnxprune's stages do."""
+    import gc
+
+    from onnxprune.graph.sessions import return_freed_memory
+
+    gc.collect()
+    return_freed_memory()
 
 
 STAGE = "zoo stage: "

@@ -6,7 +6,6 @@ fields of the option classes in options.py, which the CLI's flags are built from
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
 import os
@@ -19,6 +18,7 @@ from .calib.sparsify import parse_pattern
 from .deploy.runners import bench_feed, make_runners, time_runners
 from .errors import UsageError, first_line
 from .graph import capture as capture_mod
+from .graph.sessions import return_freed_memory
 from .graph.shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
 from .memory import kept_share
 from .options import OPTION_CLASSES, from_kwargs, signature_parameters
@@ -118,7 +118,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         channel_multiple=plan.round_to if plan else 1, channel_multiple_why=why if plan else None,
     )
     del pipe, pruned
-    gc.collect()  # graphsurgeon graphs are cyclic: uncollected, the dense weights would outlive the call
+    return_freed_memory()  # the dense weights, in graphsurgeon's cycles, would outlive the call
     return result
 
 

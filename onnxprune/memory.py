@@ -33,7 +33,7 @@ from .calib.activations import SHARE_FROM
 from .calib.hessian import SPARSIFY_BUDGET
 from .errors import UsageError
 from .graph.capture import CHUNK_BYTES
-from .graph.load import check_model_path
+from .graph.load import check_model_path, model_file_bytes
 
 GiB = 2**30
 BASE = GiB // 2  # the interpreter, numpy, onnx, onnxruntime and their buffers (0.11 GiB after import)
@@ -73,13 +73,10 @@ def weights_on_disk(model: str | os.PathLike | onnx.ModelProto) -> tuple[int, bo
     if size >= _SMALL_PROTO or not path.is_file():  # a FIFO or device is never read here
         return size, True
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        total = model_file_bytes(path)
     except Exception:  # not a readable model: reading it says so, in one line
         return size, True
-    files = {entry.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-             for entry in t.external_data if entry.key == "location"}
-    external = sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
-    return size + external, not files
+    return total, total == size
 
 
 def stage_needs(weights: int, inline: bool, kept: float = 1.0, calibrated: bool = False) -> dict[str, int]:

@@ -18,7 +18,6 @@ them is computed twice.
 
 from __future__ import annotations
 
-import gc
 import os
 from dataclasses import dataclass, field, replace
 
@@ -259,7 +258,6 @@ class Pipeline:
         model = to_model(pruned.graph, self.skeleton)
         if release:
             pruned.graph = None
-            gc.collect()  # graphsurgeon graphs are cyclic
             return_freed_memory()
         return model
 
@@ -280,8 +278,7 @@ class Pipeline:
         self.step("verifying with onnx.checker and onnxruntime")
         graph, cap = verify(model, self.analysis.capture, self.outputs, self.shapes, self.memory.capture_group)
         costs = costs_of(graph, cap)
-        del graph
-        gc.collect()  # the verified graph holds a copy of the pruned weights in cycles: free it now
+        del graph  # it holds a copy of the pruned weights, in cycles: freed now
         return_freed_memory()
         return costs
 

@@ -266,6 +266,7 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
     """As :func:`evaluate`, yielding each target's Record as soon as it is known."""
     from onnxprune import api
     from onnxprune.errors import ModelError
+    from onnxprune.graph.sessions import return_freed_memory
     from onnxprune.graph.shapes import resolve_input_shapes
     from onnxprune.graph.verify import verify
     from onnxprune.pipeline import analyze_model, costs_of, load_split
@@ -314,11 +315,11 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
         try:
             plan = api.make_plan(analysis, flops=r.target)
             pruned, kept = api.apply(analysis, plan, proto)
-            _release()  # the rewritten graph (its weights are in ``pruned`` now), as onnxprune.prune does
+            return_freed_memory()  # the rewritten graph (its weights are in ``pruned`` now), as onnxprune.prune does
             graph, cap = verify(pruned, analysis.capture, outputs)
             costs = costs_of(graph, cap)  # as onnxprune.sweep measures a verified model
             del graph
-            _release()
+            return_freed_memory()
         except ModelError as exc:
             r.error = str(exc)
         except Exception as exc:  # noqa: BLE001 - a bug in onnxprune: recorded, not raised
@@ -330,19 +331,11 @@ def evaluate_each(name: str, exporter: str, targets: list[float], cache: Path, s
             r.params_ratio = costs.params / dense.params if dense.params else 1.0
             _outside_checks(r, proto, pruned, analysis, kept)
         pruned = None
-        _release()  # this target's copies go before the next target's
+        return_freed_memory()  # this target's copies go before the next target's
         r.status = _judge(r)
         yield r
 
 
-def _release() -> None:
-    """Collect graphsurgeon's cyclic graphs and hand the freed memory back, as onnxprune's stages do."""
-    import gc
-
-    from onnxprune.graph.sessions import return_freed_memory
-
-    gc.collect()
-    return_freed_memory()
 
 
 STAGE = "zoo stage: "

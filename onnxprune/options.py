@@ -194,7 +194,8 @@ class CalibOptions(_Options):
 
     calib: Any = option(None, "image folder, .npy, .npz, folder of .npy, or 'random'", flag="--calib", metavar="PATH")
     calib_count: int = option(128, "samples to use (default 128)", flag="--calib-count", metavar="N", type=positive)
-    preprocess: str = option("imagenet", "preset in calibration/ or a JSON file", flag="--preprocess", metavar="NAME")
+    preprocess: str = option("imagenet", "image preprocessing: a preset (imagenet, none) or a JSON file",
+                             flag="--preprocess", metavar="NAME")
     holdout: float = option(0.25, "share of the samples held out to measure fidelity", cli=False)
 
     @property

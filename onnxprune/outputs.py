@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import signal
@@ -255,12 +254,25 @@ def _check_folder(folder: Path, what: str) -> None:
         raise UsageError(f"{what} folder {folder} is not writable ({exc.strerror or exc})") from None
 
 
+def _fcntl():
+    """The fcntl module, imported here rather than at the top: ``import onnxprune`` and everything
+    that writes nothing (analysis, the API without saving) work on any platform, and only writing
+    outputs needs flock, that is a POSIX system (Linux, macOS; on Windows, WSL)."""
+    try:
+        import fcntl
+    except ImportError:
+        raise UsageError("writing outputs needs a POSIX system (Linux, macOS; on Windows, WSL): this Python has "
+                         "no fcntl module for the output lock") from None
+    return fcntl
+
+
 def _lock(real: Path, shown: Path) -> int:
     """Take an exclusive lock on a hidden ``.<name>.onnxprune-lock`` file beside ``real``.
 
     flock is dropped by the kernel when a process dies, so a killed run never blocks the next
     one; the loop makes sure we hold the lock on the file that is at the path now (its last
     holder removes it when done)."""
+    fcntl = _fcntl()  # before the lock file is created: a platform without flock leaves nothing behind
     lock = real.with_name(f".{real.name}{LOCK_SUFFIX}")
     while True:
         try:

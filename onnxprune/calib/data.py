@@ -6,8 +6,9 @@ graph input, all sharing a leading sample axis (the model's batch axis), in the 
 Sources:
 
 - a folder of images (jpg, jpeg, png, bmp, webp; searched recursively, hidden files skipped),
-  decoded one at a time with Pillow and preprocessed by a preset (``calibration/*.json`` at the
-  top of the repository, or a user JSON file with the same fields; see ``calibration/README.md``);
+  decoded one at a time with Pillow and preprocessed by a preset (``onnxprune/presets/*.json``,
+  package data read with importlib.resources, so a wheel has them too; or a user JSON file with
+  the same fields; see ``onnxprune/presets/README.md``);
 - a ``.npy`` file (one sample, or a batch along the leading axis), or a folder of them
   (concatenated in sorted path order);
 - a ``.npz`` file with one array per input name (any single key for a single-input model);
@@ -26,17 +27,21 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from ..errors import UsageError, first_line
 
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
 log = logging.getLogger(__name__)
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "calibration"
+PRESETS = "presets"  # the built-in presets: package data of onnxprune (onnxprune/presets/*.json)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MAX_NAMED = 5  # unreadable images named one by one in the log; more are counted
 RANDOM = "random"
@@ -180,11 +185,18 @@ class Preprocess:
     interpolation: str = "bilinear"
 
 
+def _preset_dir() -> Traversable:
+    """The folder of the built-in presets, wherever onnxprune is installed (a source checkout, a
+    wheel, a zip): read through importlib.resources, never through a path of the repository."""
+    return resources.files("onnxprune").joinpath(PRESETS)
+
+
 def preset_names() -> list[str]:
-    """The names of the built-in presets (``calibration/*.json``)."""
-    if not PRESET_DIR.is_dir():
+    """The names of the built-in presets (``onnxprune/presets/*.json``)."""
+    folder = _preset_dir()
+    if not folder.is_dir():
         return []
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".json") and entry.is_file())
 
 
 def load_preset(preprocess: str | os.PathLike) -> Preprocess:
@@ -197,9 +209,9 @@ def load_preset(preprocess: str | os.PathLike) -> Preprocess:
             raise UsageError(f"preprocessing file not found: {text}")
         name = path.name
     else:
-        path = PRESET_DIR / f"{text}.json"
+        path = _preset_dir().joinpath(f"{text}.json")
         if not path.is_file():
-            known = ", ".join(preset_names()) or "none found in " + str(PRESET_DIR)
+            known = ", ".join(preset_names()) or "none found in " + str(_preset_dir())
             raise UsageError(f"unknown preprocessing preset {text!r} (known: {known}; or give a JSON file path)")
         name = text
     try:
@@ -209,7 +221,7 @@ def load_preset(preprocess: str | os.PathLike) -> Preprocess:
     return _parse_preset(name, data, path)
 
 
-def _parse_preset(name: str, data: Any, path: Path) -> Preprocess:
+def _parse_preset(name: str, data: Any, path: Path | Traversable) -> Preprocess:
     def bad(msg: str) -> UsageError:
         return UsageError(f"preprocessing file {path}: {msg}")
 

@@ -28,7 +28,7 @@ from .ranking.cost import flops_terms, total
 from .ranking.criteria import score_groups
 from .ranking.granularity import candidate_multiples, parse_round_to
 from .ranking.select import select_granular
-from .results import BenchResult, Costs, PruneResult
+from .results import BenchResult, Costs, PruneResult, recover_command_for
 from .structure.analyze import Analysis
 from .structure.rewrite import Plan, apply_plan
 
@@ -116,6 +116,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         fidelity=pipe.fidelity(model_out), calibration=pipe.calib.description if pipe.calib else None,
         latency_search=search, distillation=distilled, input_shapes=measured_at(pipe.analysis),
         channel_multiple=plan.round_to if plan else 1, channel_multiple_why=why if plan else None,
+        recover_command=None if calib.given else recover_command_for(  # no data: fidelity unknown, say how to fix
+            model, (target, calib, solver, bench, shapes)),
     )
     del pipe, pruned
     return_freed_memory()  # the dense weights, in graphsurgeon's cycles, would outlive the call

@@ -461,7 +461,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from .graph.load import write_model
     from .options import values
     from .report.plots import sweep_figure
-    from .report.text import measured_at_line, write_json
+    from .report.text import measured_at_line, print_not_measured, write_json
     from .sweep import OPTION_CLASSES as SWEEP_OPTIONS
     from .sweep import model_filename, sweep_outcome
 
@@ -526,6 +526,8 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     io.out.print(measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
+    if not result.fidelity_measured:
+        print_not_measured(io.out, result.to_dict()["fidelity"])
     _print_written(io, written)
     _fail_on_errors(io, {"the model" if t is None else f"{result.metric} {t:g}": e for t, e in outcome.errors.items()})
 

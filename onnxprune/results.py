@@ -11,7 +11,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import numbers
 import os
+import shlex
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +31,53 @@ if TYPE_CHECKING:  # types only: stage modules import heavier libraries
     from .calib.reconstruct import Refit
     from .calib.sparsify import SparsifyReport
     from .ranking.latency import LatencySearch
+
+
+CALIB_EXAMPLE = "photos/"  # the folder the recovery command names: the user's own images go there
+NOT_MEASURED = ("not measured: no calibration data was given (--calib), so the pruned model's outputs were never "
+                "compared with the dense model's. Pruning without data usually needs recovery before the model is "
+                "accurate again. The command measures fidelity and recovers the model from a folder of images like "
+                f"the model's inputs ({CALIB_EXAMPLE} stands for it).")
+
+
+def recover_command_for(model: str | os.PathLike | onnx.ModelProto, options: Iterable[Any], *,
+                        sweep: dict[str, list[float]] | None = None) -> str:
+    """The command that measures fidelity and recovers a model pruned without data: the user's run
+    again (the same model and every option given, read from the option dataclasses of options.py,
+    whose fields carry their flags), with ``--calib photos/`` and, where channels are removed,
+    ``--reconstruct``. ``sweep``: a sweep's targets (``{"--flops": [0.9, 0.5]}``). A ModelProto
+    has no path: ``model.onnx`` stands for it."""
+    path = os.fspath(model) if isinstance(model, str | os.PathLike) else "model.onnx"
+    if path.startswith("-"):
+        path = os.path.join(".", path)  # not read as an option
+    words = ["onnxprune", "sweep", path] if sweep else ["onnxprune", path]
+    for flag, targets in (sweep or {}).items():
+        words += [flag, *map(_word, targets)]
+    structured = bool(sweep)
+    for group in options:
+        structured = structured or bool(getattr(group, "structured", False))
+        for f in dataclasses.fields(group):
+            flag, value = f.metadata.get("flag"), getattr(group, f.name)
+            if not flag or not f.metadata.get("cli") or flag == "--calib" or value is None or value == f.default:
+                continue  # the defaults, and the data this command adds
+            if value is True:
+                words.append(flag)
+            elif isinstance(value, dict):  # --input-shape, once per input
+                words += [w for name, dims in value.items() for w in (flag, f"{name}:{'x'.join(map(str, dims))}")]
+            else:
+                words += [flag, _word(value)]
+    words += ["--calib", CALIB_EXAMPLE, *(["--reconstruct"] if structured else [])]
+    return shlex.join(words)
+
+
+def _word(value: Any) -> str:
+    """An option value as the command line spells it: 0.5, not 0.5000000001 or np.float32(0.5)."""
+    return f"{value:g}" if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) else str(value)
+
+
+def not_measured(recover_command: str | None) -> dict[str, Any]:
+    """The report's ``fidelity`` entry of a run without calibration data."""
+    return {"measured": False, "note": NOT_MEASURED, "command": recover_command}
 
 
 @dataclass
@@ -87,6 +137,13 @@ class PruneResult:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what FLOPs were measured at (batch 1)
     channel_multiple: int = 1  # channel counts of pruned groups are multiples of this
     channel_multiple_why: str | None = None  # how --round-to chose it
+    recover_command: str | None = None  # without calibration data: the command that measures fidelity and recovers
+
+    @property
+    def fidelity_measured(self) -> bool:
+        """Whether fidelity to the dense model was measured (only with calibration data): without it,
+        the pruned model's accuracy is unknown, and ``recover_command`` says how to measure and recover it."""
+        return self.fidelity is not None
 
     @property
     def flops_ratio(self) -> float:
@@ -123,8 +180,8 @@ class PruneResult:
                                "dense_layers": [{"layer": n, "why": why} for n, why in sp.dense]}
         if self.refits:
             out["reconstruct"] = [vars(r) for r in self.refits]
-        if self.fidelity is not None:
-            out["fidelity"] = vars(self.fidelity)
+        out["fidelity"] = ({"measured": True, **vars(self.fidelity)} if self.fidelity is not None
+                           else not_measured(self.recover_command))
         if self.distillation is not None:
             out["distill"] = vars(self.distillation)
         if self.calibration:
@@ -174,11 +231,19 @@ class SweepResult:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # FLOPs measured there (batch 1)
     batch: int = 1  # the batch latency was timed at
     failed: dict[float, str] = field(default_factory=dict)  # targets that failed (retried once) and their error
+    recover_command: str | None = None  # without calibration data: the sweep that measures fidelity and recovers
+
+    @property
+    def fidelity_measured(self) -> bool:
+        """Whether the points carry fidelity to the dense model (only with calibration data)."""
+        return self.calibration is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: dense costs, the input sizes they were measured at, and every point."""
         return {"metric": self.metric, "dense": dataclasses.asdict(self.dense),
                 "dense_latency_ms": self.dense_latency_ms, "calibration": self.calibration,
+                "fidelity": ({"measured": True, "where": "each point's top1_agreement, cosine and kl"}
+                             if self.fidelity_measured else not_measured(self.recover_command)),
                 "points": [p.to_dict() for p in self.points],
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                 "latency_batch": self.batch if self.dense_latency_ms is not None else None,

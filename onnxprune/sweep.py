@@ -33,7 +33,7 @@ from .options import (
 )
 from .pipeline import Pipeline, measured_at
 from .progress import Progress, no_progress
-from .results import SweepPoint, SweepResult
+from .results import SweepPoint, SweepResult, recover_command_for
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
         if job.ray or ((job.jobs or default_jobs()) > 1 and len(targets) > 1):
             unit = Unit("sweep", model, {"calib": calib, "solver": solver, "bench": bench_options, "shapes": shapes},
                         metric, targets, bench, bench_runs, keep_models, pipe=pipe)
-            return run_jobs([unit], job, step)[0]
+            return _with_recover_command(run_jobs([unit], job, step)[0], model, {f"--{metric}": targets}, calib,
+                                         solver, bench_options, shapes, job)
     points: list[SweepPoint] = []
     models: list[onnx.ModelProto] = []
     for i, target in enumerate(targets, 1):
@@ -144,10 +145,21 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
         for point, latency in zip(points, lat[1:], strict=True):
             point.latency_ms = latency.median_ms
             point.latency_ratio = latency.median_ms / dense_ms if dense_ms else None
-    return UnitOutcome(SweepResult(metric=metric, dense=pipe.dense, points=points, dense_latency_ms=dense_ms,
-                                   calibration=pipe.calib.description if pipe.calib else None,
-                                   external_data=pipe.external, input_shapes=measured_at(pipe.analysis),
-                                   batch=bench_options.batch))
+    return _with_recover_command(
+        UnitOutcome(SweepResult(metric=metric, dense=pipe.dense, points=points, dense_latency_ms=dense_ms,
+                                calibration=pipe.calib.description if pipe.calib else None,
+                                external_data=pipe.external, input_shapes=measured_at(pipe.analysis),
+                                batch=bench_options.batch)), model, {f"--{metric}": targets}, calib,
+        solver, bench_options, shapes, job)
+
+
+def _with_recover_command(outcome: UnitOutcome, model: str | os.PathLike | onnx.ModelProto,
+                          targets: dict[str, list[float]], calib: CalibOptions, *others: object) -> UnitOutcome:
+    """Without calibration data the points have no fidelity: the result carries the sweep that measures
+    it and recovers the models (the same targets and options, ``others``, with --calib and --reconstruct)."""
+    if outcome.result is not None and not calib.given:
+        outcome.result.recover_command = recover_command_for(model, (calib, *others), sweep=targets)
+    return outcome
 
 
 sweep.__signature__ = inspect.Signature(  # help(sweep) and IDEs list every option

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..outputs import write_atomic
-from ..results import PruneResult, SweepResult
+from ..results import PruneResult, SweepResult, not_measured
 from .text import human, summary_dict
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ th, td { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
 th { background: #f2f2f2; } td.text { text-align: left; font-family: monospace; }
 pre { background: #f6f6f6; padding: 0.6em; white-space: pre-wrap; word-break: break-all; }
 img { max-width: 100%; } p.note { color: #555; font-size: 0.9em; }
+p.warning { color: #8a3b00; font-weight: bold; }
 """
 
 Row = Sequence[Any]
@@ -139,6 +140,8 @@ def _summary_section(summary: dict[str, Any]) -> str:
         body += _note(f"channel counts: multiples of {m['multiple']} ({m['why']})")
     if summary.get("output"):
         body += _note(f"output: {summary['output']}")
+    if not summary["fidelity"]["measured"]:
+        body += '\n<p class="warning">Fidelity to the dense model: not measured (no calibration data; see below).</p>'
     return _section("Summary", body, "summary-section")
 
 
@@ -234,10 +237,19 @@ def _latency_section(summary: dict[str, Any]) -> str:
     return _section("Latency", body, "latency")
 
 
+def _not_measured(fidelity: dict[str, Any]) -> str:
+    """A run without calibration data: fidelity not measured, recovery usually needed, and the command
+    that measures and recovers it (``results.not_measured``)."""
+    body = f'<p class="warning" id="fidelity-not-measured">Fidelity {html.escape(fidelity["note"])}</p>'
+    if fidelity.get("command"):
+        body += f'\n<pre id="recover-command">{html.escape(fidelity["command"])}</pre>'
+    return body
+
+
 def _fidelity_section(summary: dict[str, Any]) -> str:
-    if "fidelity" not in summary:
-        return ""
     f = summary["fidelity"]
+    if not f["measured"]:
+        return _section("Fidelity", _not_measured(f), "fidelity")
     rows = [("top-1 agreement", f"{f['top1_agreement']:.1%}"), ("output cosine", f"{f['cosine']:.4f}"),
             ("KL of the softmax", f"{f['kl']:.4g}")]
     body = _table(("measure (pruned vs dense)", "value"), rows, "fidelity-table", text_columns=(0,))
@@ -331,6 +343,8 @@ def _sweep_section(result: SweepResult) -> str:
     if result.calibration:
         notes.append(f"calibration: {result.calibration}")
     body += _note("; ".join(notes))
+    if not result.fidelity_measured:
+        body += _not_measured(not_measured(result.recover_command))
     return _section(f"Sweep ({result.metric} targets)", body, "sweep")
 
 

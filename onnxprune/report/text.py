@@ -117,8 +117,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                       f"mean layer output error {before:.4f} -> {after:.4f}")
     if "distill" in summary:
         console.print(distill_line(summary["distill"]), highlight=False)
-    if "fidelity" in summary:
-        f = summary["fidelity"]
+    f = summary["fidelity"]
+    if f["measured"]:
         console.print(f"fidelity on {f['samples']} held-out samples: top-1 agreement {f['top1_agreement']:.1%}, "
                       f"cosine {f['cosine']:.4f}, KL {f['kl']:.4g}")
     if "calibration" in summary:
@@ -128,6 +128,16 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for frozen in summary["frozen"]:
         console.print(f"  frozen: {frozen['channels']} channel set(s) at {', '.join(frozen['slots'][:2])}"
                       f" because of {', '.join(frozen['reasons'])}")
+    if not f["measured"]:  # last, where it is seen: the model's accuracy is unknown
+        print_not_measured(console, f)
+
+
+def print_not_measured(console: Console, fidelity: dict[str, Any]) -> None:
+    """What a run without calibration data says about accuracy: fidelity was not measured, the model
+    usually needs recovery, and the command that measures and recovers it (``results.not_measured``)."""
+    console.print(f"fidelity {fidelity['note']}", highlight=False, markup=False)
+    if fidelity.get("command"):
+        console.print(f"  {fidelity['command']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def distill_line(d: dict[str, Any]) -> str:

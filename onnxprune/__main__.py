@@ -1,10 +1,11 @@
 """Entry point of the ``onnxprune`` command (and ``python -m onnxprune``).
 
-It takes over Ctrl-C before anything heavy loads: an interrupt while the command starts exits
-with 130 and one line, no traceback. ``cli.main`` then puts Python's own handler back, and its
-``except KeyboardInterrupt`` says what was written (an interrupt that a library's import turned into
-another exception included). (Only the interpreter's own start-up, before
-this file runs, is out of reach.)
+It takes over Ctrl-C (SIGINT) and SIGTERM before anything heavy loads: either one while the
+command starts exits with one line and no traceback (130 for SIGINT, 143 for SIGTERM, as later).
+``cli.main`` then handles both as KeyboardInterrupt (``cli.on_signal``), and its ``except
+KeyboardInterrupt`` says what was written (an interrupt that a library's import turned into
+another exception included). (Only the interpreter's own start-up, before this file runs, is out
+of reach.)
 """
 
 import os
@@ -12,27 +13,31 @@ import signal
 import sys
 
 
-def _interrupted_while_starting(_signum, _frame) -> None:
-    sys.stderr.write("onnxprune: interrupted; nothing was written\n")
-    raise SystemExit(130)
+def _stopped_while_starting(signum, _frame) -> None:
+    word = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    sys.stderr.write(f"onnxprune: {word}; nothing was written\n")
+    raise SystemExit(128 + signum)
 
 
-signal.signal(signal.SIGINT, _interrupted_while_starting)
+signal.signal(signal.SIGINT, _stopped_while_starting)
+signal.signal(signal.SIGTERM, _stopped_while_starting)
 
 from onnxprune import cli  # noqa: E402
-from onnxprune.cli import main as _main  # noqa: E402  (after the handler, on purpose)
-from onnxprune.cli import on_sigint  # noqa: E402
+from onnxprune.cli import main as _main  # noqa: E402  (after the handlers, on purpose)
+from onnxprune.cli import on_signal  # noqa: E402
 
 
 def main() -> int:
-    """Run the command line with KeyboardInterrupt back in place (remembered: see ``cli.on_sigint``)."""
-    signal.signal(signal.SIGINT, on_sigint)
+    """Run the command line with KeyboardInterrupt back in place (remembered: see ``cli.on_signal``)."""
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         code = _main()
-    except KeyboardInterrupt:  # a second Ctrl-C while the first one was being reported
-        code = 130
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: an interrupt now would only hide the exit status
-    if cli.SIGINT_SEEN:
+    except KeyboardInterrupt:  # a second signal while the first one was being reported
+        code = 128 + (cli.SIGNAL_SEEN or signal.SIGINT)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # done: a signal now would only hide the exit status
+        signal.signal(sig, signal.SIG_IGN)
+    if cli.SIGNAL_SEEN:
         # CPython marks a KeyboardInterrupt raised inside code it runs for an extension's import as
         # unhandled even after we caught it, and at exit kills itself with SIGINT (status -2, not
         # 130). Everything is written or cleaned up by now: leave with our status.

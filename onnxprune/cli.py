@@ -1,5 +1,5 @@
 """Command line: parses arguments and calls the Python API. Exit codes: 0 ok, 1 model problem,
-2 usage problem, 130 interrupted.
+2 usage problem, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 
 Conventions: results on stdout, errors, logs and the progress spinner on stderr; ``-q`` prints
 nothing but errors, ``-v`` logs the pipeline stages (INFO), ``-vv`` adds DEBUG; colour only on a
@@ -13,7 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,12 +39,17 @@ EXIT_CODES = """exit codes:
        pruned or verified
   2    usage problem: a model path that does not exist or is a folder, a bad option or target, bad
        calibration data, an output that exists (without --force)
-  130  interrupted; nothing is left behind (an interrupt after the outputs were written says so)
+  130  interrupted (Ctrl-C, SIGINT); nothing is left behind (an interrupt after the outputs were
+       written says so)
+  143  terminated (SIGTERM: timeout, CI cancellation, docker stop); the same as 130
 
 outputs: every file a command writes (models, their .data files, reports, JSON, HTML, sweep folders,
-engines) must be new or a regular file replaced with --force, differ from the inputs and from each
-other, and is written only when the whole command succeeded, all together; a second run writing
-the same file at the same time is refused.
+engines) must be new or a regular file replaced with --force, differ from the inputs, from every
+weights file the inputs name (even with --force) and from each other, and is written only when the
+whole command succeeded, all together; a second run writing the same file at the same time is
+refused. An output that is a symlink is written where it points (a model with its .data file).
+A path that is empty, '-' (no stdout) or ends in '/' (a folder) is refused; a full disk, a
+read-only folder or a name too long is refused before the work where it can be seen then.
 """
 
 EPILOG_PRUNE = """examples:
@@ -284,8 +291,16 @@ def _outputs(io: _Io, force: bool, *inputs: str | os.PathLike) -> OutputSet:
 
 def _claim_optional(outputs: OutputSet, *paths: tuple[str | None, str]) -> None:
     for path, what in paths:
-        if path:
+        if path is not None:  # an empty path is given, and refused by the claim
             outputs.claim(path, what)
+
+
+def _model_need(outputs: OutputSet, flops: float | None = None, params: float | None = None) -> int:
+    """About the bytes a pruned model of the input takes at most, for the up-front free-space check:
+    the input's files times the share of the weights the target keeps."""
+    from .memory import kept_share
+
+    return int(outputs.input_bytes * kept_share(flops, params))
 
 
 # --- progress, logging, colour -----------------------------------------------------------------
@@ -370,13 +385,15 @@ def _configure_logging(quiet: bool, verbose: int, debug: bool) -> None:
 def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .api import default_output, prune
     from .deploy.runners import measure
-    from .graph.load import read_model, write_model
+    from .graph.load import check_model_path, read_model, write_model
     from .options import OPTION_CLASSES, values
     from .report.text import file_size, print_summary, summary_dict, write_json
 
-    dst = Path(args.output) if args.output else default_output(args.model)
+    check_model_path(args.model)  # before its name makes the default output's
+    dst = args.output if args.output is not None else default_output(args.model)  # as typed: "" and "d/" refused
     with _outputs(io, args.force, args.model) as outputs:
-        outputs.claim_model(dst)
+        outputs.claim_model(dst, need=_model_need(outputs, args.flops, args.params))
+        dst = Path(dst)
         _claim_optional(outputs, (args.report, "JSON report"), (args.html, "HTML report"))
         _check_fp16(args)
         with _stages(io, args.quiet, f"reading {args.model}") as progress:
@@ -447,10 +464,17 @@ def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
         _print_written(io, written)
 
 
+def _folder_arg(raw: str) -> Path:
+    """--out as typed: "" would become "." and "-" is no folder."""
+    if raw in ("", "-"):
+        raise UsageError(f"--out {raw!r}: give an output folder path")
+    return Path(raw)
+
+
 def _sweep_folder(args: argparse.Namespace) -> Path:
     src = Path(args.model)
-    if args.out:
-        return Path(args.out)
+    if args.out is not None:
+        return _folder_arg(args.out)
     stem = src.name[:-5] if src.name.endswith(".onnx") else src.name
     return src.with_name(stem + ".sweep")
 
@@ -458,25 +482,28 @@ def _sweep_folder(args: argparse.Namespace) -> Path:
 def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from rich.table import Table
 
-    from .graph.load import write_model
+    from .graph.load import check_model_path, write_model
     from .options import values
     from .report.plots import sweep_figure
     from .report.text import measured_at_line, print_not_measured, write_json
     from .sweep import OPTION_CLASSES as SWEEP_OPTIONS
     from .sweep import model_filename, sweep_outcome
 
+    check_model_path(args.model)  # before its name makes the default folder's
     folder = _sweep_folder(args)
     names = ["sweep.csv", "sweep.json", "sweep.png"]
     if args.save_models:
         metric = "flops" if args.flops else "params"
         models = [model_filename(metric, target) for target in args.flops or args.params]
         names += [n for m in models for n in (m + ".data", m)]  # a model's weights file before the model
-    html_inside = args.html and Path(os.path.realpath(args.html)).parent == Path(os.path.realpath(folder))
+    html_inside = bool(args.html) and Path(os.path.realpath(args.html)).parent == Path(os.path.realpath(folder))
     if html_inside:
         names.append(Path(args.html).name)
     with _outputs(io, args.force, args.model) as outputs:
-        files = dict(zip(names, outputs.claim_folder(folder, names), strict=True))
-        if args.html and not html_inside:
+        needs = {m: _model_need(outputs, **{metric: t}) for m, t in zip(models, args.flops or args.params,
+                                                                         strict=True)} if args.save_models else {}
+        files = dict(zip(names, outputs.claim_folder(folder, names, needs=needs), strict=True))
+        if args.html is not None and not html_inside:
             outputs.claim(args.html, "HTML report")
         _check_fp16(args)
         with _stages(io, args.quiet, f"reading {args.model}") as progress:
@@ -547,13 +574,24 @@ def _fail_on_errors(io: _Io, errors: dict[str, str]) -> None:
 
 
 def _batch_folder(args: argparse.Namespace) -> Path:
-    if args.out:
-        return Path(args.out)
+    if args.out is not None:
+        return _folder_arg(args.out)
     src = Path(args.manifest)
     return src.with_name(src.stem + ".batch")
 
 
 BATCH_FILES = ("batch.csv", "batch.json", "done.json")
+
+
+def _manifest_models(manifest: str) -> list[Path]:
+    """The model paths a manifest names, as inputs no output may overwrite (with their weights
+    files); ``batch`` validates the manifest itself, so what is no path here is skipped."""
+    from .jobs.batch import read_manifest
+
+    data, base = read_manifest(manifest)
+    models = data.get("models")
+    entries = [m.get("path") if isinstance(m, dict) else m for m in models] if isinstance(models, list) else []
+    return [base / m for m in entries if isinstance(m, str) and m]
 
 
 def _run_batch(args: argparse.Namespace, io: _Io) -> None:
@@ -563,10 +601,12 @@ def _run_batch(args: argparse.Namespace, io: _Io) -> None:
     from .jobs.batch import batch
     from .options import values
 
+    if args.manifest == "":
+        raise UsageError("manifest path is empty")
     folder = _batch_folder(args)
     resume = (folder / "done.json").is_file() and {p.name for p in folder.iterdir()
                                                    if not p.name.startswith(".")} <= set(BATCH_FILES)
-    with _outputs(io, args.force or resume, args.manifest) as outputs:
+    with _outputs(io, args.force or resume, args.manifest, *_manifest_models(args.manifest)) as outputs:
         files = dict(zip(BATCH_FILES, outputs.claim_folder(folder, BATCH_FILES), strict=True))
         with _stages(io, args.quiet, f"reading {args.manifest}") as progress:
             result = batch(args.manifest, done=folder / "done.json" if resume else None, progress=progress,
@@ -644,8 +684,16 @@ COMMANDS: dict[str, Command] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 1 model problem, 2 usage problem, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 1 model problem, 2 usage problem, 130
+    interrupted, 143 terminated)."""
+    global SIGNAL_SEEN
+    SIGNAL_SEEN = 0  # this run's (main may run again in one process: tests, API users)
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     io: _Io | None = None
     try:
@@ -670,32 +718,61 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return _interrupted(io)
-    except Exception as exc:  # a bug: still one line unless --debug
-        if SIGINT_SEEN:  # Ctrl-C inside a C extension's import comes back as another error (numpy: ImportError)
-            return _interrupted(io)
+    except OSError as exc:  # a full disk, a read-only or vanished folder while writing an output: one line
+        message = io.outputs.write_error(exc) if io and io.outputs and not SIGNAL_SEEN else None
+        if message is None:
+            return _unexpected(io, exc, debug)
         if debug:
             raise
-        _error(io, f"onnxprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)"
-                   f"{_written_note(io)}")
+        _error(io, f"onnxprune: error: {message}")
         return 1
+    except Exception as exc:
+        return _unexpected(io, exc, debug)
 
 
-SIGINT_SEEN = False  # set by on_sigint, the handler the installed command runs with
+def _unexpected(io: _Io | None, exc: Exception, debug: bool) -> int:
+    """A bug: still one line unless --debug."""
+    if SIGNAL_SEEN:  # Ctrl-C inside a C extension's import comes back as another error (numpy: ImportError)
+        return _interrupted(io)
+    if debug:
+        raise exc
+    _error(io, f"onnxprune: internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)"
+               f"{_written_note(io)}")
+    return 1
 
 
-def on_sigint(_signum, _frame) -> None:
-    """SIGINT handler of the installed command (``__main__``): Python's KeyboardInterrupt, remembered,
-    so an interrupt that a library turned into another exception is still reported as one."""
-    global SIGINT_SEEN
-    SIGINT_SEEN = True
+SIGNAL_SEEN = 0  # the SIGINT or SIGTERM on_signal turned into KeyboardInterrupt (0: none)
+
+
+def on_signal(signum: int, _frame) -> None:
+    """SIGINT handler of the installed command (``__main__``) and SIGTERM handler of every run:
+    Python's KeyboardInterrupt, remembered, so an interrupt that a library turned into another
+    exception is still reported as one, and a SIGTERM exits with 143, not 130."""
+    global SIGNAL_SEEN
+    SIGNAL_SEEN = SIGNAL_SEEN or signum
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (timeout, CI cancellation, docker stop) is handled as Ctrl-C while a command runs:
+    one line, nothing left behind. Signal handlers can only be set on the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
 
 
 def _interrupted(io: _Io | None) -> int:
     written = io.outputs.published if io and io.outputs else []
-    _error(io, "onnxprune: interrupted after writing " + ", ".join(map(str, written)) if written
-           else "onnxprune: interrupted; nothing was written")
-    return 130
+    word = "terminated (SIGTERM)" if SIGNAL_SEEN == signal.SIGTERM else "interrupted"
+    _error(io, f"onnxprune: {word} after writing " + ", ".join(map(str, written)) if written
+           else f"onnxprune: {word}; nothing was written")
+    return 128 + (SIGNAL_SEEN or signal.SIGINT)
 
 
 def _written_note(io: _Io | None) -> str:

@@ -158,7 +158,10 @@ def _values(tensor: onnx.TensorProto, path: Path) -> np.ndarray:
 
 def check_model_path(path: str | os.PathLike) -> Path:
     """Refuse a model path that does not exist or is a folder: a wrong path is a usage problem
-    (exit 2); a file that is no model is a model problem (exit 1, read_model)."""
+    (exit 2); a file that is no model is a model problem (exit 1, read_model). "" is refused as
+    such: pathlib would read it as ".", the current folder."""
+    if os.fspath(path) == "":
+        raise UsageError("model path is empty")
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path}: no such file")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import numbers
 import os
 import shlex
 from collections.abc import Iterable
@@ -52,7 +51,7 @@ def recover_command_for(model: str | os.PathLike | onnx.ModelProto, options: Ite
         path = os.path.join(".", path)  # not read as an option
     words = ["onnxprune", "sweep", path] if sweep else ["onnxprune", path]
     for flag, targets in (sweep or {}).items():
-        words += [flag, *map(_word, targets)]
+        words += [flag, *map(str, targets)]  # str: the shortest spelling that reads back the same float
     structured = bool(sweep)
     for group in options:
         structured = structured or bool(getattr(group, "structured", False))
@@ -65,14 +64,9 @@ def recover_command_for(model: str | os.PathLike | onnx.ModelProto, options: Ite
             elif isinstance(value, dict):  # --input-shape, once per input
                 words += [w for name, dims in value.items() for w in (flag, f"{name}:{'x'.join(map(str, dims))}")]
             else:
-                words += [flag, _word(value)]
+                words += [flag, str(value)]
     words += ["--calib", CALIB_EXAMPLE, *(["--reconstruct"] if structured else [])]
     return shlex.join(words)
-
-
-def _word(value: Any) -> str:
-    """An option value as the command line spells it: 0.5, not 0.5000000001 or np.float32(0.5)."""
-    return f"{value:g}" if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) else str(value)
 
 
 def not_measured(recover_command: str | None) -> dict[str, Any]:

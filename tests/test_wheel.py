@@ -43,7 +43,7 @@ def _photos(folder: Path) -> Path:
 
 
 def _pip(*args: str | Path, cwd: Path) -> None:
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1"}
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INDEX": "1", "PIP_NO_CACHE_DIR": "1"}
     proc = subprocess.run([sys.executable, "-m", "pip", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

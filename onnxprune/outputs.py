@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -36,6 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import OnnxPruneError, UsageError
+
+try:  # flock: POSIX only. Without it onnxprune still imports and analyses; claiming an output says why not
+    import fcntl
+except ImportError:
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +114,7 @@ class OutputSet:
               need: int = 0) -> Path:
         """Check ``path`` as an output and lock it; raise UsageError (one line) if it cannot be one.
         A symlink is resolved now, once; ``need``: about how many bytes it will take."""
+        _need_flock()
         _check_spelling(path, what)
         path = Path(path)
         return self._add(path, Path(os.path.realpath(path)), what, force=force, lock=lock, need=need)
@@ -117,6 +122,7 @@ class OutputSet:
     def claim_model(self, path: str | os.PathLike, what: str = "output", *, need: int = 0) -> Path:
         """Claim a model file and the ``<name>.data`` file its external weights may go to, both where
         the path points (a symlink is resolved once: the model written there names that data file)."""
+        _need_flock()
         _check_spelling(path, what)
         path = Path(path)
         real = Path(os.path.realpath(path))
@@ -132,6 +138,7 @@ class OutputSet:
         """Claim a folder (made at publish time if missing) and the files ``names`` in it. An existing
         folder that holds anything needs ``force``; the folder is locked, not each file. The files
         are the folder's entries themselves: a symlink among them is replaced, not followed."""
+        _need_flock()
         _check_spelling(folder, what, folder=True)
         folder = Path(folder)
         real = Path(os.path.realpath(folder))
@@ -430,6 +437,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def _need_flock() -> None:
+    """Outputs are locked and staged with flock, which only POSIX systems have: refuse in one line,
+    before anything is written or locked, where this Python has no fcntl (Windows: use WSL)."""
+    if fcntl is None:
+        raise UsageError("writing outputs needs a POSIX system (Linux, macOS; on Windows, WSL): this Python has "
+                         "no fcntl module for the output lock")
 
 
 def _check_spelling(path: str | os.PathLike, what: str, folder: bool = False) -> None:

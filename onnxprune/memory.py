@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -33,7 +34,8 @@ from .calib.activations import SHARE_FROM
 from .calib.hessian import SPARSIFY_BUDGET
 from .errors import UsageError
 from .graph.capture import CHUNK_BYTES
-from .graph.load import check_model_path, model_file_bytes
+from .graph.load import check_model_path, model_file_bytes, without_weights
+from .graph.shapes import FLOAT32, spelled
 
 GiB = 2**30
 BASE = GiB // 2  # the interpreter, numpy, onnx, onnxruntime and their buffers (0.11 GiB after import)
@@ -116,4 +118,92 @@ def plan_memory(model: str | os.PathLike | onnx.ModelProto, max_memory_gb: float
     return MemoryPlan(budget, group, hessians)
 
 
-__all__ = ["GiB", "MemoryPlan", "kept_share", "plan_memory", "stage_needs", "weights_on_disk"]
+# --- what the input size implies ---------------------------------------------------------------
+
+# Copies of the largest activation a capture holds at once (measured 4.1x on a Conv+Relu at 1500x1500:
+# onnxruntime keeps the op's output and the next one, fetched outputs stay alive until the run ends,
+# and each comes back as a numpy copy).
+ACTIVATION_COPIES = 4
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process can have: the physical memory, or the cgroup's limit if lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def largest_activation(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[str, int]:
+    """(name, bytes) of the largest tensor the model computes at input sizes ``shapes`` (batch 1),
+    its inputs included, from onnx's shape inference on a copy without weights (milliseconds, no
+    run). Tensors whose shape inference cannot tell are not counted: a lower bound."""
+    light = without_weights(model)
+    weights = {t.name for t in light.graph.initializer}
+    del light.graph.value_info[:]  # inferred again at this size
+    for value in light.graph.input:
+        if value.name in shapes:
+            shape = value.type.tensor_type.shape
+            shape.Clear()
+            for dim in shapes[value.name]:
+                shape.dim.add().dim_value = dim
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False, data_prop=True).graph
+    except Exception:  # shape inference is a best effort here: fall back to the inputs alone
+        inferred = light.graph
+    best = ("", 0)
+    for value in (*inferred.input, *inferred.value_info, *inferred.output):
+        kind = value.type.tensor_type
+        if value.name in weights or not kind.HasField("shape"):
+            continue
+        if not all(d.HasField("dim_value") and d.dim_value >= 0 for d in kind.shape.dim):
+            continue
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            itemsize = FLOAT32
+        size = math.prod(d.dim_value for d in kind.shape.dim) * itemsize
+        if size > best[1]:
+            best = (value.name, size)
+    return best
+
+
+def weights_of(model: onnx.ModelProto) -> int:
+    """Bytes of the model's initializers from their dims (their values need not be loaded)."""
+    total = 0
+    for t in model.graph.initializer:
+        try:
+            total += math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, ValueError, TypeError):  # strings and unknown types: too small to matter here
+            continue
+    return total
+
+
+def check_activations(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], budget: int | None = None,
+                      given: bool = False) -> None:
+    """Raise UsageError, before anything runs, when the model's activations at ``shapes`` cannot fit
+    beside its weights: in ``budget`` bytes (``--max-memory``), else in this machine's memory.
+    ``given``: the size came from ``--input-shape`` (the error says to give a smaller one)."""
+    if not shapes:
+        return
+    name, largest = largest_activation(model, shapes)
+    weights = weights_of(model)
+    need = BASE + weights + ACTIVATION_COPIES * largest
+    limit = budget if budget is not None else machine_memory()
+    if need <= limit:
+        return
+    at = ", ".join(spelled(k, v) for k, v in shapes.items())
+    within = f"--max-memory {limit / GiB:g}" if budget is not None else f"this machine's {limit / GiB:.1f} GiB"
+    hint = ": give a smaller --input-shape" if given else ""
+    raise UsageError(f"at input size {at} the model needs about {need / GiB:.1f} GiB of memory ({weights / GiB:.2f} "
+                     f"GiB of weights, {ACTIVATION_COPIES} x {largest / GiB:.2f} GiB for its largest activation "
+                     f"{name}), more than {within}{hint}")
+
+
+__all__ = ["GiB", "MemoryPlan", "check_activations", "kept_share", "largest_activation", "machine_memory",
+           "plan_memory", "stage_needs", "weights_of", "weights_on_disk"]

@@ -305,6 +305,9 @@ def load_calibration(source: str | os.PathLike, inputs: list[InputSpec], *, coun
     shown = os.fspath(source)
     if not path.exists():
         raise UsageError(f"calibration source not found: {shown}")
+    if not path.is_dir() and not path.is_file():
+        raise UsageError(f"calibration source {shown} is a FIFO, device or socket, not a file or folder: reading "
+                         "it could block forever")
     if path.is_dir():
         images, arrays = _scan(path)
         shown_dir = shown.rstrip("/\\") + "/"
@@ -556,10 +559,14 @@ def _scan(folder: Path) -> tuple[list[Path], list[Path]]:
             if name.startswith("."):
                 continue
             suffix = os.path.splitext(name)[1].lower()
+            entry = Path(root) / name
+            if suffix in (*IMAGE_EXTENSIONS, ".npy") and entry.exists() and not entry.is_file():
+                raise UsageError(f"calibration folder {folder} holds {entry}, a FIFO, device or socket, not a file: "
+                                 "reading it could block forever (remove it)")
             if suffix in IMAGE_EXTENSIONS:
-                images.append(Path(root) / name)
+                images.append(entry)
             elif suffix == ".npy":
-                arrays.append(Path(root) / name)
+                arrays.append(entry)
     key = lambda p: p.relative_to(folder).as_posix()  # noqa: E731
     return sorted(images, key=key), sorted(arrays, key=key)
 

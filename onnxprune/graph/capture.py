@@ -75,12 +75,19 @@ def input_feed(graph: gs.Graph, grow: int = 0, seed: int = 0, batch: int | None 
                 shape.append((given[axis] if given else GUESS) + grown)
         dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
         if np.issubdtype(dtype, np.floating):
-            feed[tensor.name] = rng.standard_normal(shape).astype(dtype)
+            feed[tensor.name] = standard_normal(rng, shape, dtype)
         elif dtype == np.bool_:
             feed[tensor.name] = np.ones(shape, dtype=dtype)
         else:
             feed[tensor.name] = np.zeros(shape, dtype=dtype)
     return feed
+
+
+def standard_normal(rng: np.random.Generator, shape: tuple[int, ...] | list[int], dtype: np.dtype) -> np.ndarray:
+    """Standard-normal values of ``dtype``, drawn as float32 unless it is float64: drawing float64 and
+    converting would hold twice the input's bytes more (a large --input-shape feed)."""
+    wide = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    return rng.standard_normal(shape, dtype=wide).astype(dtype, copy=False)
 
 
 def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ def read_model(path: str | os.PathLike) -> tuple[onnx.ModelProto, bool]:
     path = check_model_path(path)
     model = _load_proto(path)
     external = uses_external_data(model)
+    check_tensors(model, path.parent, path)  # before reading: external data past its file is named, not read
     try:
         external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
@@ -75,7 +78,8 @@ def read_split(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, np.n
         return light, weights, external
     external = uses_external_data(model)
     refuse_unsupported(model, path)
-    weights = {t.name: _values(t, path) for t in model.graph.initializer}  # to_array checks sizes
+    check_tensors(model, path.parent, path)
+    weights = {t.name: _values(t, path) for t in model.graph.initializer}
     light = without_weights(model)
     del model  # an inline file's weight bytes go with the parsed proto
     check_without_weights(light, path)
@@ -84,7 +88,8 @@ def read_split(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict[str, np.n
 
 def split_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """(``model`` without weight bytes, its initializers' values by name): copies of the values;
-    ``model`` itself is not changed."""
+    ``model`` itself is not changed. Malformed tensors are refused (``check_tensors``)."""
+    check_tensors(model)
     return without_weights(model), {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
@@ -154,6 +159,114 @@ def _values(tensor: onnx.TensorProto, path: Path) -> np.ndarray:
     except Exception as exc:
         raise ModelError(f"{path}: cannot load its external weights ({exc})") from None
     return onnx.numpy_helper.to_array(one)
+
+
+# Element types stored packed in raw_data (bits per element); their int32_data holds one byte per entry.
+_PACKED_BITS = {getattr(onnx.TensorProto, name): bits for name, bits in (
+    ("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2), ("FLOAT6E2M3", 6), ("FLOAT6E3M2", 6))
+    if hasattr(onnx.TensorProto, name)}
+_INT64_MAX = 2**63 - 1
+
+
+def check_tensors(model: onnx.ModelProto, folder: str | os.PathLike | None = None,
+                  name: str | os.PathLike = "model") -> None:
+    """Raise ModelError, naming the tensor, for a malformed tensor anywhere in ``model``
+    (initializers, Constant values and other tensor attributes, in subgraphs too): a negative dim,
+    dims whose byte count overflows int64, or data (``raw_data``, a typed field, or external data
+    in ``folder``) that is shorter or longer than its dims say. External data is checked against
+    its file (a regular file, offset and length inside it) without reading it; without ``folder``
+    external tensors are not checked (a proto in memory has no folder to read them from).
+
+    onnx and numpy do not check this: a short ``raw_data`` fails deep in a reshape, and a
+    negative dim is taken as -1 (the tensor loads at the size its data has)."""
+    for tensor, what in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if folder is not None:
+                _check_external(tensor, Path(folder), f"{name}: {what}")
+        else:
+            _check_inline(tensor, f"{name}: {what}")
+
+
+def _all_tensors(graph: onnx.GraphProto, where: str = "") -> Iterator[tuple[onnx.TensorProto, str]]:
+    """Every dense tensor of ``graph`` and its subgraphs, with how an error names it."""
+    for tensor in graph.initializer:
+        yield tensor, f"initializer {tensor.name}{where}"
+    for node in graph.node:
+        label = f"{node.op_type} {node.name or (node.output[0] if node.output else '')}".strip()
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t, f"tensor {attr.t.name or attr.name} of {label}{where}"
+            for tensor in attr.tensors:
+                yield tensor, f"tensor {tensor.name or attr.name} of {label}{where}"
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_tensors(body, f" (in the {attr.name} body of {label}{where})")
+
+
+def _sizes(tensor: onnx.TensorProto, what: str) -> tuple[int, int | None]:
+    """(elements, bytes of raw data) that the dims of ``tensor`` describe (bytes None for strings)."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise ModelError(f"{what} has a negative dimension {dims}")
+    count = math.prod(dims)
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return count, None
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        raise ModelError(f"{what} has an unknown element type {tensor.data_type}") from None
+    bits = _PACKED_BITS.get(tensor.data_type)
+    nbytes = (count * bits + 7) // 8 if bits else count * itemsize
+    if nbytes > _INT64_MAX:
+        raise ModelError(f"{what}: dims {dims} describe {count} elements, more than any tensor can hold "
+                         "(their byte count overflows int64)")
+    return count, nbytes
+
+
+def _check_inline(tensor: onnx.TensorProto, what: str) -> None:
+    count, nbytes = _sizes(tensor, what)
+    if tensor.HasField("raw_data"):
+        want, held, unit = nbytes, len(tensor.raw_data), "bytes"
+    else:
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        per_entry = {4: 2, 2: 4}.get(_PACKED_BITS.get(tensor.data_type, 0), 1)  # int4 and int2 share an entry
+        want = 2 * count if tensor.data_type in _COMPLEX else -(-count // per_entry)
+        held, unit = len(getattr(tensor, field)), f"{field} values"
+    if held != want:
+        raise ModelError(f"{what}: its dims {list(tensor.dims)} need {want} {unit}, but it holds {held} "
+                         f"({'shorter' if held < want else 'longer'} than its dims say)")
+
+
+_COMPLEX = (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
+
+
+def _check_external(tensor: onnx.TensorProto, folder: Path, what: str) -> None:
+    """The external data file is a regular file (a FIFO would block the read), and offset and length
+    lie inside it and match the tensor's dims."""
+    _, nbytes = _sizes(tensor, what)
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    try:
+        offset = int(entries.get("offset") or 0)
+        length = int(entries["length"]) if entries.get("length") else None
+    except ValueError:
+        raise ModelError(f"{what}: external data offset/length are not integers "
+                         f"({entries.get('offset')!r}, {entries.get('length')!r})") from None
+    if not location:
+        raise ModelError(f"{what}: external data without a location")
+    file = folder / location
+    if not file.exists():
+        raise ModelError(f"{what}: its external data file {location} does not exist beside the model")
+    if not file.is_file():
+        raise ModelError(f"{what}: its external data file {location} is not a regular file")
+    size = file.stat().st_size
+    if length is None:
+        length = size - offset
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelError(f"{what}: external data at offset {offset}, length {length} runs past the end of "
+                         f"{location} ({size} bytes)")
+    if nbytes is not None and length != nbytes:
+        raise ModelError(f"{what}: its dims {list(tensor.dims)} need {nbytes} bytes, but its external data in "
+                         f"{location} holds {length} ({'shorter' if length < nbytes else 'longer'} than its dims say)")
 
 
 def check_model_path(path: str | os.PathLike) -> Path:

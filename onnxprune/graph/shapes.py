@@ -11,6 +11,7 @@ against a fixed batch: FLOPs are always per sample and ``--batch`` sets the batc
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 
@@ -43,7 +44,27 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
         if int(part) < 1:
             raise UsageError(f"{FLAG} {text}: dims must be positive, got {int(part)}")
         shape.append(int(part))
+    check_size(text, shape)
     return name, tuple(shape)
+
+
+FLOAT32 = 4  # bytes per element of a random input feed (and of an activation of unknown type)
+
+
+def check_size(what: str, dims: Sequence[int]) -> None:
+    """Refuse an input size that no machine here can hold, before anything is read: dims whose
+    product overflows int64 (numpy and onnxruntime count elements in it), or a float32 input larger
+    than this machine's memory on its own (what its activations need is checked once the model is
+    known, see ``memory.check_activations``)."""
+    from ..memory import GiB, machine_memory
+
+    count = math.prod(int(d) for d in dims)
+    if count * FLOAT32 > 2**63 - 1:
+        raise UsageError(f"{FLAG} {what}: {count} elements per input overflow int64; give a real size")
+    memory = machine_memory()
+    if count * FLOAT32 > memory:
+        raise UsageError(f"{FLAG} {what}: one input of that size is {count * FLOAT32 / GiB:.1f} GiB as float32, more "
+                         f"than this machine's {memory / GiB:.1f} GiB of memory; give a smaller size")
 
 
 def graph_inputs(model: onnx.ModelProto) -> dict[str, Dims | None]:
@@ -118,6 +139,7 @@ def check_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]
             raise UsageError(f"{FLAG} {name}: dims must be integers, got {list(dims)}")
         if any(d < 1 for d in dims):
             raise UsageError(f"{FLAG} {name}: dims must be positive, got {list(dims)}")
+        check_size(name, dims)
         model_dims = inputs[name]
         if model_dims is not None:
             if len(dims) != len(model_dims):
@@ -132,11 +154,16 @@ def check_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]
 
 
 def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None, *,
-                         batch: int = 1) -> Shapes:
+                         batch: int = 1, budget: int | None = None) -> Shapes:
     """The size every graph input is measured at (batch 1): fixed dims, else the ``given`` dims,
     else 1 for a free batch and ``GUESS`` for other free dims (``announce_guesses`` says so once
     the model ran there). ``batch`` is the batch that will be timed: a given batch entry other than
-    1 and ``batch`` is not used, and a warning says so. Checks ``given`` first (``check_input_shapes``)."""
+    1 and ``batch`` is not used, and a warning says so. Checks ``given`` first (``check_input_shapes``),
+    and last that the model's activations at that size fit beside its weights in ``budget`` bytes
+    (``--max-memory``), else in this machine's memory (``memory.check_activations``): a size that
+    cannot fit is a usage error before anything runs."""
+    from ..memory import check_activations
+
     shapes = check_input_shapes(model, given)
     out: Shapes = {}
     for name, dims in graph_inputs(model).items():
@@ -149,6 +176,7 @@ def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[in
         if mine and not is_fixed(dims[0]) and mine[0] not in (1, batch):
             log.warning("%s %s: its batch entry %d is not used: FLOPs are per sample (batch 1) and --batch sets "
                         "the batch that is timed", FLAG, name, mine[0])
+    check_activations(model, out, budget, given=bool(shapes))
     return out
 
 

@@ -49,6 +49,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError, UsageError, first_line
+from ..graph.capture import standard_normal
 from ..progress import Progress, no_progress
 from ..structure.analyze import Analysis
 from ..structure.slots import Slot
@@ -293,7 +294,7 @@ def _probe_model(probes: list[_Probe], opset: list) -> onnx.ModelProto:
 
 def _feed(probes: list[_Probe], seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(dtype) for p in probes for name, shape, dtype in p.inputs}
+    return {name: standard_normal(rng, shape, dtype) for p in probes for name, shape, dtype in p.inputs}
 
 
 def _batches(probes: list[_Probe]) -> list[list[_Probe]]:
@@ -417,16 +418,10 @@ def latency_table(analysis: Analysis, like: onnx.ModelProto, *, backend: str = "
     path = _key_path(key)
     counts = SlotCounts(analysis)
     axes_of = node_axes(analysis, counts)
-    if cache and path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            nodes = [NodeTable.from_dict(d) for d in data["nodes"]]
-            if data.get("key") == key and [(n.name, n.axes) for n in nodes] == [(n, a) for n, _, a in axes_of]:
-                log.info("latency table read from %s", path)
-                return LatencyTable(nodes, key, data.get("build_s", 0.0), True, str(path), data.get("probes", 0))
-            log.info("latency table %s does not match this model; measuring again", path)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.info("latency table %s unreadable (%s); measuring again", path, exc)
+    if cache and path.exists():
+        cached = read_cached_table(path, key, [(n, a) for n, _, a in axes_of])
+        if cached is not None:
+            return cached
     start = time.perf_counter()
     step(f"measuring a latency table on {backend} ({threads} thread(s), batch {batch}, channels in steps of "
          f"{round_to})")
@@ -444,6 +439,52 @@ def latency_table(analysis: Analysis, like: onnx.ModelProto, *, backend: str = "
         except Exception as exc:  # a read-only home must not fail the pruning
             log.warning("latency table not cached (%s)", exc)
     return table
+
+
+def read_cached_table(path: Path, key: dict, axes: list[tuple[str, list[Slot]]]) -> LatencyTable | None:
+    """The table cached at ``path`` if it is one for ``key`` with these nodes and axes; None to
+    measure it again (and overwrite the file). A file that is not a well-formed table (bad JSON,
+    NaN or negative times, grids that do not match their sample points, not a regular file) is
+    named in a warning: used as it is, it would fail every later run (an IndexError in ``at``) or
+    steer the pruning by garbage."""
+    try:
+        if not path.is_file():  # a FIFO would block the read
+            raise ValueError("not a regular file")
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+            raise ValueError("not a latency table")
+        if data.get("key") != key:
+            log.info("latency table %s was measured for other settings; measuring again", path)
+            return None
+        nodes = [_valid_node(d) for d in data["nodes"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("latency cache %s is corrupt (%s): ignored, measuring the table again", path, first_line(exc))
+        return None
+    if [(n.name, n.axes) for n in nodes] != axes:
+        log.info("latency table %s does not match this model; measuring again", path)
+        return None
+    build_s, probes = data.get("build_s", 0.0), data.get("probes", 0)
+    log.info("latency table read from %s", path)
+    return LatencyTable(nodes, key, build_s if isinstance(build_s, int | float) else 0.0, True, str(path),
+                        probes if isinstance(probes, int) else 0)
+
+
+def _valid_node(d: dict) -> NodeTable:
+    """A node table from its JSON, checked: 1 or 2 axes, each with ascending positive sample points
+    that end at the axis's dense size, and a grid of finite, non-negative times of their shape."""
+    node = NodeTable.from_dict(d)
+    if not isinstance(node.name, str) or not 1 <= len(node.axes) == len(node.sizes) == len(node.points) <= 2:
+        raise ValueError(f"node {node.name!r}: axes, sizes and sample points do not match")
+    for points, size in zip(node.points, node.sizes, strict=True):
+        if (not points or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in points)
+                or points != sorted(set(points)) or points[-1] != size):
+            raise ValueError(f"node {node.name!r}: bad sample points {points} for {size} channels")
+    if node.ms.shape != tuple(len(p) for p in node.points):
+        raise ValueError(f"node {node.name!r}: a grid of shape {node.ms.shape} for sample points of sizes "
+                         f"{[len(p) for p in node.points]}")
+    if not np.isfinite(node.ms).all() or (node.ms < 0).any():
+        raise ValueError(f"node {node.name!r}: NaN, infinite or negative times")
+    return node
 
 
 def _measure(analysis: Analysis, like: onnx.ModelProto, axes_of: list[tuple[str, gs.Node, list[Slot]]],

@@ -6,17 +6,26 @@ Ray (its tests skip without it)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import onnx
 import pytest
 import yaml
+from helpers import sweep_model
 
 import onnxprune
 from onnxprune import cli
 from onnxprune.errors import UsageError
+from onnxprune.jobs.ray import check_address
 from onnxprune.sweep import sweep_outcome
 
 TARGETS = [0.9, 0.7, 0.5]
@@ -146,7 +155,136 @@ def test_bad_manifest_and_flags_are_usage_errors(tmp_path, resnet18, monkeypatch
     assert cli.main(["sweep", str(resnet18), "--flops", "0.5", "--out", str(tmp_path / "s"), "--ray"]) == 2
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running: not gone and not a zombie (an orphan's zombie waits for PID 1 to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_sweep_takes_its_pool_workers_and_lock_with_it(tmp_path, kill_dir, sig):
+    """The real command, its pool busy (a point sleeps in its worker), is killed: within seconds no
+    worker is left (they were orphans holding the output lock for minutes) and a rerun into the
+    same folder is not refused."""
+    model = tmp_path / "m.onnx"
+    onnx.save(sweep_model(), model)
+    (kill_dir / "flops0.7.hang").touch()
+    out = tmp_path / "m.sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "onnxprune", "sweep", str(model), "--flops", "0.9", "0.7", "0.5",
+                             "--jobs", "2", "--out", str(out), "-q"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while (kill_dir / "flops0.7.hang").exists():  # the worker removes it when the point starts
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep never reached its point"
+            time.sleep(0.05)
+        workers += _children(proc.pid)
+        assert workers
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, workers)), "pool workers outlived their killed parent"
+    finally:  # whatever happened, nothing of this test lives on
+        proc.kill()
+        proc.wait()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+    assert cli.main(["sweep", str(model), "--flops", "0.9", "--jobs", "1", "--out", str(out), "--force", "-q"]) == 0
+
+
+def test_a_worker_closes_the_parents_lock_descriptors(tmp_path):
+    """A forked pool worker holds no descriptor of its parent's output lock (a flock is shared by
+    fork, so a worker that outlived its parent would keep the output locked)."""
+    from onnxprune.jobs import local
+    from onnxprune.outputs import LOCK_SUFFIX, OutputSet
+
+    lock = tmp_path / f".a.json{LOCK_SUFFIX}"
+    with OutputSet() as outputs:
+        outputs.claim(tmp_path / "a.json", "report")
+        assert not _lock_free_after(str(lock))  # the parent holds it
+        assert local.run_pool([(_lock_free_after, (str(lock),))] * 2, 2) == [True, True]
+
+
+def _lock_free_after(lock: str) -> bool:
+    """In a worker: none of the descriptors it holds refers to the parent's lock file."""
+    real = os.path.realpath(lock)
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == real:
+                return False
+        except OSError:
+            continue
+    return True
+
+
 # --- Ray -------------------------------------------------------------------------------------------
+
+
+def _refused_quickly(address: str, match: str) -> None:
+    """check_address refuses ``address`` with one line matching ``match``, well before Ray's own
+    retries would give up (minutes), and the command says the same with exit 2."""
+    start = time.monotonic()
+    with pytest.raises(UsageError, match=match) as info:
+        check_address(address)
+    assert time.monotonic() - start < 4  # a refused or closed port answers at once
+    assert "\n" not in str(info.value)
+
+
+def test_ray_addresses_are_checked_before_ray_starts(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray", reason="needs ray: pip install 'onnxprune[ray]'")
+    # nothing listens on port 1; Ray itself would retry it for minutes
+    _refused_quickly("127.0.0.1:1", r"cannot reach Ray at .*:1 \(Connection refused\); start one with 'ray start")
+    _refused_quickly("ray://127.0.0.1:1", r"cannot reach Ray at 127.0.0.1:1|needs Ray's client")
+    _refused_quickly("head", "not a Ray address")
+    _refused_quickly("127.0.0.1:99999", "not a Ray address")
+    with pytest.raises(UsageError, match="the address is empty"):
+        onnxprune.sweep(tmp_path / "m.onnx", flops=[0.5], ray="")
+    # a port that answers, but not as a gRPC server (Ray's GCS and Ray Client are)
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    answer = threading.Thread(target=lambda: server.accept()[0].close(), daemon=True)
+    answer.start()
+    if importlib.util.find_spec("grpc") is not None:
+        _refused_quickly(f"ray://127.0.0.1:{port}", "takes connections but does not answer as Ray")
+    server.close()
+    # ray:// without Ray's client (grpc)
+    monkeypatch.setitem(sys.modules, "grpc", None)
+    _refused_quickly("ray://head:10001", r"needs Ray's client: pip install 'onnxprune\[ray\]'")
+    # auto with no cluster on this machine (where one runs, auto rightly finds it)
+    from ray._private.services import find_gcs_addresses
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if not find_gcs_addresses() and not Path("/tmp/ray/ray_current_cluster").exists():
+        _refused_quickly("auto", "no running Ray cluster found on this machine; start one with 'ray start --head'")
+    # the command: one line, exit 2, before any work
+    model = tmp_path / "m.onnx"
+    onnx.save(sweep_model(), model)
+    capsys.readouterr()
+    assert cli.main(["sweep", str(model), "--flops", "0.5", "0.7", "--ray", "127.0.0.1:1", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach Ray" in err
+    assert not (tmp_path / "m.sweep").exists()
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +327,13 @@ def test_ray_batch_equals_local_broken_model_and_rerun(ray_cluster, tmp_path, ex
     assert "empty file" in result.rows[4].error
     again = onnxprune.batch(path, ray=True, done=result.done())
     assert [r.reused for r in again.rows] == [True] * 4 + [False] * 2
+
+
+def test_ray_address_check_accepts_a_real_cluster(ray_cluster):
+    """The address check (a gRPC answer within seconds) lets a real GCS through."""
+    import ray
+
+    check_address(ray.get_runtime_context().gcs_address)
 
 
 def test_ray_bench_on_a_labelled_node(ray_cluster, resnet18):

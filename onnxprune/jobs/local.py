@@ -5,12 +5,23 @@ none is pickled per task. A task that raises is retried once; a worker that dies
 down with it (concurrent.futures cannot tell which task killed it), so the tasks that were running
 are each retried alone in a fresh pool: the one that kills its worker again is reported, the
 others finish.
+
+Workers die with their parent: a parent killed by SIGKILL (or by SIGTERM's default action) cannot
+stop them itself, so each worker asks the kernel for SIGKILL when its parent dies (Linux
+``prctl(PR_SET_PDEATHSIG)``; elsewhere a thread polls ``os.getppid()``), and closes its copies of
+the parent's output-lock descriptors at once, so a rerun is never refused by an orphan. A parent
+that stops on an exception (Ctrl-C, a handled SIGTERM) kills its workers before it returns.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -21,6 +32,8 @@ from . import tasks
 
 PIPELINES: dict[str, Pipeline] = {}  # unit key -> analysed pipeline (the workers' copy is inherited)
 TRIES = 2  # a failed or killed task runs once more
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_S = 0.5  # where prctl is missing: how often a worker checks that its parent lives
 
 
 class Failure:
@@ -58,7 +71,9 @@ def run_pool(calls: list[tuple[Callable, tuple]], jobs: int, done: Callable[[int
     todo, alone = deque(range(len(calls))), deque()  # alone: survivors of a dead pool, one at a time
     context = multiprocessing.get_context("fork")
     while todo or alone:
-        with ProcessPoolExecutor(max_workers=max(1, min(jobs, len(calls))), mp_context=context) as pool:
+        pool = ProcessPoolExecutor(max_workers=max(1, min(jobs, len(calls))), mp_context=context,
+                                   initializer=_worker_start, initargs=(os.getpid(),))
+        try:
             running: dict = {}
             broken = False
             while (todo or alone or running) and not broken:
@@ -102,9 +117,57 @@ def run_pool(calls: list[tuple[Callable, tuple]], jobs: int, done: Callable[[int
                     results[i] = Failure(describe(BrokenProcessPool()))
                 if done:
                     done(i, results[i])
-            if broken:
-                pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # Ctrl-C, a SIGTERM turned into KeyboardInterrupt, a bug: the workers go now
+            _kill(pool)
+            raise
+        pool.shutdown(wait=True, cancel_futures=True)
     return results
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers at once (a shutdown would wait for the running tasks to finish).
+    ``_processes`` is private, but it is the only handle on the workers the executor gives."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        try:
+            process.kill()
+        except (OSError, ValueError):  # already gone, or already closed
+            pass
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_start(parent: int) -> None:
+    """First thing in each pool worker: close its copies of the parent's output locks, die with
+    the parent, leave Ctrl-C to the parent (which stops the pool), and let SIGTERM terminate it
+    (the parent's handler, if it has one, is inherited by the fork)."""
+    from ..outputs import close_inherited_locks
+
+    close_inherited_locks()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not _kill_on_parent_death(parent):
+        threading.Thread(target=_watch_parent, args=(parent,), name="onnxprune-parent-watch", daemon=True).start()
+
+
+def _kill_on_parent_death(parent: int) -> bool:
+    """Linux: ask the kernel for SIGKILL when the parent dies; whether that is armed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        armed = prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc symbol: the watch thread does it
+        return False
+    if armed and os.getppid() != parent:  # the parent died before the request: no signal will come
+        os._exit(1)
+    return armed
+
+
+def _watch_parent(parent: int) -> None:
+    """Where prctl is missing: exit once the parent is gone (the worker is re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(WATCH_S)
+    os._exit(1)
 
 
 def _point(key: str, metric: str, target: float, multiples: list[int], keep: bool):

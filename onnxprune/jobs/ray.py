@@ -9,22 +9,35 @@ that custom resource; GPU backends request a GPU for them.
 
 The analysis task and the point tasks need the model and calibration paths on the node they run
 on (a shared filesystem); a sweep's driver reads them itself and ships the analysed pipeline.
+
+An address is checked before ``ray.init``, which retries one that does not answer for minutes:
+``ray://`` needs Ray's client (``grpc``), ``auto`` needs a cluster Ray can find, and the address
+must accept a TCP connection within ``PROBE_S`` seconds; each failure is one usage error saying
+what to install or start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from . import tasks
 from .local import Failure, describe
 
 log = logging.getLogger(__name__)
 _CACHE: dict[str, object] = {}  # in a worker process: unit key -> its pipeline
 _ACTIVE = False  # in the driver: a session is open
+PROBE_S = 5.0  # how long a Ray address may take to accept a TCP connection
+CLIENT_PORT = 10001  # Ray Client's default port (ray://HOST)
+# The HTTP/2 connection preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+START = "start one with 'ray start --head' (or give --ray alone for a Ray on this machine only)"
 
 
 def require_ray():
@@ -87,7 +100,13 @@ def session(address: bool | str, progress: Callable[[str], None]) -> Iterator[No
         level = quiet.level
         quiet.setLevel(logging.ERROR if not log.isEnabledFor(logging.DEBUG) else level)
         try:
+            check_address(address)
             ray.init(address=None if address is True else address, configure_logging=False, log_to_driver=False)
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError...
+            where = "start Ray" if address is True else f"connect to Ray at {address}"
+            raise UsageError(f"cannot {where}: {first_line(exc)}") from None
         finally:
             quiet.setLevel(level)
     warm = ray.remote(_warm).options(num_cpus=1)
@@ -100,6 +119,83 @@ def session(address: bool | str, progress: Callable[[str], None]) -> Iterator[No
         _ACTIVE = False
         if started:
             ray.shutdown()
+
+
+def check_address(address: bool | str) -> None:
+    """Refuse, quickly and in one line, a Ray address ``ray.init`` could not use (True: a local Ray,
+    nothing to check)."""
+    if address is True:
+        return
+    text = address.strip()
+    if not text:
+        raise UsageError("--ray: the address is empty; give auto, HOST:PORT or ray://HOST:10001, or --ray alone "
+                         "for a local Ray")
+    if text.startswith("ray://"):
+        if importlib.util.find_spec("grpc") is None:
+            raise UsageError(f"--ray {text} needs Ray's client: pip install 'onnxprune[ray]' (it brings "
+                             "ray[client]), or run on a node of the cluster with --ray auto")
+        hostport = text[len("ray://"):].rstrip("/") or "localhost"
+        if ":" not in hostport.rsplit("]", 1)[-1]:
+            hostport += f":{CLIENT_PORT}"
+    else:
+        hostport = _gcs_address(text)
+        if hostport is None:
+            return
+    _probe(text, hostport)
+
+
+def _gcs_address(text: str) -> str | None:
+    """HOST:PORT of the cluster's GCS as ``ray.init`` will use it (auto looked up in RAY_ADDRESS, the
+    cluster 'ray start' recorded or a running one; localhost made this node's IP, where Ray binds).
+    None when Ray's helper (private) is missing or cannot tell: ray.init then decides alone."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address_or_die
+    except ImportError:
+        return None if text == "auto" else text
+    try:
+        return canonicalize_bootstrap_address_or_die(text)
+    except ConnectionError:
+        raise UsageError(f"--ray auto: no running Ray cluster found on this machine; {START}, or give "
+                         "the cluster's address") from None
+    except ValueError:
+        if text == "auto":  # RAY_ADDRESS holds what this helper does not parse (a ray:// address)
+            return None
+        raise UsageError(f"--ray {text}: not a Ray address; give auto, HOST:PORT (the head's GCS, 6379) or "
+                         "ray://HOST:10001") from None
+
+
+def _probe(address: str, hostport: str) -> None:
+    """A gRPC server (Ray's GCS and Ray Client both are) at HOST:PORT: it accepts a TCP connection
+    and answers the HTTP/2 preface with a SETTINGS frame within PROBE_S seconds, or a usage error
+    names the address. A TLS cluster (RAY_USE_TLS) is only connected to."""
+    host, _, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--ray {address}: not a Ray address; give auto, HOST:PORT (the head's GCS, 6379) or "
+                         "ray://HOST:10001")
+    try:
+        conn = socket.create_connection((host, int(port)), timeout=PROBE_S)
+    except OSError as exc:
+        reason = f"no answer in {PROBE_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or type(exc).__name__
+        raise UsageError(f"--ray {address}: cannot reach Ray at {host}:{port} ({reason}); {START}, or check the "
+                         "address") from None
+    head = b""
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        try:
+            conn.sendall(H2_PREFACE)
+            while len(head) < 9:  # a frame header: length (3 bytes), type (4: SETTINGS), flags, stream
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError:  # reset, or silent past PROBE_S: no gRPC server
+            pass
+    if len(head) < 9 or head[3] != 4:
+        raise UsageError(f"--ray {address}: {host}:{port} takes connections but does not answer as Ray (gRPC) "
+                         f"within {PROBE_S:g} s; check the port: the head's GCS (6379 by default), or "
+                         "ray://HOST:10001 for Ray Client")
 
 
 def _warm() -> None:
@@ -188,4 +284,4 @@ def _time(ray, unit, ref, results, bench_on, progress):
         return Failure(_error(ray, exc))
 
 
-__all__ = ["require_ray", "run_units", "session"]
+__all__ = ["check_address", "require_ray", "run_units", "session"]

@@ -9,6 +9,7 @@ a process pool and Ray run the same code; ``sweep_point`` is also what a sequent
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class JobOptions:
             raise UsageError(f"--jobs must be a positive integer, got {self.jobs!r}")
         if self.ray is not None and not isinstance(self.ray, (bool, str)):
             raise UsageError(f"ray must be True or a Ray address such as 'auto', got {self.ray!r}")
+        if isinstance(self.ray, str) and not self.ray.strip():  # not "no Ray": a forgotten address
+            raise UsageError("--ray: the address is empty; give auto, HOST:PORT or ray://HOST:10001, or --ray alone "
+                             "for a local Ray")
         if self.bench_on and not self.ray:
             raise UsageError("--bench-on needs --ray")
 
@@ -134,8 +138,14 @@ def bench_unit(pipe: Pipeline, models: list[onnx.ModelProto], runs: int) -> list
 def kill_once_for_tests(name: str) -> None:
     """Tests only, in worker processes: a point whose ``<name>.kill`` file (``flops0.5.kill``) is in
     $ONNXPRUNE_TEST_KILL_DIR dies at once, as a worker the OS kills would, and takes one off the
-    count the file holds (empty: 1; the file goes at 0), so the retry runs or dies again."""
+    count the file holds (empty: 1; the file goes at 0), so the retry runs or dies again. One whose
+    ``<name>.hang`` file is there removes it (so the test knows the point runs) and sleeps for ten
+    minutes: a worker busy while its parent is killed."""
     folder = os.environ.get("ONNXPRUNE_TEST_KILL_DIR")
+    hang = Path(folder) / f"{name}.hang" if folder else None
+    if hang is not None and hang.is_file():
+        hang.unlink()
+        time.sleep(600)
     path = Path(folder) / f"{name}.kill" if folder else None
     if path is None or not path.is_file():
         return

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .errors import ModelError, UsageError
@@ -43,15 +44,32 @@ OPTION_CLASSES = (CalibOptions, SolverOptions, BenchOptions, ShapeOptions, JobOp
 
 
 def parse_targets(flops, params) -> tuple[str, list[float]]:
+    """(metric, targets as floats): one target may be a scalar (``flops=0.5`` is ``[0.5]``); each
+    is a number in (0, 1], given once."""
     if (flops is None) == (params is None):
         raise UsageError("give one kind of target: flops=[...] or params=[...]")
     metric, values = ("flops", flops) if flops is not None else ("params", params)
+    if _is_number(values):
+        values = [values]
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise UsageError(f"{metric} targets must be a list of fractions in (0, 1], got {values!r}"[:160])
     values = list(values)
     if not values:
         raise UsageError(f"give at least one {metric} target")
     for v in values:
-        check_fraction(metric, v)
+        if not _is_number(v):
+            raise UsageError(f"{metric} target must be a fraction in (0, 1], got {v!r}"[:160])
+        check_fraction(metric, float(v))
+    values = [float(v) for v in values]
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise UsageError(f"{metric} target {twice[0]:g} is given twice")
     return metric, values
+
+
+def _is_number(value) -> bool:
+    """A real number, numpy's included; not a bool (True is no target)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def parse_options(kwargs: dict, where: str = "sweep"
@@ -102,6 +120,10 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
                   keep_models: bool = False, progress: Progress | None = None, **options) -> UnitOutcome:
     """``sweep``, returning the result and the errors of the points that failed ({target: error})."""
     metric, targets = parse_targets(flops, params)
+    if not isinstance(bench, (bool, np.bool_)):
+        raise UsageError(f"bench must be True or False, got {bench!r}")
+    if isinstance(bench_runs, (bool, np.bool_)) or not isinstance(bench_runs, (int, np.integer)) or bench_runs < 1:
+        raise UsageError(f"bench_runs must be a positive integer, got {bench_runs!r}")
     calib, solver, bench_options, shapes, job = parse_options(options)
     calib.validate()
     solver.validate(None, calib)

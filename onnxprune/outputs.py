@@ -94,7 +94,9 @@ class OutputSet:
         self._shown: dict[Path, Path] = {}  # destination folder -> as the user wrote it
         self._new_folders: set[Path] = set()  # claimed folders that did not exist: publish makes them
         self._made: list[Path] = []  # folders publish created (for a rollback)
+        self._models: dict[Path, Path] = {}  # claimed models: where written -> as given
         self._cleaned: set[Path] = set()
+        self._last: _Claim | None = None  # the output staged last (being written)
 
     def __enter__(self) -> OutputSet:
         return self
@@ -131,6 +133,7 @@ class OutputSet:
         data = real.with_name(real.name + ".data")
         self._add(data if os.path.islink(path) else path.with_name(path.name + ".data"), data,
                   f"{what}'s weights file", lock=False, follow=False)
+        self._models[real] = path
         return self._add(path, real, what, need=need)
 
     def claim_folder(self, folder: str | os.PathLike, names: Iterable[str], what: str = "output folder",
@@ -232,6 +235,7 @@ class OutputSet:
             fcntl.flock(fd, fcntl.LOCK_EX)  # in use: no other run's clean-up takes it
             _HELD.add(fd)
             self._stages[folder] = (staging, fd)
+        self._last = claim
         return self._stages[folder][0] / claim.real.name
 
     def _find(self, path: str | os.PathLike) -> _Claim:
@@ -255,11 +259,10 @@ class OutputSet:
                 if not staging.is_dir():
                     return self._vanished(folder)
                 return f"cannot write {shown}: {exc.strerror or exc}; nothing was written"
-        if exc.errno not in DISK_ERRNOS or not self._stages or staged is not None:
+        if exc.errno not in DISK_ERRNOS or self._last is None or staged is not None:
             return None
-        # no file name (write() on an open file): name the folders being written
-        folders = ", ".join(str(self._shown.get(f, f)) for f in self._stages)
-        return f"cannot write the outputs in {folders}: {exc.strerror or exc}; nothing was written"
+        # no file name (write() on an open file): the writers write each output right after staging it
+        return f"cannot write {self._last.path}: {exc.strerror or exc}; nothing was written"
 
     def _vanished(self, folder: Path) -> str:
         return (f"output folder {self._shown.get(folder, folder)} was removed during the run; nothing was "
@@ -299,6 +302,12 @@ class OutputSet:
                                          "(an existing file it was to replace may be gone)") from None
                 raise
             self.published = [claim.path for claim in done]
+        for claim in done:
+            shown = self._models.get(claim.real)
+            data = claim.real.with_name(claim.real.name + ".data")
+            if shown is not None and data.exists() and Path(os.path.abspath(shown)).parent != claim.real.parent:
+                log.warning("%s links into another folder: onnx and onnxruntime find its weights file %s only "
+                            "when the model is opened as %s", shown, data.name, claim.real)
         return self.published
 
     def close(self) -> None:
@@ -316,7 +325,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], *, mo
     """Write one output: ``write(tmp)`` writes a staged file beside ``path``, which then replaces
     ``path`` (an existing file is overwritten, as for any file an API call is asked to write; a
     symlink is followed, once). ``model``: also publish the ``<name>.data`` file ``write`` may put
-    beside it, first (named after where the path points, as the model written there names it)."""
+    beside it, first (named after where the path points, as the model written there names it).
+    A path in a run's staging folder (a command's writers) is private already: written as is, and
+    a write error is left to the run, which names the output."""
+    if Path(path).parent.name.startswith(STAGE_PREFIX):
+        write(Path(path))
+        return
     with OutputSet(force=True) as out:
         (out.claim_model if model else out.claim)(path, "output")
         try:

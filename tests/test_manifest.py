@@ -63,6 +63,8 @@ BAD = {
                           r"options\[0\].input_shapes must be a mapping"),
     "an option set that is no mapping": ("flops: [0.5]\noptions: [{round_to: 8}, 3]\n",
                                          r"options\[1\] is not a mapping"),
+    "an absurd input size": ("flops: [0.5]\noptions: {input_shapes: {x: [1, 3, 16, 160000000000]}}\n",
+                             r"options\[0\].input_shapes: --input-shape x: one input of that size is"),
 }
 
 
@@ -138,6 +140,15 @@ def test_the_done_file_keys_on_the_calibration_data(folder, tmp_path_factory, mo
     assert [r.reused for r in batch(path, jobs=1, done=first.done()).rows] == [False, True]
     np.save(folder / "cal" / "b.npy", rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
     assert [r.reused for r in batch(path, jobs=1, done=first.done()).rows] == [False, False]
+
+
+def test_a_damaged_done_file_row_is_run_again(folder):
+    """done.json is a cache: a row edited by hand or damaged is a miss, never printed as figures."""
+    path = write(folder, HEAD + "flops: [0.7]\n")
+    [(key, row)] = batch(path, jobs=1).done().items()
+    assert [r.reused for r in batch(path, jobs=1, done={key: row}).rows] == [True]
+    for bad in ({**row, "flops_ratio": "hack"}, {**row, "kl": [1], "params_ratio": float("nan")}, "row"):
+        assert [r.reused for r in batch(path, jobs=1, done={key: bad}).rows] == [False]
 
 
 @pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="this onnxruntime has CUDA")

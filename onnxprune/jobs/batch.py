@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 
 from ..calib.data import load_preset
 from ..errors import UsageError, first_line
+from ..graph.shapes import check_size
 from ..outputs import model_data_files
 from ..progress import Progress, no_progress
 from ..results import SWEEP_COLUMNS
@@ -302,6 +304,10 @@ def _check_type(where: str, key: str, value: Any) -> None:
             if (not isinstance(name, str) or not isinstance(dims, list) or not dims
                     or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims)):
                 raise UsageError(f"{where} must be {what}, got {_shown({name: dims})}")
+            try:
+                check_size(name, dims)  # absurd sizes now, not once per model
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc}") from None
 
 
 def _is_path(key: str, value: Any) -> bool:
@@ -406,7 +412,7 @@ def batch(manifest: str | os.PathLike | dict, *, jobs: int | None = None, ray: b
                 row = BatchRow(name, options.written, checked.metric, float(target),
                                _row_key(digest, options, checked, target))
                 old = previous.get(row.key)
-                if old and not old.get("error"):
+                if _reusable(old):
                     row.point = {c: old.get(c) for c in SWEEP_COLUMNS}
                     row.dense_flops, row.dense_params = old.get("dense_flops"), old.get("dense_params")
                     row.reused = True
@@ -452,6 +458,17 @@ def _fill(rows: list[BatchRow], outcome) -> None:
         row.error = outcome.errors.get(row.target) or outcome.errors.get(None)
         if point is None and row.error is None:
             row.error = "no result"
+
+
+def _reusable(old: Any) -> bool:
+    """Whether a done-file row can stand for a point: it succeeded and holds numbers where a point
+    does (a done-file edited by hand or damaged is a cache miss, never a crash at print time)."""
+    if not isinstance(old, dict) or old.get("error") is not None:
+        return False
+    values = [old.get(c) for c in (*SWEEP_COLUMNS, "dense_flops", "dense_params")]
+    numbers = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                  for v in values)
+    return numbers and old.get("flops_ratio") is not None and old.get("params_ratio") is not None
 
 
 def _read_done(done) -> dict[str, dict]:

@@ -385,8 +385,9 @@ def _configure_logging(quiet: bool, verbose: int, debug: bool) -> None:
 def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .api import default_output, prune
     from .deploy.runners import measure
-    from .graph.load import check_model_path, read_model, write_model
+    from .graph.load import check_model_path, write_model
     from .options import OPTION_CLASSES, values
+    from .pipeline import load_model
     from .report.text import file_size, print_summary, summary_dict, write_json
 
     check_model_path(args.model)  # before its name makes the default output's
@@ -404,7 +405,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
             latency = None
             if args.bench:
                 progress(f"timing the dense and the pruned model on {args.backend}, alternating")
-                dense, _ = read_model(args.model)
+                dense, _ = load_model(args.model)  # with unique node names, as prune read it
                 latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
                                         threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
                                         shapes=result.input_shapes))

@@ -18,7 +18,9 @@ them is computed twice.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -52,12 +54,55 @@ from .results import ChannelRow, Costs, FrozenRow
 from .structure.analyze import Analysis, analyze_graph, measured_at
 from .structure.rewrite import Plan, apply_plan
 
+log = logging.getLogger(__name__)
+
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
-    """(ModelProto upgraded to a supported opset, whether the file used external data)."""
+    """(ModelProto upgraded to a supported opset and with unique node names, whether the file used
+    external data)."""
     if isinstance(model, onnx.ModelProto):
-        return upgrade(model), False
-    return read_model(model)
+        return unique_node_names(upgrade(model), owned=False), False
+    proto, external = read_model(model)
+    return unique_node_names(proto, owned=True), external
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The graph and its subgraphs (If branches, Loop and Scan bodies) at any depth."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield from _graphs(sub)
+
+
+def unique_node_names(model: onnx.ModelProto, *, owned: bool) -> onnx.ModelProto:
+    """``model`` with every node name unique: a node whose name an earlier node has is renamed
+    ``NAME__1`` (``__2``, ...). onnx.checker accepts shared names (some converters write them), but
+    onnxruntime refuses to load such a model, and so would refuse the pruned one. Empty names stay
+    empty (onnxruntime accepts those). A model that is not ``owned`` (the caller's proto) is copied
+    before it is changed; a model without shared names is returned as it is."""
+    names = [node.name for graph in _graphs(model.graph) for node in graph.node if node.name]
+    if len(names) == len(set(names)):
+        return model
+    if not owned:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
+    taken, seen, renamed = set(names), set(), []
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if not node.name or node.name not in seen:
+                seen.add(node.name)
+                continue
+            k = 1
+            while f"{node.name}__{k}" in taken:
+                k += 1
+            renamed.append((node.name, f"{node.name}__{k}"))
+            node.name = f"{node.name}__{k}"
+            taken.add(node.name)
+    log.warning("%d nodes had the name of an earlier node (onnxruntime refuses such a model); renamed them, "
+                "e.g. %s -> %s", len(renamed), *renamed[0])
+    return model
 
 
 def load_split(model: str | os.PathLike | onnx.ModelProto
@@ -66,8 +111,10 @@ def load_split(model: str | os.PathLike | onnx.ModelProto
     the file used external data). From a path the arrays are the only copy of the weights in
     memory; from a ModelProto they are copies (the proto is the caller's)."""
     if isinstance(model, onnx.ModelProto):
-        return (*split_weights(upgrade(model)), False)
-    return read_split(model)
+        light, weights = split_weights(upgrade(model))  # the skeleton is a copy: ours to rename
+        return unique_node_names(light, owned=True), weights, False
+    light, weights, external = read_split(model)
+    return unique_node_names(light, owned=True), weights, external
 
 
 def analyze_model(proto: onnx.ModelProto, progress: Progress | None = None,

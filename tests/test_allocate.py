@@ -113,7 +113,7 @@ def test_obs_curve_is_obs_prune_at_each_sparsity(mobilenet, calib):
     assert layers
     hessians = layer_hessians(graph, layers, batched(calib.samples, 4))
     for layer in layers:
-        w, h = layer.matrix().astype(np.float64), hessians[layer.name]
+        w, h = layer.matrix().astype(np.float64), hessians[layer.key]
         reference = allocate.measure_curve(layer.name, w, h, lambda w, h, s: np.prod(obs_prune(w, h, Pattern(s)), 0))
         for budget in (2.5e8, 8.0 * w.size * 3):  # all copies at once; three at a time
             got = allocate.obs_curve(layer.name, w, h, budget=budget)
@@ -125,10 +125,10 @@ def _summed_error(model_path, calib: CalibrationSet, how: str) -> tuple[float, f
     """(summed normalised layer error, model sparsity) of sparsify_graph with ``how``, the errors
     measured on Hessians of the dense graph built here."""
     graph = gs.import_onnx(onnx.load(str(model_path)))
-    dense = {layer.name: layer.matrix().astype(np.float64) for layer in find_layers(graph)}
+    dense = {layer.key: layer.matrix().astype(np.float64) for layer in find_layers(graph)}
     hessians = layer_hessians(graph, find_layers(graph), batched(calib.samples, 4))
     report = sparsify_graph(graph, Pattern(sparsity=0.6), samples=calib.samples, allocate=how)
-    after = {layer.name: layer.matrix().astype(np.float64) for layer in find_layers(graph)}
+    after = {layer.key: layer.matrix().astype(np.float64) for layer in find_layers(graph)}
     error = sum(allocate.layer_error(dense[n], after[n], hessians[n], allocate.NORMALISATION) for n in dense)
     return error, report.model_sparsity
 

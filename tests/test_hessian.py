@@ -20,16 +20,16 @@ def test_layer_hessians_are_2_xtx_over_rows_of_the_real_inputs():
     x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
     feeds = batched({"x": x}, 2)  # three batches: 2, 2, 1
     got = layer_hessians(graph, layers, feeds)
-    assert sorted(got) == sorted(lay.name for lay in layers)
+    assert sorted(got) == sorted(lay.key for lay in layers)  # keyed by output tensor, not node name
     names = sorted({lay.x.name for lay in layers})
-    rows = {lay.name: [] for lay in layers}
+    rows = {lay.key: [] for lay in layers}
     for values in layer_inputs(graph, names, feeds):
         for lay in layers:
-            rows[lay.name].append(lay.rows_of(values[lay.x.name]))
+            rows[lay.key].append(lay.rows_of(values[lay.x.name]))
     for lay in layers:
-        x_rows = np.concatenate(rows[lay.name])
-        assert got[lay.name].shape == (lay.columns, lay.columns)
-        np.testing.assert_allclose(got[lay.name], hessian(x_rows) / len(x_rows), rtol=1e-5, atol=1e-6)
+        x_rows = np.concatenate(rows[lay.key])
+        assert got[lay.key].shape == (lay.columns, lay.columns)
+        np.testing.assert_allclose(got[lay.key], hessian(x_rows) / len(x_rows), rtol=1e-5, atol=1e-6)
 
 
 def test_hessian_is_twice_the_gram_matrix_in_float64():

@@ -56,15 +56,15 @@ def chunks(layers: list[Layer], budget: float, *, size: int | None = None, fill:
 
 
 def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """H = 2 X^T X / rows for each layer, one pass over the calibration batches."""
+    """H = 2 X^T X / rows for each layer, by ``Layer.key``, one pass over the calibration batches."""
     names = sorted({layer.x.name for layer in layers})
-    sums = {layer.name: np.zeros((layer.columns, layer.columns)) for layer in layers}
+    sums = {layer.key: np.zeros((layer.columns, layer.columns)) for layer in layers}
     counts = dict.fromkeys(sums, 0)
     for values in layer_inputs(graph, names, feeds):
         for layer in layers:
             rows = subsample(layer.rows_of(values[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
-            sums[layer.name] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
-            counts[layer.name] += rows.shape[0]
+            sums[layer.key] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
+            counts[layer.key] += rows.shape[0]
     return {name: h / max(counts[name], 1) for name, h in sums.items()}
 
 

@@ -52,14 +52,17 @@ def _bias_values(node: gs.Node | None, port: int | None, rows: int) -> np.ndarra
 
 
 def _set_bias(layer: Layer, node: gs.Node, port: int, values: np.ndarray) -> None:
+    # named after the layer's output, unique: one bias two layers share (exporters merge equal
+    # ones) becomes two re-fitted biases, which must not share a name either
     dtype = np.asarray(layer.weight.values).dtype
+    name = f"{layer.key}_refit_bias"
     if port < len(node.inputs) and node.inputs[port].name:
         old = node.inputs[port]
-        node.inputs[port] = gs.Constant(f"{old.name}_refit", values.reshape(old.shape).astype(dtype))
+        node.inputs[port] = gs.Constant(name, values.reshape(old.shape).astype(dtype))
         return
     while len(node.inputs) < port:
         node.inputs.append(gs.Variable.empty())
-    node.inputs.append(gs.Constant(f"{layer.weight.name}_refit_bias", values.astype(dtype)))
+    node.inputs.append(gs.Constant(name, values.astype(dtype)))
 
 
 def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray], samples: dict[str, np.ndarray],
@@ -67,10 +70,10 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
                  progress: Progress | None = None) -> list[Refit]:
     """Re-fit, in place in ``pruned``, every layer whose input channels were removed."""
     step = progress or no_progress
-    dense_layers = {layer.node.name: layer for layer in find_layers(dense)}
+    dense_layers = {layer.key: layer for layer in find_layers(dense)}  # the rewrite keeps tensor names
     jobs = []
     for layer in find_layers(pruned):
-        ref = dense_layers.get(layer.node.name)
+        ref = dense_layers.get(layer.key)
         out_axis, in_axis = layer.axes
         kept_in = kept.get(Slot(ref.weight.name, in_axis)) if ref is not None else None
         if ref is None or kept_in is None:

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from ..errors import ModelError, UsageError
 from ..graph.layers import Layer, find_layers
 from ..graph.load import reshare_constants, unshare_constants
+from ..graph.scopes import subgraph_reads
 from ..progress import Progress, no_progress
 from . import allocate as alloc
 from .activations import batch_size_for, batched, paired_statistics
@@ -97,6 +98,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             if allocate == "measured" else str(pattern))
     report = SparsifyReport(what, method, sequential, allocate=allocate)
     shared = unshare_constants(graph)  # a weight two layers share is pruned for each separately
+    in_bodies = subgraph_reads(graph)
     layers = []
     for layer in find_layers(graph):
         if not np.isfinite(np.asarray(layer.weight.values, dtype=np.float64)).all():
@@ -104,6 +106,8 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             raise ModelError(f"weight {layer.weight.name} has NaN or infinite values: it cannot be sparsified "
                              "(fix the weights, or export the model again)")
         why = eligible(layer, pattern)
+        if layer.weight.name in in_bodies:  # zeroing it would change what the body computes too
+            why = f"its weight is also read inside a {in_bodies[layer.weight.name]} body"
         if why:
             report.dense.append((layer.name, why))
         else:
@@ -113,7 +117,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
     if allocate == "measured" and layers:
         patterns, kept = _allocate(graph, layers, pattern, method, feeds, memory_budget, sequential, step)
     dense_graph = graph.copy() if sequential and feeds is not None else None
-    dense = {lay.node.name: lay for lay in find_layers(dense_graph)} if dense_graph is not None else {}
+    dense = {lay.key: lay for lay in find_layers(dense_graph)} if dense_graph is not None else {}
     for chunk in chunks(layers, memory_budget, size=1 if sequential else None):
         if sequential and feeds is not None:
             # Calibrate on the pruned model's own inputs X_p, but aim at the dense outputs: first
@@ -121,16 +125,16 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             # then prune W' with H = 2 X_p^T X_p.
             layer = chunk[0]
             step(f"calibrating {layer.name} on the pruned model")
-            h, w_fit = _refit_to_dense(dense[layer.node.name], dense_graph, layer, graph, feeds)
-            report.layers.append(_prune_layer(layer, patterns.get(layer.name, pattern), method, h, start=w_fit))
+            h, w_fit = _refit_to_dense(dense[layer.key], dense_graph, layer, graph, feeds)
+            report.layers.append(_prune_layer(layer, patterns.get(layer.key, pattern), method, h, start=w_fit))
             continue
-        missing = [layer for layer in chunk if layer.name not in kept]
+        missing = [layer for layer in chunk if layer.key not in kept]
         hessians = {**kept, **(layer_hessians(graph, missing, feeds) if missing else {})} if feeds is not None else {}
         for layer in chunk:
             step(f"{method} on {layer.name}")
-            report.layers.append(_prune_layer(layer, patterns.get(layer.name, pattern), method,
-                                              hessians.get(layer.name)))
-            kept.pop(layer.name, None)
+            report.layers.append(_prune_layer(layer, patterns.get(layer.key, pattern), method,
+                                              hessians.get(layer.key)))
+            kept.pop(layer.key, None)
     reshare_constants(graph, shared, {layer.weight.name for layer in layers})
     return report
 
@@ -162,24 +166,25 @@ def check_allocate(allocate: str, pattern: Pattern, has_data: bool) -> None:
 def _allocate(graph: gs.Graph, layers: list[Layer], pattern: Pattern, method: str, feeds, budget: float,
               sequential: bool, step: Progress) -> tuple[dict[str, Pattern], dict[str, np.ndarray]]:
     """(per-layer patterns meeting ``pattern.sparsity`` over all the layers' weights, the Hessians kept
-    for the pruning pass: all of them when they fit ``budget`` and the pass is not sequential)."""
+    for the pruning pass: all of them when they fit ``budget`` and the pass is not sequential), both
+    by ``Layer.key``."""
     curves, kept, used = [], {}, 0.0
     for chunk in chunks(layers, budget):
         hessians = layer_hessians(graph, chunk, feeds)
         for layer in chunk:
             step(f"measuring {layer.name} at {len(alloc.GRID)} sparsities")
-            w, h = layer.matrix().astype(np.float64), hessians[layer.name]
+            w, h = layer.matrix().astype(np.float64), hessians[layer.key]
             curves.append(alloc.obs_curve(layer.name, w, h, how=alloc.NORMALISATION) if method == "obs" else
                           alloc.measure_curve(layer.name, w, h,
                                               lambda w, h, s: _prune_matrix(w, h, Pattern(sparsity=s), method)[0],
                                               how=alloc.NORMALISATION))
             used += hessian_bytes(layer)
             if not sequential and used <= budget:
-                kept[layer.name] = hessians[layer.name]
+                kept[layer.key] = hessians[layer.key]
     sparsities = alloc.solve(curves, pattern.sparsity)
     log.info("allocated sparsity per layer: %s",
              ", ".join(f"{c.name} {s:.2f}" for c, s in zip(curves, sparsities, strict=True)))
-    return {c.name: Pattern(sparsity=s) for c, s in zip(curves, sparsities, strict=True)}, kept
+    return {layer.key: Pattern(sparsity=s) for layer, s in zip(layers, sparsities, strict=True)}, kept
 
 
 def _prune_matrix(w: np.ndarray, h: np.ndarray | None, pattern: Pattern, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -44,11 +44,18 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
                          f"(pip install onnxconverter-common, or onnxprune[gpu]): {exc}") from None
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    named = 0
+    # the converter's block list is by node name: every node gets a name of its own (an empty or
+    # shared one would leave a Cast out of the list, or put every node of that name in it)
+    named, taken, seen = 0, {node.name for node in _nodes(work.graph)}, set()
     for index, node in enumerate(_nodes(work.graph)):
-        if not node.name:
-            node.name = f"onnxprune_fp16_node_{index}"
+        if not node.name or node.name in seen:
+            name = f"onnxprune_fp16_node_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
             named += 1
+        seen.add(node.name)
     keep = sorted({node.name for node in _nodes(work.graph)
                    if node.op_type == "Cast" and _cast_to(node) == TensorProto.FLOAT})
     with warnings.catch_warnings(record=True) as caught:
@@ -65,7 +72,7 @@ def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ModelError(f"cannot convert the model to float16: {first_line(exc)}") from None
     clipped = sum("will be truncated to" in str(w.message) for w in caught)
     log.debug("float16 conversion: %d Cast(to=FLOAT) kept float32, %d values clamped into float16's range, "
-              "%d unnamed nodes named", len(keep), clipped, named)
+              "%d unnamed or same-named nodes named", len(keep), clipped, named)
     return converted
 
 

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from ..errors import ModelError, first_line
 from .load import save_model
-from .sessions import light_model, return_freed_memory, shared_session
+from .sessions import light_model, return_freed_memory, shared_session, start_session
 from .shapes import GUESS, free_dims, size_failure
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0,
     tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
     path = Path(tmp.name) / "model.onnx"
     save_model(model, path, external=True)
-    sess = ort.InferenceSession(str(path), opts, providers=providers)
+    sess = start_session(path, opts, providers)
     sess._onnxprune_weights = tmp  # the folder lives as long as the session (it may map the file)
     return sess
 

@@ -75,7 +75,14 @@ class Layer:
 
     @property
     def name(self) -> str:
+        """What reports call the layer: its node's name, else its weight's (node names may be empty)."""
         return self.node.name or self.weight.name
+
+    @property
+    def key(self) -> str:
+        """The layer's identity in dicts and between copies of a graph: its output tensor's name, which
+        ONNX requires to be unique, and which rewriting keeps (node names may be empty or shared)."""
+        return self.node.outputs[0].name
 
     @property
     def columns(self) -> int:

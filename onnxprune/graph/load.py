@@ -426,7 +426,9 @@ def to_graph(model: onnx.ModelProto, weights: dict[str, np.ndarray] | None = Non
     """
     graph = gs.import_onnx(model)
     if weights is not None:
-        for tensor in graph.tensors().values():
+        # an initializer that only an If/Loop/Scan body reads is among its subgraph's tensors only
+        scopes = [graph, *graph.subgraphs(recursive=True)]
+        for tensor in (t for scope in scopes for t in scope.tensors().values()):
             if isinstance(tensor, gs.Constant) and tensor.name in weights:
                 tensor.values = weights[tensor.name]
     _constant_attrs_as_values(graph)

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+
+from .scopes import body_tensor_names
 
 SHARE_BYTES = 1 << 16  # initializers from 64 KiB up are shared by pointer; smaller ones travel inline
 _DATA_FILE = "weights.bin"  # the stubs' location: an empty file (onnxruntime checks that it exists)
@@ -66,9 +69,12 @@ def _stubbed(graph: gs.Graph, min_bytes: int) -> Iterator[dict[str, np.ndarray]]
     swapping in a stub for the export copies no weight. The arrays are restored on the way out."""
     saved: dict[int, tuple[gs.Constant, object]] = {}
     arrays: dict[str, np.ndarray] = {}
+    # graphsurgeon exports a constant an If/Loop/Scan body reads as an initializer of the body too,
+    # where no stub is filled in: such constants travel inline
+    in_bodies = body_tensor_names(graph)
     try:
         for tensor in graph.tensors().values():
-            if not isinstance(tensor, gs.Constant) or id(tensor) in saved:
+            if not isinstance(tensor, gs.Constant) or id(tensor) in saved or tensor.name in in_bodies:
                 continue
             if getattr(tensor._values, "nbytes", 0) < min_bytes or tensor.export_dtype != tensor.dtype:
                 continue  # small, or exported in another type than its values (bfloat16): inline
@@ -112,9 +118,24 @@ def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, th
     # The files are read while the session starts and never again (the stubs' values come from
     # ``weights``), so the folder goes at once: an interrupted run leaves nothing behind.
     with tempfile.TemporaryDirectory(prefix="onnxprune-session-") as folder:
-        sess = ort.InferenceSession(str(save_stubbed(model, folder)), opts, providers=["CPUExecutionProvider"])
+        sess = start_session(save_stubbed(model, folder), opts, ["CPUExecutionProvider"])
     sess._onnxprune_keep = (values, weights)  # onnxruntime reads these buffers for the session's life
     return sess
+
+
+class SessionError(RuntimeError):
+    """onnxruntime refused a model it was given as a private file; the message does not name the file."""
+
+
+def start_session(path: Path, opts: ort.SessionOptions, providers: list) -> ort.InferenceSession:
+    """An onnxruntime session on a model this process wrote to a private folder. onnxruntime's
+    refusal starts "Load model from /tmp/onnxprune-.../model.onnx failed:", a file the user never
+    named and that is gone by the time they read it: the message keeps only the reason."""
+    try:
+        return ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:
+        message = re.sub(r"Load model from .*? failed:\s*", "", str(exc))
+        raise SessionError(message.replace(str(path.parent), "<temporary folder>")) from exc
 
 
 def return_freed_memory() -> None:
@@ -145,5 +166,5 @@ def graph_session(graph: gs.Graph, *, outputs: list[str] | None = None, threads:
     return shared_session(model, weights, threads=threads, arena=arena)
 
 
-__all__ = ["SHARE_BYTES", "graph_session", "light_model", "make_stub", "return_freed_memory", "save_stubbed",
-           "shared_session", "weight_bytes"]
+__all__ = ["SHARE_BYTES", "SessionError", "graph_session", "light_model", "make_stub", "return_freed_memory",
+           "save_stubbed", "shared_session", "start_session", "weight_bytes"]

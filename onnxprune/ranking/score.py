@@ -105,7 +105,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
         hessians = layer_hessians(analysis.graph, chunk, feeds)
         for lay in chunk:
             w = lay.matrix().astype(np.float64)
-            h = hessians[lay.name]
+            h = hessians[lay.key]
             if criterion == "act":
                 col = (w**2 * np.diag(h)[None, :]).sum(0)
             else:

@@ -94,6 +94,16 @@ def _freeze_unclaimed(sg: SlotGraph, graph: gs.Graph) -> None:
             sg.frozen_elems.append((np.arange(start, start + sg.sizes[slot]), reasons[0]))
 
 
+def _freeze_body_reads(sg: SlotGraph, graph: gs.Graph) -> None:
+    """Freeze every axis of the tensors an If/Loop/Scan body reads from this graph: no rule sees
+    inside the body, which was written for their sizes (and a weight it reads must keep its values)."""
+    tensors = graph.tensors()
+    for name, op in sg.body_reads.items():
+        tensor = tensors[name]
+        for axis in range(len(sg.shape(tensor) or ())):
+            sg.freeze(tensor, axis, f"read inside {op} body")
+
+
 def _components(sg: SlotGraph) -> tuple[int, np.ndarray]:
     if sg.edges_a:
         a = np.concatenate(sg.edges_a)
@@ -117,6 +127,7 @@ def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int],
             continue
         rule(node, sg)
     sg.current = None
+    _freeze_body_reads(sg, graph)
     _freeze_unclaimed(sg, graph)
     return sg, dict(no_rule)
 

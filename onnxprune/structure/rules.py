@@ -658,7 +658,7 @@ def _escaping_axes(tensor: gs.Tensor, sources: list[set[int]], sg: SlotGraph, de
     Small int tensors (shape arithmetic of any op) are followed; a large tensor (data built from a
     size, such as a mask) or a graph output means the size escapes."""
     everything = set().union(*sources) if sources else set()
-    if tensor in sg.graph.outputs:
+    if tensor in sg.graph.outputs or tensor.name in sg.body_reads:  # no fix rule runs inside a body
         return everything
     if depth > 24 or not tensor.outputs:
         return set()

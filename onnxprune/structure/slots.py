@@ -15,6 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..graph.capture import Capture
+from ..graph.scopes import subgraph_reads
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class SlotGraph:
         self.current: gs.Node | None = None
         self.probe = probe  # splits only claim their factors (see analyze_graph)
         self.frozen_values: set[str] = set()  # computed scalars the rewrite replaces by constants
+        # tensors an If/Loop/Scan body reads (name -> op): not node inputs here, never to change
+        self.body_reads: dict[str, str] = subgraph_reads(graph)
 
     # --- what rules read -------------------------------------------------------------------
     def shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:

@@ -90,7 +90,8 @@ class OutputSet:
                 self._protect(data, f"the weights file {data} of the input {model}")
         self._claims: list[_Claim] = []
         self._locks: list[tuple[Path, int]] = []
-        self._stages: dict[Path, tuple[Path, int]] = {}  # destination folder -> (staging folder, its lock)
+        self._stages: dict[Path, Path] = {}  # destination folder -> its staging folder (kept for messages)
+        self._stage_locks: list[int] = []  # their flocks, held until close
         self._shown: dict[Path, Path] = {}  # destination folder -> as the user wrote it
         self._new_folders: set[Path] = set()  # claimed folders that did not exist: publish makes them
         self._made: list[Path] = []  # folders publish created (for a rollback)
@@ -131,10 +132,13 @@ class OutputSet:
         if real.is_dir():
             raise UsageError(f"{what} {path} is a directory")
         data = real.with_name(real.name + ".data")
+        self._add(path, real, what, need=need)  # the model's own refusals first: they say more
         self._add(data if os.path.islink(path) else path.with_name(path.name + ".data"), data,
                   f"{what}'s weights file", lock=False, follow=False)
+        model_claim, data_claim = self._claims[-2:]
+        self._claims[-2:] = [data_claim, model_claim]  # published first: a model never names a missing file
         self._models[real] = path
-        return self._add(path, real, what, need=need)
+        return path
 
     def claim_folder(self, folder: str | os.PathLike, names: Iterable[str], what: str = "output folder",
                      needs: dict[str, int] | None = None) -> list[Path]:
@@ -234,9 +238,10 @@ class OutputSet:
                 raise OnnxPruneError(f"cannot write {claim.path}: {exc.strerror or exc} ({home})") from None
             fcntl.flock(fd, fcntl.LOCK_EX)  # in use: no other run's clean-up takes it
             _HELD.add(fd)
-            self._stages[folder] = (staging, fd)
+            self._stage_locks.append(fd)
+            self._stages[folder] = staging
         self._last = claim
-        return self._stages[folder][0] / claim.real.name
+        return self._stages[folder] / claim.real.name
 
     def _find(self, path: str | os.PathLike) -> _Claim:
         path = Path(path)
@@ -253,10 +258,10 @@ class OutputSet:
         """One line for an OSError a writer raised while writing a staged output (a full disk, a
         read-only or vanished folder), naming the output; None when it is not such an error."""
         staged = Path(exc.filename) if isinstance(exc.filename, str) else None
-        for folder, (staging, _) in self._stages.items():
+        for folder, staging in self._stages.items():
             if staged is not None and staging in staged.parents:
                 shown = next((c.path for c in self._claims if c.real == folder / staged.name), staged.name)
-                if not staging.is_dir():
+                if exc.errno == errno.ENOENT:  # its staging folder went with the destination folder
                     return self._vanished(folder)
                 return f"cannot write {shown}: {exc.strerror or exc}; nothing was written"
         if exc.errno not in DISK_ERRNOS or self._last is None or staged is not None:
@@ -275,7 +280,7 @@ class OutputSet:
         until all are there; returns the paths written (as given). Outputs never staged are skipped.
         A destination folder that vanished since it was claimed is not made again: OnnxPruneError,
         and nothing is written. If a rename fails, the ones already renamed are removed again."""
-        for folder, (staging, _) in self._stages.items():
+        for folder, staging in self._stages.items():
             if not staging.is_dir() or not (folder in self._new_folders or folder.is_dir()):
                 raise OnnxPruneError(self._vanished(folder))
         done: list[_Claim] = []
@@ -284,12 +289,12 @@ class OutputSet:
             try:
                 for claim in self._claims:
                     staging = self._stages.get(claim.real.parent)
-                    if staging is None or not (staging[0] / claim.real.name).exists():
+                    if staging is None or not (staging / claim.real.name).exists():
                         continue
                     if not claim.real.parent.is_dir():
                         claim.real.parent.mkdir()  # a claimed new folder (stage() checked its parent)
                         self._made.append(claim.real.parent)
-                    _replace(staging[0] / claim.real.name, claim.real)
+                    _replace(staging / claim.real.name, claim.real)
                     done.append(claim)
             except BaseException as exc:  # none of this run's outputs may stay: take back those renamed
                 for renamed in done:
@@ -311,11 +316,13 @@ class OutputSet:
         return self.published
 
     def close(self) -> None:
-        """Discard what was staged and not published, and release the locks."""
-        for staging, fd in self._stages.values():
+        """Discard what was staged and not published, and release the locks. (The staging folders'
+        names stay known: an error raised in the block is reported after this, see write_error.)"""
+        for staging in self._stages.values():
             shutil.rmtree(staging, ignore_errors=True)
+        for fd in self._stage_locks:
             _close(fd)
-        self._stages.clear()
+        self._stage_locks.clear()
         for real, fd in self._locks:
             _unlock(real, fd)
         self._locks.clear()

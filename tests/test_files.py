@@ -218,7 +218,9 @@ def test_a_folder_removed_during_the_run_is_not_made_again(tmp_path: Path):
     assert os.listdir(tmp_path) == []
 
 
-def test_the_command_says_its_output_folder_vanished(tmp_path: Path, monkeypatch, capsys):
+@pytest.mark.parametrize("moment", ["writing the pruned model", "writing the JSON report"])
+def test_the_command_says_its_output_folder_vanished(moment: str, tmp_path: Path, monkeypatch, capsys):
+    """Removed before the model is staged, or after (the writers then find no staging folder)."""
     save_external(wide_model(), tmp_path / "in.onnx")
     (tmp_path / "out").mkdir()
     real_stages = onnxprune.cli._stages
@@ -227,13 +229,14 @@ def test_the_command_says_its_output_folder_vanished(tmp_path: Path, monkeypatch
     def stages(io, quiet, first):
         with real_stages(io, quiet, first) as progress:
             def step(message: str) -> None:
-                if message.startswith("writing"):
+                if message.startswith(moment):
                     shutil.rmtree(tmp_path / "out")  # someone cleans up while the run works
                 progress(message)
             yield step
 
     monkeypatch.setattr(onnxprune.cli, "_stages", stages)
-    line = _one_line(_run(["in.onnx", *PRUNE, "-o", "out/small.onnx"], tmp_path, monkeypatch, capsys), 1)
+    args = ["in.onnx", *PRUNE, "-o", "out/small.onnx", "--report", "out/r.json"]
+    line = _one_line(_run(args, tmp_path, monkeypatch, capsys), 1)
     assert "output folder out was removed during the run; nothing was written" in line
     assert sorted(os.listdir(tmp_path)) == ["in.onnx", "in.onnx.data"]
 

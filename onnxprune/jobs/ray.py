@@ -22,7 +22,9 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -99,6 +101,10 @@ def session(address: bool | str, progress: Callable[[str], None]) -> Iterator[No
         quiet = logging.getLogger("ray")  # Ray's notices at start (token auth...) are not the user's business
         level = quiet.level
         quiet.setLevel(logging.ERROR if not log.isEnabledFor(logging.DEBUG) else level)
+        # ray.init replaces SIGTERM's handler with sys.exit (and Ray's C++ core adds a stack dump):
+        # the run's own handler is put back, so a SIGTERM ends a Ray run as it ends any other
+        main = threading.current_thread() is threading.main_thread()
+        term = signal.getsignal(signal.SIGTERM) if main else None
         try:
             check_address(address)
             ray.init(address=None if address is True else address, configure_logging=False, log_to_driver=False)
@@ -109,6 +115,8 @@ def session(address: bool | str, progress: Callable[[str], None]) -> Iterator[No
             raise UsageError(f"cannot {where}: {first_line(exc)}") from None
         finally:
             quiet.setLevel(level)
+            if term is not None:
+                signal.signal(signal.SIGTERM, term)
     warm = ray.remote(_warm).options(num_cpus=1)
     for _ in range(min(int(ray.cluster_resources().get("CPU", 1)), 64)):
         warm.remote()  # fire and forget

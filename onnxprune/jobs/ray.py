@@ -11,9 +11,9 @@ The analysis task and the point tasks need the model and calibration paths on th
 on (a shared filesystem); a sweep's driver reads them itself and ships the analysed pipeline.
 
 An address is checked before ``ray.init``, which retries one that does not answer for minutes:
-``ray://`` needs Ray's client (``grpc``), ``auto`` needs a cluster Ray can find, and the address
-must accept a TCP connection within ``PROBE_S`` seconds; each failure is one usage error saying
-what to install or start.
+``ray://`` needs Ray's client (``grpc``), ``auto`` needs a cluster Ray can find, and a gRPC server
+(Ray's GCS or Ray Client) must answer there within ``PROBE_S`` seconds; each failure is one usage
+error saying what to install or start. ``ray.init``'s own errors are usage errors too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .local import Failure, describe
 log = logging.getLogger(__name__)
 _CACHE: dict[str, object] = {}  # in a worker process: unit key -> its pipeline
 _ACTIVE = False  # in the driver: a session is open
-PROBE_S = 5.0  # how long a Ray address may take to accept a TCP connection
+PROBE_S = 5.0  # how long a Ray address may take to connect, and then to answer as a gRPC server
 CLIENT_PORT = 10001  # Ray Client's default port (ray://HOST)
 # The HTTP/2 connection preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0)
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -136,8 +136,7 @@ def check_address(address: bool | str) -> None:
         return
     text = address.strip()
     if not text:
-        raise UsageError("--ray: the address is empty; give auto, HOST:PORT or ray://HOST:10001, or --ray alone "
-                         "for a local Ray")
+        raise UsageError(tasks.EMPTY_RAY_ADDRESS)
     if text.startswith("ray://"):
         if importlib.util.find_spec("grpc") is None:
             raise UsageError(f"--ray {text} needs Ray's client: pip install 'onnxprune[ray]' (it brings "

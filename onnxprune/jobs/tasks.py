@@ -24,6 +24,8 @@ from ..progress import no_progress
 from ..results import SweepPoint
 
 GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt")
+EMPTY_RAY_ADDRESS = ("--ray: the address is empty; give auto, HOST:PORT or ray://HOST:10001, or --ray alone for a "
+                     "local Ray")
 
 
 @dataclass
@@ -45,8 +47,7 @@ class JobOptions:
         if self.ray is not None and not isinstance(self.ray, (bool, str)):
             raise UsageError(f"ray must be True or a Ray address such as 'auto', got {self.ray!r}")
         if isinstance(self.ray, str) and not self.ray.strip():  # not "no Ray": a forgotten address
-            raise UsageError("--ray: the address is empty; give auto, HOST:PORT or ray://HOST:10001, or --ray alone "
-                             "for a local Ray")
+            raise UsageError(EMPTY_RAY_ADDRESS)
         if self.bench_on and not self.ray:
             raise UsageError("--bench-on needs --ray")
 

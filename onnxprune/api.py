@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from .calib.obs import Pattern
@@ -18,6 +19,7 @@ from .calib.sparsify import parse_pattern
 from .deploy.runners import bench_feed, make_runners, time_runners
 from .errors import UsageError, first_line
 from .graph import capture as capture_mod
+from .graph.load import check_tensors
 from .graph.sessions import return_freed_memory
 from .graph.shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
 from .memory import kept_share
@@ -43,6 +45,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, progress: Progress | Non
 
     ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with free dims (else 224, with a
     warning); FLOPs shares are measured there (``measured_at``)."""
+    check_model_arg(model)
     proto, weights, _ = load_split(model)
     return analyze_model(proto, progress, resolve_input_shapes(proto, input_shapes), input_shapes, weights)
 
@@ -80,7 +83,8 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
 
     Every keyword is an option field of options.py (its help text is the CLI's).
     """
-    target, calib, solver, bench, shapes = from_kwargs(options, *OPTION_CLASSES)
+    check_model_arg(model)
+    target, calib, solver, bench, shapes = from_kwargs(check_option_types(options), *OPTION_CLASSES)
     target.validate()
     calib.validate()
     solver.validate(target, calib)
@@ -173,6 +177,7 @@ def measure_costs(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: I
     input dims at ``input_shapes``, else 224)."""
     import onnx_graphsurgeon as gs
 
+    check_model_arg(model, tensors=True)
     proto, _ = load_model(model)
     graph = gs.import_onnx(proto)
     cap = capture_mod.capture(graph, resolve_input_shapes(proto, input_shapes))
@@ -192,6 +197,12 @@ def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "
     ``deploy.py`` for the statistics. ``input_shapes`` ({"x": (1, 3, 48, 320)}) sizes inputs with
     free dims other than the batch (else 224, with a warning); ``batch`` sets the batch.
     """
+    if isinstance(models, str | bytes | os.PathLike | onnx.ModelProto) or not isinstance(models, list | tuple):
+        raise TypeError(f"models must be a list of models (paths or onnx.ModelProto), got {type(models).__name__}")
+    for i, m in enumerate(models):
+        check_model_arg(m, f"models[{i}]", tensors=True)
+    batch, threads, runs = (_count(name, v) for name, v in (("batch", batch), ("threads", threads), ("runs", runs)))
+    min_seconds, warmup_s = _number("min_seconds", min_seconds), _number("warmup_s", warmup_s)
     if not models:
         raise UsageError("give at least one model to time")
     protos, names = [], []
@@ -221,6 +232,60 @@ def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "
     builds = [r.report.summary() if getattr(r, "report", None) else None for r in runners]
     return BenchResult(names, latencies, backend, batch, threads, fp16, engines, builds if any(builds) else None,
                        [{k: tuple(v.shape) for k, v in feed.items()} for feed in feeds])
+
+
+def check_model_arg(model: object, name: str = "model", *, tensors: bool = False) -> None:
+    """TypeError, naming the parameter and what it accepts, unless ``model`` is a path (str or
+    os.PathLike) or an onnx.ModelProto. ``tensors``: a ModelProto's tensors are checked as a file's
+    are when read (``load.check_tensors``; ``load_split`` does it for the others)."""
+    if isinstance(model, onnx.ModelProto):
+        if tensors:
+            check_tensors(model)
+        return
+    if isinstance(model, str) or (isinstance(model, os.PathLike) and isinstance(os.fspath(model), str)):
+        return
+    hint = " (a serialised model: onnx.load_from_string(data) first)" if isinstance(model, bytes | bytearray) else ""
+    raise TypeError(f"{name} must be a path (str or os.PathLike) or an onnx.ModelProto, got "
+                    f"{type(model).__name__}{hint}")
+
+
+# Options that are numbers (a fraction, GiB, a learning rate) and counts; numpy's scalars are
+# accepted as Python's (np.float32(0.5) from a computed schedule), a bool or a string is not.
+_NUMBERS = ("flops", "params", "latency", "sparsity", "holdout", "distill_lr", "max_memory")
+_COUNTS = ("calib_count", "batch", "threads")
+_CALIB_TYPES = "a path (str or os.PathLike), 'random', a numpy array of samples or a CalibrationSet"
+
+
+def check_option_types(options: dict) -> dict:
+    """``options`` with numpy numbers as Python numbers; TypeError, naming the option and the types
+    it accepts, for a number or a count of another type and for calibration data of no known kind."""
+    from .calib.data import CalibrationSet
+
+    out = dict(options)
+    for name in _NUMBERS:
+        if out.get(name) is not None:
+            out[name] = _number(name, out[name])
+    for name in _COUNTS:
+        if out.get(name) is not None:
+            out[name] = _count(name, out[name])
+    calib = out.get("calib")
+    if calib is not None and not isinstance(calib, str | os.PathLike | np.ndarray | CalibrationSet):
+        raise TypeError(f"calib must be {_CALIB_TYPES}, got {type(calib).__name__}")
+    return out
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{name} must be a number (int, float or a numpy number), got {type(value).__name__} "
+                        f"{value!r}"[:200])
+    return float(value)
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer (int or a numpy integer), got {type(value).__name__} "
+                        f"{value!r}"[:200])
+    return int(value)
 
 
 def _bench_size_failure(exc: Exception, protos: list[onnx.ModelProto], feeds: list[dict]) -> UsageError | None:

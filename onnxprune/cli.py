@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import ModelError, OnnxPruneError, UsageError
+from .errors import ModelError, OnnxPruneError, UsageError, printable
 from .progress import Progress
 
 if TYPE_CHECKING:  # imported inside main(): a Ctrl-C while they load is then one line, not a traceback
@@ -336,14 +336,16 @@ PIPED_WIDTH = 10_000  # tables take their natural width; nothing is that wide
 def _stages(io: _Io, quiet: bool, first: str) -> Iterator[Progress]:
     """A progress callback for the API: logs each stage at INFO (-v shows them) and, on an interactive
     terminal and without -q, shows the current one on a spinner on stderr."""
+    from rich.text import Text
+
     spinner = None
     if not quiet and sys.stderr.isatty() and io.err.is_interactive:
-        spinner = io.err.status(first, spinner="dots")
+        spinner = io.err.status(Text(printable(first)), spinner="dots")
 
     def progress(message: str) -> None:
         log.info(message)
-        if spinner is not None:
-            spinner.update(message)
+        if spinner is not None:  # a stage may name a tensor or a path: never markup
+            spinner.update(Text(printable(message)))
 
     with spinner or contextlib.nullcontext():
         progress(first)
@@ -365,14 +367,28 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters shown escaped (``errors.printable``): a message may quote
+    a tensor, node or input name, and a model must not send escape sequences to the terminal. A
+    traceback (--debug) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return printable(super().formatMessage(record))
+
+
 def _configure_logging(quiet: bool, verbose: int, debug: bool) -> None:
     """-q: errors only; default: warnings; -v: onnxprune INFO (the stages); -vv: onnxprune DEBUG;
     --debug: DEBUG from every library."""
+    # onnxruntime's telemetry prints a warning on stderr while onnxruntime is imported when it cannot
+    # write its device id (HOME missing or read-only), before any code can lower onnxruntime's log
+    # level: the command turns that telemetry off the way onnxruntime documents, before the import,
+    # unless the user set ORT_DISABLE_TELEMETRY (0 keeps it on).
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
     own = logging.DEBUG if debug or verbose > 1 else logging.INFO if verbose == 1 else logging.NOTSET
@@ -427,9 +443,11 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
 
 
 def _print_written(io: _Io, paths: list[Path]) -> None:
+    from .report.text import say
+
     for path in paths:
         if not path.name.endswith(".data"):  # a model's weights file goes with its model
-            io.out.print(f"wrote {path}", highlight=False)
+            say(io.out, f"wrote {path}", highlight=False)
 
 
 def _run_analyze(args: argparse.Namespace, io: _Io) -> None:
@@ -486,7 +504,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     from .graph.load import check_model_path, write_model
     from .options import values
     from .report.plots import sweep_figure
-    from .report.text import measured_at_line, print_not_measured, write_json
+    from .report.text import measured_at_line, name_cell, print_not_measured, say, write_json
     from .sweep import OPTION_CLASSES as SWEEP_OPTIONS
     from .sweep import model_filename, sweep_outcome
 
@@ -549,9 +567,9 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
             row += [f"{p.top1_agreement:.1%}", f"{p.kl:.3f}"]
         table.add_row(*row, *([""] if result.failed else []))
     for target, error in result.failed.items():  # failed after a retry: a row with its error
-        table.add_row(f"{target:g}", *["-"] * (len(table.columns) - 2), error)
+        table.add_row(f"{target:g}", *["-"] * (len(table.columns) - 2), name_cell(error))
     io.out.print(table)
-    io.out.print(measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
+    say(io.out, measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
     if not result.fidelity_measured:
@@ -601,6 +619,7 @@ def _run_batch(args: argparse.Namespace, io: _Io) -> None:
     from .jobs import JobOptions
     from .jobs.batch import batch
     from .options import values
+    from .report.text import name_cell
 
     if args.manifest == "":
         raise UsageError("manifest path is empty")
@@ -623,9 +642,10 @@ def _run_batch(args: argparse.Namespace, io: _Io) -> None:
             table.add_column(col, justify="left" if col in ("model", "options", "error") else "right")
         for r in result.rows:
             flops, params, ms = (r.point.get(k) for k in ("flops_ratio", "params_ratio", "latency_ms"))
-            table.add_row(r.model, json.dumps(r.options, sort_keys=True), f"{r.metric} {r.target:g}",
-                          "-" if flops is None else f"{flops:.3f}", "-" if params is None else f"{params:.3f}",
-                          "-" if ms is None else f"{ms:.2f}", (r.error or ("(earlier run)" if r.reused else "")))
+            table.add_row(name_cell(r.model), name_cell(json.dumps(r.options, sort_keys=True)),
+                          f"{r.metric} {r.target:g}", "-" if flops is None else f"{flops:.3f}",
+                          "-" if params is None else f"{params:.3f}", "-" if ms is None else f"{ms:.2f}",
+                          name_cell(r.error or ("(earlier run)" if r.reused else "")))
         io.out.print(table)
         _print_written(io, written)
     _fail_on_errors(io, {f"{r.model} {r.metric} {r.target:g}": r.error for r in result.failed})
@@ -783,11 +803,13 @@ def _written_note(io: _Io | None) -> str:
 
 
 def _error(io: _Io | None, message: str) -> None:
-    """One line on stderr, through rich when the consoles exist (an interrupt may come before)."""
+    """One line on stderr, through rich when the consoles exist (an interrupt may come before); names
+    it quotes from the model or the command line cannot send control characters or markup."""
+    message = printable(message)
     if io is None:
         print(message, file=sys.stderr)
     else:
-        io.err.print(message, highlight=False, markup=False, soft_wrap=True)
+        io.err.print(message, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

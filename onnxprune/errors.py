@@ -1,5 +1,6 @@
-"""Errors the tool reports to users as one line, with the exit code the CLI uses, and ``first_line``,
-which turns a library's exception (or any text) into such a line."""
+"""Errors the tool reports to users as one line, with the exit code the CLI uses; ``first_line``,
+which turns a library's exception (or any text) into such a line; and ``printable``, which makes
+text from a model safe to show on a terminal."""
 
 from __future__ import annotations
 
@@ -32,3 +33,22 @@ def first_line(exc_or_text: BaseException | str) -> str:
     if text:
         return text.splitlines()[0]
     return type(exc_or_text).__name__ if isinstance(exc_or_text, BaseException) else ""
+
+
+# Characters a terminal acts on instead of showing: C0 and C1 controls (ESC starts an escape
+# sequence, BEL rings, CR overwrites the line), DEL, line and paragraph separators, and the
+# bidirectional overrides and isolates (they reorder what follows them on screen).
+_UNSHOWN = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+                                      *range(0x202A, 0x202F), *range(0x2066, 0x206A)))
+
+
+def printable(text: object) -> str:
+    """``text`` with every character a terminal would act on (see ``_UNSHOWN``) written as a visible
+    escape, as Python writes it in a string literal (ESC as ``\\x1b``, a newline as ``\\n``): names
+    from a model (inputs, tensors, nodes, op types, domains) reach the terminal in summaries, tables,
+    logs and errors, and a model must not be able to send escape sequences to the user's terminal,
+    nor split one error line into several."""
+    text = str(text)
+    if not any(ch in _UNSHOWN for ch in text):
+        return text
+    return "".join(ch.encode("unicode_escape").decode("ascii") if ch in _UNSHOWN else ch for ch in text)

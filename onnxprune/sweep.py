@@ -119,6 +119,9 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
                   params: list[float] | None = None, bench: bool = False, bench_runs: int = 20,
                   keep_models: bool = False, progress: Progress | None = None, **options) -> UnitOutcome:
     """``sweep``, returning the result and the errors of the points that failed ({target: error})."""
+    from .api import check_model_arg
+
+    check_model_arg(model)  # a TypeError naming what it accepts, as prune's
     metric, targets = parse_targets(flops, params)
     if not isinstance(bench, (bool, np.bool_)):
         raise UsageError(f"bench must be True or False, got {bench!r}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -27,6 +29,8 @@ from helpers import (
     MODEL,
     USAGE,
     analysis_of,
+    assert_one_line_error,
+    cli,
     conv_model,
     save_external,
     small_model,
@@ -35,6 +39,7 @@ from helpers import (
 )
 from onnx import helper, numpy_helper
 
+import onnxprune
 from onnxprune import memory
 from onnxprune.calib.data import input_specs, load_calibration
 from onnxprune.cli import main
@@ -329,3 +334,140 @@ def test_a_corrupt_latency_cache_is_named_ignored_and_rebuilt(tmp_path: Path, mo
     caplog.clear()
     third = lm.latency_table(analysis, model, round_to=8)  # the file was rewritten: read back, no warning
     assert third.cached and not caplog.records
+
+
+# --- 6. names from the model never reach the terminal as control characters or markup -------------
+
+EVIL = "\x1b[31mRED\x07\r\n[red]m[/]:smile:\u202e"  # ESC, BEL, CR, LF, rich markup, an emoji code, a bidi override
+
+
+def _evil_model(path: Path) -> Path:
+    """small_model whose input, first weight and node names carry ``EVIL``."""
+    model = small_model()
+    rename = {"x": "x" + EVIL, "c1.w": "c1.w" + EVIL}
+    for value in model.graph.input:
+        value.name = rename.get(value.name, value.name)
+    for tensor in model.graph.initializer:
+        tensor.name = rename.get(tensor.name, tensor.name)
+    for node in model.graph.node:
+        node.name += EVIL
+        node.input[:] = [rename.get(i, i) for i in node.input]
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+def _shown_escaped(text: str) -> None:
+    assert not {"\x1b", "\x07", "\r", "\u202e"} & set(text), repr(text)
+    assert "\\x1b[31mRED\\x07\\r\\n[red]m[/]:smile:\\u202e" in text, text  # visible, as written, not interpreted
+
+
+def test_model_names_are_printed_without_control_characters_or_markup(tmp_path: Path) -> None:
+    """Summary, analysis tables, log lines and error messages, from the real command (NO_COLOR: any
+    escape sequence in its output could only come from the model)."""
+    path = _evil_model(tmp_path / "evil.onnx")
+    analyzed = cli("analyze", path, cwd=tmp_path)
+    assert analyzed.returncode == 0, analyzed.stderr
+    _shown_escaped(analyzed.stdout)
+    pruned = cli(path, "--flops", "0.5", "-o", tmp_path / "p.onnx", cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.stderr
+    _shown_escaped(pruned.stdout)
+    logged = cli(path, "--flops", "0.5", "--input-shape", "x:1x4x8x8", "-o", tmp_path / "p.onnx", "--force",
+                 "-q", cwd=tmp_path)  # the error names the model's inputs
+    line = assert_one_line_error(logged, USAGE)
+    assert "the model has no input 'x'" in line
+    _shown_escaped(line)
+
+
+def test_log_lines_show_control_characters_escaped(tmp_path: Path, run, capsys) -> None:
+    """A warning quoting the model's names (here: the input's guessed free dims) stays one visible line."""
+    model = small_model()
+    model.graph.input[0].name = "x" + EVIL
+    for node in model.graph.node:
+        node.input[:] = ["x" + EVIL if i == "x" else i for i in node.input]
+    dim = model.graph.input[0].type.tensor_type.shape.dim[2]
+    dim.dim_param = "h" + EVIL
+    path = tmp_path / "m.onnx"
+    onnx.save_model(model, str(path))
+    code, out, err = run("analyze", path)
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and "free dims" in warning[0], err
+    _shown_escaped(warning[0])
+
+
+def test_printable_leaves_ordinary_names_alone() -> None:
+    from onnxprune.errors import printable
+
+    for name in ("conv1.weight", "/features/features.0/Conv_output_0", "onnx::Conv_654", "x:0", "é中 [1]"):
+        assert printable(name) == name
+    assert printable("a\tb\x9bc\x7f") == "a\\tb\\x9bc\\x7f"
+
+
+# --- 7. -q is quiet when onnxruntime cannot write its telemetry id ----------------------------------
+
+
+@pytest.mark.parametrize("home", ["/dev/null", "/proc/nonexistent"])
+def test_quiet_is_quiet_when_home_cannot_be_written(tmp_path: Path, home: str) -> None:
+    """onnxruntime's telemetry warns on stderr, while it is imported, when it cannot persist its device
+    id; HOME a file or on a read-only file system makes that happen even for root."""
+    path = tmp_path / "m.onnx"
+    onnx.save_model(small_model(), str(path))
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")}
+    proc = subprocess.run([sys.executable, "-m", "onnxprune", path, "--flops", "0.5", "-q", "-o", tmp_path / "p.onnx"],
+                          cwd=tmp_path, env={**env, "HOME": home}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+    assert (tmp_path / "p.onnx").is_file()
+
+
+# --- 8. the API refuses wrong types, naming the parameter and what it accepts ------------------------
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "m.onnx"
+    onnx.save_model(small_model(), str(path))
+    return path
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda m: onnxprune.prune(m.read_bytes(), flops=0.5),
+     "model must be a path (str or os.PathLike) or an onnx.ModelProto, got bytes (a serialised model: "
+     "onnx.load_from_string(data) first)"),
+    (lambda m: onnxprune.prune(m, flops="0.5"), "flops must be a number (int, float or a numpy number), got str '0.5'"),
+    (lambda m: onnxprune.prune(m, flops=True), "flops must be a number (int, float or a numpy number), got bool True"),
+    (lambda m: onnxprune.prune(m, flops=0.5, calib={"x": 1}), "calib must be a path (str or os.PathLike), 'random', "
+                                                              "a numpy array of samples or a CalibrationSet, got dict"),
+    (lambda m: onnxprune.prune(m, flops=0.5, calib_count=2.5), "calib_count must be an integer"),
+    (lambda m: onnxprune.analyze(None), "model must be a path (str or os.PathLike) or an onnx.ModelProto, got None"),
+    (lambda m: onnxprune.measure_costs(3), "model must be a path"),
+    (lambda m: onnxprune.bench(str(m)), "models must be a list of models (paths or onnx.ModelProto), got str"),
+    (lambda m: onnxprune.bench([m, b"x"]), "models[1] must be a path"),
+    (lambda m: onnxprune.sweep(m.read_bytes(), flops=[0.5]), "model must be a path"),
+    (lambda m: onnxprune.to_html(None, m.parent / "r.html"), "result must be a PruneResult or a SweepResult"),
+])
+def test_wrong_types_are_type_errors_naming_the_parameter(model_file: Path, call, says: str) -> None:
+    before = snapshot(model_file.parent)
+    with pytest.raises(TypeError) as info:
+        call(model_file)
+    assert says in str(info.value), str(info.value)
+    assert snapshot(model_file.parent) == before
+
+
+def test_numpy_numbers_and_an_array_of_samples_are_accepted(model_file: Path) -> None:
+    samples = np.random.default_rng(0).standard_normal((12, 4, 8, 8)).astype(np.float32)
+    result = onnxprune.prune(model_file, flops=np.float32(0.5), calib=samples, calib_count=np.int64(10),
+                             reconstruct=True)
+    assert result.pruned.flops <= 0.5 * result.dense.flops * 1.02
+    assert result.calibration.startswith("10 samples from the calib array (input 'x' 4x8x8 float32)")
+    assert result.fidelity is not None and result.fidelity.samples >= 2
+
+
+def test_a_malformed_model_proto_is_a_model_error(model_file: Path) -> None:
+    proto = onnx.load(str(model_file))
+    _short(_first_weight(proto))
+    for call in (lambda: onnxprune.prune(proto, flops=0.5), lambda: onnxprune.measure_costs(proto),
+                 lambda: onnxprune.bench([proto], runs=2, min_seconds=0, warmup_s=0)):
+        with pytest.raises(ModelError, match=r"^model: initializer c1\.w: its dims .* \(shorter than its dims say\)"):
+            call()

@@ -12,6 +12,7 @@ Sources:
 - a ``.npy`` file (one sample, or a batch along the leading axis), or a folder of them
   (concatenated in sorted path order);
 - a ``.npz`` file with one array per input name (any single key for a single-input model);
+- from Python, a numpy array of samples, as a ``.npy`` file would hold them (single-input models);
 - the literal string ``"random"``: standard-normal samples, only good for testing the pipeline.
 
 When more samples are available than ``count``, a seeded shuffle picks which; samples are kept
@@ -286,8 +287,9 @@ def load_calibration(source: str | os.PathLike, inputs: list[InputSpec], *, coun
     """Load up to ``count`` calibration samples for the model inputs ``inputs`` from ``source``.
 
     ``source``: a folder of images, a ``.npy`` file, a folder of ``.npy`` files, a ``.npz`` file,
-    or ``"random"`` (standard-normal noise; logs a warning). ``preprocess``: a preset name or a JSON
-    file, used for images. ``seed`` picks which samples when more than ``count`` are available.
+    a numpy array of samples (as a ``.npy`` file holds them; single-input models), or ``"random"``
+    (standard-normal noise; logs a warning). ``preprocess``: a preset name or a JSON file, used for
+    images. ``seed`` picks which samples when more than ``count`` are available.
     Raises :class:`UsageError` on any problem with the source, the options or the data.
     """
     if isinstance(count, bool) or not isinstance(count, int | np.integer) or count <= 0:
@@ -300,6 +302,10 @@ def load_calibration(source: str | os.PathLike, inputs: list[InputSpec], *, coun
 
     if isinstance(source, str) and source == RANDOM:
         return _random(inputs, count, rng)
+    if isinstance(source, np.ndarray):  # the API's samples in memory, as a .npy file would hold them
+        spec = _single_input(inputs, "an array of samples")
+        return _arrays([_conform(source, spec, "the calib array")], ["the calib array"], "the calib array", spec,
+                       count, rng, prep)
 
     path = Path(source)
     shown = os.fspath(source)
@@ -458,6 +464,12 @@ def _load_npy(path: Path) -> np.ndarray:
 def _npy_files(paths: list[Path], shown: str, spec: InputSpec, count: int, rng: np.random.Generator,
                prep: Preprocess) -> CalibrationSet:
     arrays = [_conform(_load_npy(p), spec, str(p)) for p in paths]  # memory-mapped, nothing read yet
+    return _arrays(arrays, [str(p) for p in paths], shown, spec, count, rng, prep)
+
+
+def _arrays(arrays: list[np.ndarray], origins: list[str], shown: str, spec: InputSpec, count: int,
+            rng: np.random.Generator, prep: Preprocess) -> CalibrationSet:
+    """Up to ``count`` samples of ``spec`` from the conformed ``arrays`` (from ``origins``), as one set."""
     sizes = [len(a) for a in arrays]
     total = sum(sizes)
     if total == 0:
@@ -468,12 +480,12 @@ def _npy_files(paths: list[Path], shown: str, spec: InputSpec, count: int, rng: 
     for i, index in enumerate(picked):
         which = int(np.searchsorted(starts, index, side="right") - 1)
         row = np.asarray(arrays[which][index - starts[which]])
-        _check_int_range(row, spec, str(paths[which]))
+        _check_int_range(row, spec, origins[which])
         with np.errstate(over="ignore", invalid="ignore"):  # a float64 beyond float32 becomes inf: refused below
             out[i] = row
-        _check_finite(out[i:i + 1], str(paths[which]), [index - starts[which]])  # after the cast
+        _check_finite(out[i:i + 1], origins[which], [index - starts[which]])  # after the cast
     _warn_raw_pixels(out, spec, shown, prep)
-    files = f" ({len(paths)} .npy files)" if len(paths) > 1 else ""
+    files = f" ({len(arrays)} .npy files)" if len(arrays) > 1 else ""
     return CalibrationSet({spec.name: out},
                           f"{len(out)} samples from {shown}{files} (input {spec.name!r} {_per_sample(out)})")
 

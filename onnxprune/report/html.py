@@ -437,6 +437,11 @@ def to_html(result: PruneResult | SweepResult, path: str | os.PathLike,
             command: Sequence[str] | str | None = None) -> None:
     """Write the self-contained HTML report of a ``prune`` or ``sweep`` result, atomically. (The
     CLI's ``--html`` adds file sizes, latency and the command to a prune report.)"""
+    if not isinstance(result, PruneResult | SweepResult):
+        raise TypeError(f"result must be a PruneResult or a SweepResult (what prune and sweep return), got "
+                        f"{type(result).__name__}")
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a path (str or os.PathLike), got {type(path).__name__}")
     if isinstance(result, SweepResult):
         write_html(path, sweep_html(result, command))
     else:

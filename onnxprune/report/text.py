@@ -9,15 +9,29 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..deploy.sparse24 import SparseLayer, reason_counts
 from ..deploy.timing import Latency
+from ..errors import printable
 from ..graph.load import model_file_bytes
 from ..graph.shapes import spelled
 from ..outputs import write_atomic
 from ..ranking.granularity import backend_multiple
 from ..results import BenchResult, PruneResult
 from ..structure.analyze import Analysis, measured_at
+
+
+def say(console: Console, text: str, **kwargs: Any) -> None:
+    """Print a line that may hold names from the model or the user (tensors, inputs, op types, paths):
+    never read as rich markup or emoji (a tensor named ``[red]`` is shown as such, a ``[/]`` cannot
+    break the print), and control characters shown escaped (``errors.printable``)."""
+    console.print(printable(text), markup=False, emoji=False, **kwargs)
+
+
+def name_cell(text: object) -> Text:
+    """A table cell holding a name from the model or the user, shown as ``say`` shows it."""
+    return Text(printable(text))
 
 
 def file_size(path: str | os.PathLike) -> int:
@@ -83,21 +97,21 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
                       f"{lat['speedup']:.2f}x faster")
     console.print(table)
     if summary.get("input_shapes"):
-        console.print(measured_at_line(summary["input_shapes"], summary.get("latency_ms", {}).get("batch")),
+        say(console, measured_at_line(summary["input_shapes"], summary.get("latency_ms", {}).get("batch")),
                       highlight=False)
     if "channel_multiple" in summary:
         m = summary["channel_multiple"]
-        console.print(f"channel counts: multiples of {m['multiple']} ({m['why']})", highlight=False)
+        say(console, f"channel counts: multiples of {m['multiple']} ({m['why']})", highlight=False)
     if "latency_target" in summary:
         t = summary["latency_target"]
         c = t["chosen"]
-        console.print(f"latency target {t['target']:g} on {t['backend']}: measured {c['latency_ratio']:.3f} of dense "
+        say(console, f"latency target {t['target']:g} on {t['backend']}: measured {c['latency_ratio']:.3f} of dense "
                       f"at FLOPs {c['flops_ratio']:.3f} (round-to {c['round_to']}), {len(t['probes'])} candidates "
                       "timed", highlight=False)
         if t.get("method") == "table" and t.get("table"):
             lt = t["table"]
             how = "read from the cache" if lt["cached"] else f"measured in {lt['build_s']:.1f} s"
-            console.print(f"  latency table ({lt['nodes']} layers, {lt['probes']} probes, {how}) predicted "
+            say(console, f"  latency table ({lt['nodes']} layers, {lt['probes']} probes, {how}) predicted "
                           f"{c['predicted_ratio']:.3f}; largest prediction error {t['prediction_error']:.3f}",
                           highlight=False)
     if "sparsity" in summary:
@@ -105,28 +119,28 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         layers = sp["layers"]
         errors = [layer["error"] for layer in layers if layer["error"] is not None]
         mean_err = f", mean layer output error {sum(errors) / len(errors):.4f}" if errors else ""
-        console.print(f"sparsity: {sp['pattern']} by {sp['method']}{' (sequential)' if sp['sequential'] else ''} "
+        say(console, f"sparsity: {sp['pattern']} by {sp['method']}{' (sequential)' if sp['sequential'] else ''} "
                       f"in {len(layers)} layers{mean_err}; {len(sp['dense_layers'])} layers stay dense")
         for entry in sp["dense_layers"][:10]:
-            console.print(f"  dense: {entry['layer']} ({entry['why']})")
+            say(console, f"  dense: {entry['layer']} ({entry['why']})")
     if "reconstruct" in summary:
         refits = summary["reconstruct"]
         before = sum(r["error_before"] for r in refits) / len(refits)
         after = sum(r["error_after"] for r in refits) / len(refits)
-        console.print(f"reconstruct: {len(refits)} layers re-fitted, "
+        say(console, f"reconstruct: {len(refits)} layers re-fitted, "
                       f"mean layer output error {before:.4f} -> {after:.4f}")
     if "distill" in summary:
-        console.print(distill_line(summary["distill"]), highlight=False)
+        say(console, distill_line(summary["distill"]), highlight=False)
     f = summary["fidelity"]
     if f["measured"]:
-        console.print(f"fidelity on {f['samples']} held-out samples: top-1 agreement {f['top1_agreement']:.1%}, "
+        say(console, f"fidelity on {f['samples']} held-out samples: top-1 agreement {f['top1_agreement']:.1%}, "
                       f"cosine {f['cosine']:.4f}, KL {f['kl']:.4g}")
     if "calibration" in summary:
-        console.print(f"calibration: {summary['calibration']}")
+        say(console, f"calibration: {summary['calibration']}")
     groups = summary["groups"]
-    console.print(f"groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen")
+    say(console, f"groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen")
     for frozen in summary["frozen"]:
-        console.print(f"  frozen: {frozen['channels']} channel set(s) at {', '.join(frozen['slots'][:2])}"
+        say(console, f"  frozen: {frozen['channels']} channel set(s) at {', '.join(frozen['slots'][:2])}"
                       f" because of {', '.join(frozen['reasons'])}")
     if not f["measured"]:  # last, where it is seen: the model's accuracy is unknown
         print_not_measured(console, f)
@@ -135,9 +149,9 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
 def print_not_measured(console: Console, fidelity: dict[str, Any]) -> None:
     """What a run without calibration data says about accuracy: fidelity was not measured, the model
     usually needs recovery, and the command that measures and recovers it (``results.not_measured``)."""
-    console.print(f"fidelity {fidelity['note']}", highlight=False, markup=False)
+    say(console, f"fidelity {fidelity['note']}", highlight=False)
     if fidelity.get("command"):
-        console.print(f"  {fidelity['command']}", highlight=False, markup=False, soft_wrap=True)
+        say(console, f"  {fidelity['command']}", highlight=False, soft_wrap=True)
 
 
 def distill_line(d: dict[str, Any]) -> str:
@@ -157,22 +171,22 @@ def print_analysis(console: Console, analysis: Analysis, flops_share: list[float
     for i, (group, share) in enumerate(zip(analysis.groups, flops_share, strict=True)):
         first = next(iter(group.members))
         table.add_row(str(i), str(group.iso_class), str(group.size), str(group.width), f"{share:.1%}",
-                      f"{first.tensor}[{first.axis}]", str(len(group.members)))
+                      name_cell(f"{first.tensor}[{first.axis}]"), str(len(group.members)))
     console.print(table)
     if measured_at(analysis):
-        console.print(measured_at_line(measured_at(analysis)), highlight=False)
+        say(console, measured_at_line(measured_at(analysis)), highlight=False)
     classes = len({g.iso_class for g in analysis.groups})
-    console.print(f"{len(analysis.groups)} prunable groups in {classes} isomorphic classes; "
+    say(console, f"{len(analysis.groups)} prunable groups in {classes} isomorphic classes; "
                   f"{len(analysis.frozen)} frozen")
     multiple = backend_multiple("ort-cpu")
-    console.print(f"pruning rounds channel counts to multiples of {multiple.multiple} by default "
+    say(console, f"pruning rounds channel counts to multiples of {multiple.multiple} by default "
                   f"({multiple.reason}; --round-to N to change)", highlight=False)
     for frozen in analysis.frozen:
         where = ", ".join(f"{s.tensor}[{s.axis}]" for s in frozen.slots[:2])
-        console.print(f"  frozen: {frozen.channels} channel set(s) at {where} because of {', '.join(frozen.reasons)}")
+        say(console, f"  frozen: {frozen.channels} channel set(s) at {where} because of {', '.join(frozen.reasons)}")
     if analysis.no_rule_ops:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(analysis.no_rule_ops.items()))
-        console.print(f"ops without a channel rule (their channels are frozen): {ops}")
+        say(console, f"ops without a channel rule (their channels are frozen): {ops}")
     if sparse is not None:
         print_sparse_24(console, sparse)
 
@@ -182,10 +196,10 @@ def print_sparse_24(console: Console, layers: list[SparseLayer]) -> None:
     reason layers are not eligible."""
     eligible = [layer for layer in layers if layer.eligible]
     carrying = sum(layer.carries_24 for layer in eligible)
-    console.print(f"2:4 sparsity (TensorRT): {len(eligible)} of {len(layers)} Conv/MatMul/Gemm layers eligible, "
+    say(console, f"2:4 sparsity (TensorRT): {len(eligible)} of {len(layers)} Conv/MatMul/Gemm layers eligible, "
                   f"{carrying} already carry the 2:4 pattern", highlight=False)
     for why, count in sorted(reason_counts(layers).items(), key=lambda item: -item[1]):
-        console.print(f"  not eligible: {count} x {why}", highlight=False)
+        say(console, f"  not eligible: {count} x {why}", highlight=False)
 
 
 def print_bench(console: Console, result: BenchResult) -> None:
@@ -198,20 +212,20 @@ def print_bench(console: Console, result: BenchResult) -> None:
     short = [Path(n).name for n in result.names]
     names = short if len(set(short)) == len(short) else result.names
     for name, lat, ratio in zip(names, result.latencies, result.ratios(), strict=True):
-        table.add_row(name, f"{lat.median_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.p90_ms:.3f}", f"{lat.p95_ms:.3f}",
-                      f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""), str(lat.runs),
-                      f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
+        table.add_row(name_cell(name), f"{lat.median_ms:.3f}", f"{lat.mean_ms:.3f}", f"{lat.p90_ms:.3f}",
+                      f"{lat.p95_ms:.3f}", f"{lat.p99_ms:.3f}", f"{lat.cv:.1%}" + (" (high)" if lat.noisy else ""),
+                      str(lat.runs), f"{lat.throughput:.1f}", f"{ratio:.3f} ({1 / ratio:.2f}x)" if ratio > 0 else "-")
     console.print(table)
     inputs = [", ".join(spelled(k, v) for k, v in feed.items()) for feed in result.inputs or []]
     if inputs and len(set(inputs)) == 1:
-        console.print(f"inputs timed at {inputs[0]}", highlight=False)
+        say(console, f"inputs timed at {inputs[0]}", highlight=False)
     elif inputs:
         for name, shown in zip(names, inputs, strict=True):
-            console.print(f"{name}: inputs timed at {shown}", highlight=False)
+            say(console, f"{name}: inputs timed at {shown}", highlight=False)
     for name, build in zip(names, result.engine_reports or [None] * len(names), strict=True):
         if build:
             ran = ", ".join(build["ran_sparse"][:8]) + (" ..." if len(build["ran_sparse"]) > 8 else "")
-            console.print(f"{name}: TensorRT {build['tensorrt']} engine ({_engine_precision(build)}), "
+            say(console, f"{name}: TensorRT {build['tensorrt']} engine ({_engine_precision(build)}), "
                           f"built in {build['build_s']:.1f} s; {len(build['eligible_sparse'])} layers eligible for "
                           f"sparse math, {len(build['ran_sparse'])} ran sparse{': ' + ran if ran else ''}",
                           highlight=False)

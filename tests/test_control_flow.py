@@ -188,7 +188,7 @@ def test_calibration_stages_on_a_model_with_control_flow(tmp_path) -> None:
     np.save(calib, np.random.default_rng(2).standard_normal((12, 3, 8, 8)).astype(np.float32))
     result = api.prune(model, flops=0.8, round_to=4, calib=str(calib), reconstruct=True, pattern="2:4")
     assert result.refits, "c1 lost input channels and is re-fitted"
-    assert ("w2", "its weight is also read inside a Loop body") in result.sparsity.dense
+    assert ("w2", "its weight is also read inside Loop body") in result.sparsity.dense
     assert {lay.weight for lay in result.sparsity.layers} == {"w1", "fc.w"}  # c0: 3 input channels
     weights = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
     np.testing.assert_array_equal(weights["w2"], numpy_helper.to_array(

@@ -107,7 +107,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
                              "(fix the weights, or export the model again)")
         why = eligible(layer, pattern)
         if layer.weight.name in in_bodies:  # zeroing it would change what the body computes too
-            why = f"its weight is also read inside a {in_bodies[layer.weight.name]} body"
+            why = f"its weight is also read inside {in_bodies[layer.weight.name]} body"
         if why:
             report.dense.append((layer.name, why))
         else:

@@ -177,6 +177,8 @@ def _external(tmp_path: Path, **entries: str) -> Path:
     ({"length": "1001152"}, "external data at offset 0, length 1001152 runs past the end of ext.onnx.data"),
     ({"offset": "1000000000"}, "external data at offset 1000000000, length 1152 runs past the end of ext.onnx.data"),
     ({"length": "1148"}, "need 1152 bytes, but its external data in ext.onnx.data holds 1148 (shorter"),
+    ({"offset": "-5"}, "external data with a negative offset or length (-5, 1152)"),
+    ({"offset": "abc"}, "external data offset/length are not integers ('abc', '1152')"),
     ({"location": "missing.data"}, "its external data file missing.data does not exist"),
     ({"location": "fifo.data"}, "its external data file fifo.data is not a regular file"),
 ])
@@ -200,8 +202,8 @@ def test_a_well_formed_model_still_reads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, says", [
-    ("x:1x3x100000x1000000", "one input of that size is 1117.6 GiB as float32, more than this machine's"),
-    ("x:1x3x99999999999999999999x2", "599999999999999999994 elements per input overflow int64"),
+    ("x:1x3x100000x1000000", "one sample of that size is 1117.6 GiB as float32, more than this machine's"),
+    ("x:1x3x99999999999999999999x2", "599999999999999999994 elements per sample overflow int64"),
     ("x:0x3x224x224", "dims must be positive, got 0"),
     ("x:1x3x-5x2", "dims must be positive, got -5"),
     ("x:1x3xHxW", "dims must be integers"),
@@ -210,6 +212,10 @@ def test_absurd_input_shapes_are_refused_when_parsed(text: str, says: str) -> No
     with pytest.raises(UsageError) as info:
         parse_input_shape(text)
     assert says in str(info.value) and str(info.value).startswith(f"--input-shape {text}")
+
+
+def test_the_unused_batch_entry_is_not_counted() -> None:
+    assert parse_input_shape("x:100000000x3x224x224") == ("x", (100000000, 3, 224, 224))  # FLOPs are per sample
 
 
 def _free_conv(path: Path) -> Path:
@@ -235,7 +241,7 @@ def test_activations_that_cannot_fit_are_refused_before_anything_runs(tmp_path: 
     model = onnx.load(str(path))
     with pytest.raises(UsageError, match="more than this machine's 2.0 GiB: give a smaller --input-shape"):
         resolve_input_shapes(model, {"x": (1, 3, 2000, 2000)})
-    with pytest.raises(UsageError, match="one input of that size is 2.2 GiB as float32, more than this machine's 2.0"):
+    with pytest.raises(UsageError, match="one sample of that size is 2.2 GiB as float32, more than this machine's 2.0"):
         resolve_input_shapes(model, {"x": (1, 3, 14000, 14000)})
     assert snapshot(tmp_path) == before
     resolve_input_shapes(model, {"x": (1, 3, 64, 64)})  # a real size is fine

@@ -261,7 +261,9 @@ def _check_external(tensor: onnx.TensorProto, folder: Path, what: str) -> None:
     size = file.stat().st_size
     if length is None:
         length = size - offset
-    if offset < 0 or length < 0 or offset + length > size:
+    if offset < 0 or length < 0:
+        raise ModelError(f"{what}: external data with a negative offset or length ({offset}, {length})")
+    if offset + length > size:
         raise ModelError(f"{what}: external data at offset {offset}, length {length} runs past the end of "
                          f"{location} ({size} bytes)")
     if nbytes is not None and length != nbytes:

@@ -53,18 +53,19 @@ FLOAT32 = 4  # bytes per element of a random input feed (and of an activation of
 
 def check_size(what: str, dims: Sequence[int]) -> None:
     """Refuse an input size that no machine here can hold, before anything is read: dims whose
-    product overflows int64 (numpy and onnxruntime count elements in it), or a float32 input larger
+    product overflows int64 (numpy and onnxruntime count elements in it), or a float32 sample larger
     than this machine's memory on its own (what its activations need is checked once the model is
-    known, see ``memory.check_activations``)."""
+    known, see ``memory.check_activations``). The batch entry is not counted: it is not used (FLOPs
+    are per sample, ``--batch`` sets the timed batch)."""
     from ..memory import GiB, machine_memory
 
-    count = math.prod(int(d) for d in dims)
+    count = math.prod(int(d) for d in dims[1:])
     if count * FLOAT32 > 2**63 - 1:
-        raise UsageError(f"{FLAG} {what}: {count} elements per input overflow int64; give a real size")
+        raise UsageError(f"{FLAG} {what}: {count} elements per sample overflow int64; give a real size")
     memory = machine_memory()
     if count * FLOAT32 > memory:
-        raise UsageError(f"{FLAG} {what}: one input of that size is {count * FLOAT32 / GiB:.1f} GiB as float32, more "
-                         f"than this machine's {memory / GiB:.1f} GiB of memory; give a smaller size")
+        raise UsageError(f"{FLAG} {what}: one sample of that size is {count * FLOAT32 / GiB:.1f} GiB as float32, "
+                         f"more than this machine's {memory / GiB:.1f} GiB of memory; give a smaller size")
 
 
 def graph_inputs(model: onnx.ModelProto) -> dict[str, Dims | None]:

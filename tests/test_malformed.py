@@ -202,8 +202,8 @@ def test_a_well_formed_model_still_reads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, says", [
-    ("x:1x3x100000x1000000", "one sample of that size is 1117.6 GiB as float32, more than this machine's"),
-    ("x:1x3x99999999999999999999x2", "599999999999999999994 elements per sample overflow int64"),
+    ("x:1x3x100000x1000000", "one input of that size is 1117.6 GiB as float32, more than this machine's"),
+    ("x:1x3x99999999999999999999x2", "599999999999999999994 elements per input overflow int64"),
     ("x:0x3x224x224", "dims must be positive, got 0"),
     ("x:1x3x-5x2", "dims must be positive, got -5"),
     ("x:1x3xHxW", "dims must be integers"),
@@ -241,7 +241,7 @@ def test_activations_that_cannot_fit_are_refused_before_anything_runs(tmp_path: 
     model = onnx.load(str(path))
     with pytest.raises(UsageError, match="more than this machine's 2.0 GiB: give a smaller --input-shape"):
         resolve_input_shapes(model, {"x": (1, 3, 2000, 2000)})
-    with pytest.raises(UsageError, match="one sample of that size is 2.2 GiB as float32, more than this machine's 2.0"):
+    with pytest.raises(UsageError, match="one input of that size is 2.2 GiB as float32, more than this machine's 2.0"):
         resolve_input_shapes(model, {"x": (1, 3, 14000, 14000)})
     assert snapshot(tmp_path) == before
     resolve_input_shapes(model, {"x": (1, 3, 64, 64)})  # a real size is fine

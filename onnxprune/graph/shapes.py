@@ -61,10 +61,10 @@ def check_size(what: str, dims: Sequence[int]) -> None:
 
     count = math.prod(int(d) for d in dims[1:])
     if count * FLOAT32 > 2**63 - 1:
-        raise UsageError(f"{FLAG} {what}: {count} elements per sample overflow int64; give a real size")
+        raise UsageError(f"{FLAG} {what}: {count} elements per input overflow int64; give a real size")
     memory = machine_memory()
     if count * FLOAT32 > memory:
-        raise UsageError(f"{FLAG} {what}: one sample of that size is {count * FLOAT32 / GiB:.1f} GiB as float32, "
+        raise UsageError(f"{FLAG} {what}: one input of that size is {count * FLOAT32 / GiB:.1f} GiB as float32, "
                          f"more than this machine's {memory / GiB:.1f} GiB of memory; give a smaller size")
 
 

@@ -217,7 +217,7 @@ def test_subgraph_reads_finds_outer_tensors_at_any_depth() -> None:
     assert subgraph_reads(graph) == {"a": "Loop", "w2": "Loop"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["If-computed", "Loop"])  # the stages run every kind above
 def test_cli_prunes_a_model_with_control_flow(kind: str, tmp_path) -> None:
     """The real command: the pruned file loads and runs (verify ran it at batch 1 and 2), the
     summary names why c1's channels are frozen."""

@@ -97,7 +97,7 @@ def _freeze_unclaimed(sg: SlotGraph, graph: gs.Graph) -> None:
 def _freeze_body_reads(sg: SlotGraph, graph: gs.Graph) -> None:
     """Freeze every axis of the tensors an If/Loop/Scan body reads from this graph: no rule sees
     inside the body, which was written for their sizes (and a weight it reads must keep its values)."""
-    tensors = graph.tensors()
+    tensors = graph.tensors() if sg.body_reads else {}
     for name, op in sg.body_reads.items():
         tensor = tensors[name]
         for axis in range(len(sg.shape(tensor) or ())):

@@ -203,7 +203,7 @@ def test_subgraph_reads_finds_outer_tensors_at_any_depth() -> None:
     own tensors and the initializer only a body uses are not tensors of the main graph."""
     inner = helper.make_graph([helper.make_node("Mul", ["a", "w2_mean"], ["inner_out"])], "inner", [],
                               [_value("inner_out")])
-    other = helper.make_graph([], "other", [], [_value("a")])  # a branch handing the outer tensor back
+    other = helper.make_graph([helper.make_node("Identity", ["a"], ["other_out"])], "other", [], [_value("other_out")])
     body = helper.make_graph(
         [helper.make_node("ReduceMean", ["w2"], ["w2_mean"], keepdims=0),
          helper.make_node("If", ["cond_in"], ["v_out"], then_branch=inner, else_branch=other),

@@ -23,7 +23,7 @@ def _body_reads(node: gs.Node) -> set[str]:
     found: set[str] = set()
     for sub in node.subgraphs():
         made = {t.name for t in sub.inputs} | {t.name for inner in sub.nodes for t in inner.outputs}
-        used = {t.name for inner in sub.nodes for t in inner.inputs} | {t.name for t in sub.outputs}
+        used = {t.name for inner in sub.nodes for t in inner.inputs}
         for inner in sub.nodes:
             used |= _body_reads(inner)
         found |= used - made

@@ -21,8 +21,8 @@ from .errors import UsageError, first_line
 from .graph import capture as capture_mod
 from .graph.load import check_tensors
 from .graph.sessions import return_freed_memory
-from .graph.shapes import announce_guesses, graph_inputs, resolve_input_shapes, size_failure
-from .memory import kept_share
+from .graph.shapes import announce_guesses, graph_inputs, size_failure
+from .memory import kept_share, resolve_shapes
 from .options import OPTION_CLASSES, from_kwargs, signature_parameters
 from .pipeline import Pipeline, analyze_model, costs_of, load_model, load_split, measured_at, model_costs, shape_lookup
 from .progress import Progress
@@ -47,7 +47,7 @@ def analyze(model: str | os.PathLike | onnx.ModelProto, progress: Progress | Non
     warning); FLOPs shares are measured there (``measured_at``)."""
     check_model_arg(model)
     proto, weights, _ = load_split(model)
-    return analyze_model(proto, progress, resolve_input_shapes(proto, input_shapes), input_shapes, weights)
+    return analyze_model(proto, progress, resolve_shapes(proto, input_shapes), input_shapes, weights)
 
 
 def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | None = None, **options) -> PruneResult:
@@ -180,7 +180,7 @@ def measure_costs(model: str | os.PathLike | onnx.ModelProto, *, input_shapes: I
     check_model_arg(model, tensors=True)
     proto, _ = load_model(model)
     graph = gs.import_onnx(proto)
-    cap = capture_mod.capture(graph, resolve_input_shapes(proto, input_shapes))
+    cap = capture_mod.capture(graph, resolve_shapes(proto, input_shapes))
     announce_guesses(proto, input_shapes)
     return costs_of(graph, cap)
 
@@ -209,7 +209,7 @@ def bench(models: list[str | os.PathLike | onnx.ModelProto], *, backend: str = "
     for m in models:
         protos.append(load_model(m)[0])
         names.append(m.graph.name or "model" if isinstance(m, onnx.ModelProto) else str(m))
-    shapes = [resolve_input_shapes(p, input_shapes, batch=batch) for p in protos]
+    shapes = [resolve_shapes(p, input_shapes, batch=batch) for p in protos]
     feeds = [bench_feed(p, batch, shapes=sh) for p, sh in zip(protos, shapes, strict=True)]
     engines = [str(e) if e else None for e in save_engines] if save_engines else None
     if engines is not None and len(engines) != len(protos):

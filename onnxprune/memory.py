@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,7 +34,7 @@ from .calib.hessian import SPARSIFY_BUDGET
 from .errors import UsageError
 from .graph.capture import CHUNK_BYTES
 from .graph.load import check_model_path, model_file_bytes, without_weights
-from .graph.shapes import FLOAT32, spelled
+from .graph.shapes import FLOAT32, machine_memory, resolve_input_shapes, spelled
 
 GiB = 2**30
 BASE = GiB // 2  # the interpreter, numpy, onnx, onnxruntime and their buffers (0.11 GiB after import)
@@ -126,19 +125,6 @@ def plan_memory(model: str | os.PathLike | onnx.ModelProto, max_memory_gb: float
 ACTIVATION_COPIES = 4
 
 
-def machine_memory() -> int:
-    """Bytes of memory this process can have: the physical memory, or the cgroup's limit if lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, int(text))
-    return total
-
-
 def largest_activation(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[str, int]:
     """(name, bytes) of the largest tensor the model computes at input sizes ``shapes`` (batch 1),
     its inputs included, from onnx's shape inference on a copy without weights (milliseconds, no
@@ -205,5 +191,15 @@ def check_activations(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
                      f"{name}), more than {within}{hint}")
 
 
+def resolve_shapes(model: onnx.ModelProto, given: dict | None = None, *, batch: int = 1,
+                   budget: int | None = None) -> dict[str, tuple[int, ...]]:
+    """``graph.shapes.resolve_input_shapes``, then ``check_activations`` at those sizes: the sizes a
+    run measures at, refused before anything runs where they cannot fit in ``budget`` (else the
+    machine)."""
+    shapes = resolve_input_shapes(model, given, batch=batch)
+    check_activations(model, shapes, budget, given=bool(given))
+    return shapes
+
+
 __all__ = ["GiB", "MemoryPlan", "check_activations", "kept_share", "largest_activation", "machine_memory",
-           "plan_memory", "stage_needs", "weights_of", "weights_on_disk"]
+           "plan_memory", "resolve_shapes", "stage_needs", "weights_of", "weights_on_disk"]

@@ -41,9 +41,9 @@ from .graph.load import (
     upgrade,
 )
 from .graph.sessions import return_freed_memory
-from .graph.shapes import announce_guesses, check_input_shapes, resolve_input_shapes
+from .graph.shapes import announce_guesses, check_input_shapes
 from .graph.verify import verify
-from .memory import plan_memory
+from .memory import plan_memory, resolve_shapes
 from .options import BenchOptions, CalibOptions, ShapeOptions, SolverOptions
 from .progress import Progress, no_progress
 from .ranking.cost import CostTerm, flops_terms, param_terms, total
@@ -199,7 +199,7 @@ class Pipeline:
         self.memory = plan_memory(model, self.solver.max_memory, kept=kept, calibrated=self.calib_options.given)
         self._model: onnx.ModelProto | None = None
         self.skeleton, weights, self.external = load_split(model)
-        self.shapes = resolve_input_shapes(self.skeleton, given, batch=self.bench.batch, budget=self.memory.budget)
+        self.shapes = resolve_shapes(self.skeleton, given, batch=self.bench.batch, budget=self.memory.budget)
         self.calib, self.held_out = load_calibration_split(self.skeleton, self.calib_options, given)
         self.analysis = analyze_model(self.skeleton, progress, self.shapes, given, weights,
                                       self.memory.capture_group)

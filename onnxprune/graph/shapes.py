@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -57,15 +59,27 @@ def check_size(what: str, dims: Sequence[int]) -> None:
     than this machine's memory on its own (what its activations need is checked once the model is
     known, see ``memory.check_activations``). The batch entry is not counted: it is not used (FLOPs
     are per sample, ``--batch`` sets the timed batch)."""
-    from ..memory import GiB, machine_memory
-
     count = math.prod(int(d) for d in dims[1:])
     if count * FLOAT32 > 2**63 - 1:
         raise UsageError(f"{FLAG} {what}: {count} elements per input overflow int64; give a real size")
     memory = machine_memory()
     if count * FLOAT32 > memory:
-        raise UsageError(f"{FLAG} {what}: one input of that size is {count * FLOAT32 / GiB:.1f} GiB as float32, "
-                         f"more than this machine's {memory / GiB:.1f} GiB of memory; give a smaller size")
+        raise UsageError(f"{FLAG} {what}: one input of that size is {count * FLOAT32 / 2**30:.1f} GiB as float32, "
+                         f"more than this machine's {memory / 2**30:.1f} GiB of memory; give a smaller size")
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process can have: the physical memory, or the cgroup's limit if lower
+    (what ``check_size`` and ``memory.check_activations`` measure sizes against)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def graph_inputs(model: onnx.ModelProto) -> dict[str, Dims | None]:
@@ -155,16 +169,12 @@ def check_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]
 
 
 def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None, *,
-                         batch: int = 1, budget: int | None = None) -> Shapes:
+                         batch: int = 1) -> Shapes:
     """The size every graph input is measured at (batch 1): fixed dims, else the ``given`` dims,
     else 1 for a free batch and ``GUESS`` for other free dims (``announce_guesses`` says so once
     the model ran there). ``batch`` is the batch that will be timed: a given batch entry other than
-    1 and ``batch`` is not used, and a warning says so. Checks ``given`` first (``check_input_shapes``),
-    and last that the model's activations at that size fit beside its weights in ``budget`` bytes
-    (``--max-memory``), else in this machine's memory (``memory.check_activations``): a size that
-    cannot fit is a usage error before anything runs."""
-    from ..memory import check_activations
-
+    1 and ``batch`` is not used, and a warning says so. Checks ``given`` first (``check_input_shapes``);
+    whether the model's activations fit at that size is ``memory.check_activations``."""
     shapes = check_input_shapes(model, given)
     out: Shapes = {}
     for name, dims in graph_inputs(model).items():
@@ -177,7 +187,6 @@ def resolve_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[in
         if mine and not is_fixed(dims[0]) and mine[0] not in (1, batch):
             log.warning("%s %s: its batch entry %d is not used: FLOPs are per sample (batch 1) and --batch sets "
                         "the batch that is timed", FLAG, name, mine[0])
-    check_activations(model, out, budget, given=bool(shapes))
     return out
 
 

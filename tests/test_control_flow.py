@@ -263,7 +263,17 @@ def test_big_weights_a_body_reads_stay_inline_in_sessions_and_outputs() -> None:
     out = to_model(graph, model)
     for feed in feeds(model):
         assert_close(run(out, feed), run(model, feed))
+    # graphsurgeon writes what a body reads into the body too; the copy of the main graph's w2 goes
+    # (the body reads it by name), "scale", which only the branches read, stays in them
+    body_inits = [t.name for n in out.graph.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+                  for t in a.g.initializer]
+    assert "w2" not in body_inits and "scale" in body_inits and "w2" in initializers_of(out)
+    assert out.ByteSize() < 1.1 * model.ByteSize()
     assert light.graph.initializer
+
+
+def initializers_of(model: onnx.ModelProto) -> set[str]:
+    return {t.name for t in model.graph.initializer}
 
 
 def test_capture_adds_no_body_tensor_as_an_output() -> None:

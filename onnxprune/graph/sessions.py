@@ -95,7 +95,25 @@ def light_model(graph: gs.Graph, min_bytes: int = SHARE_BYTES) -> tuple[onnx.Mod
     initializers' arrays by name (the graph's own, not copies, where they are contiguous)."""
     with _stubbed(graph, min_bytes) as arrays:
         model = gs.export_onnx(graph, do_type_check=False)
+    _drop_body_copies(model.graph, {t.name: t for t in model.graph.initializer})
     return model, arrays
+
+
+def _drop_body_copies(graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto]) -> None:
+    """Remove from every subgraph the initializers that repeat one of the main graph's, same name
+    and same bytes: graphsurgeon exports each constant a body reads from the main graph into the
+    body as well, so a Loop convolving with a main-graph weight wrote that weight twice (a pruned
+    file larger than the dense one). The body reads the main graph's by name, as ONNX scoping says.
+    Such constants are never stubs (``_stubbed``), so their bytes compare."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                keep = [t for t in sub.initializer
+                        if t.name not in outer or t.SerializeToString() != outer[t.name].SerializeToString()]
+                if len(keep) < len(sub.initializer):
+                    del sub.initializer[:]
+                    sub.initializer.extend(keep)
+                _drop_body_copies(sub, outer)
 
 
 def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, threads: int = 0,

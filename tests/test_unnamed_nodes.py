@@ -22,7 +22,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-from helpers import Net, cli, initializers
+from helpers import Net, cli, conv_model, initializers
 
 from onnxprune import api
 from onnxprune.graph.verify import run
@@ -144,3 +144,21 @@ def test_cli_on_a_model_whose_nodes_share_a_name(tmp_path, calib) -> None:
     assert "renamed them" in proc.stderr
     pruned = onnx.load(tmp_path / "out.onnx")
     assert run(pruned, {"x": np.ones((2, 3, 16, 16), np.float32)})["y"].shape == (2, 10)
+
+
+def test_float16_conversion_blocks_only_the_float_cast_whatever_the_names() -> None:
+    """The float16 converter's block list is by node name: a Cast(to=FLOAT) sharing its name with the
+    Conv must not keep the Conv in float32."""
+    pytest.importorskip("onnxconverter_common", reason="needs onnxconverter-common (the test and gpu extras)")
+    from onnx import TensorProto, helper
+
+    from onnxprune.deploy.fp16 import to_float16
+
+    model = conv_model(cin=8, cout=8, hw=4)
+    model.graph.node[-1].output[0] = "r"
+    model.graph.node.append(helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT))
+    for node in model.graph.node:
+        node.name = "n"
+    half = to_float16(model)
+    assert {init.data_type for init in half.graph.initializer} == {TensorProto.FLOAT16}
+    assert [n.name for n in model.graph.node] == ["n"] * 3, "the input model is not changed"

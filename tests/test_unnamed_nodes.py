@@ -11,8 +11,7 @@ the measured allocation, and the calibrated criteria.
 The model: x [N,3,16,16] -> Conv c1 (16) -> BN -> Relu -> Conv c2 (16) -> Relu -> Conv c3 (16)
 -> Add(r1) -> Relu -> pool -> Flatten -> MatMul (16x12) -> Add bias -> Relu -> Gemm fc (10):
 a residual group, a MatMul whose bias lives in an Add (the re-fit writes it), a Gemm, and two
-layers (c2, c3) whose weights are equal and shared by the exporter-style de-duplication of their
-biases (both all zero).
+layers (c2, c3) that share one all-zero bias, as exporters de-duplicate equal tensors.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ OPTIONS = {  # one per code path that pairs or collects layers
     "sequential-2:4": {"flops": 0.7, "pattern": "2:4", "sequential": True},
     "obs-2:4": {"pattern": "2:4", "method": "obs"},
     "measured-sparsity": {"sparsity": 0.5, "allocate": "measured"},
-    "criterion-obs": {"flops": 0.6, "criterion": "obs", "reconstruct": True, "sequential": False},
+    "criterion-obs": {"flops": 0.6, "criterion": "obs", "reconstruct": True},
 }
 
 

@@ -86,7 +86,7 @@ def test_read_split_refuses_a_short_external_data_file(model: onnx.ModelProto, t
     save_external(_copy(model), path)
     data = tmp_path / "m.onnx.data"
     data.write_bytes(data.read_bytes()[:1000])
-    with pytest.raises(ModelError, match="cannot load its external weights"):
+    with pytest.raises(ModelError, match=r"initializer w: external data .* runs past the end of m\.onnx\.data"):
         read_split(path)
 
 

@@ -31,6 +31,7 @@ from helpers import IR_VERSION, OPSET, is_2_4, mixed_model, nm_layers, one_node_
 import onnxprune
 from onnxprune.calib.activations import layer_inputs
 from onnxprune.calib.data import CalibrationSet
+from onnxprune.calib.fidelity import fidelity
 from onnxprune.calib.hessian import hessian
 from onnxprune.calib.obs import Pattern, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
 from onnxprune.calib.sparsify import parse_pattern
@@ -494,8 +495,12 @@ def test_sequential_obs_is_closer_to_the_dense_model(mobilenet, photo_calib: Cal
     assert one.fidelity.samples == seq.fidelity.samples == 8
     test = crops(16, seed=10)
     errors = output_error(path, one.model, test), output_error(path, seq.model, test)
-    summary = f"one pass {one.fidelity}, err {errors[0]:.3f}; sequential {seq.fidelity}, err {errors[1]:.3f}"
-    assert seq.fidelity.kl < one.fidelity.kl, summary
+    # KL on the 16 crops calibration never saw: the 8 held-out calibration crops alone are too few for
+    # KL (on an AVX2 machine one pass read 4.20 against sequential's 4.26 there, 4.11 against 2.34 here)
+    unseen = [fidelity(onnx.load(str(path)), r.model, {"input": test}) for r in (one, seq)]
+    summary = (f"one pass {one.fidelity}, err {errors[0]:.3f}, unseen {unseen[0]}; "
+               f"sequential {seq.fidelity}, err {errors[1]:.3f}, unseen {unseen[1]}")
+    assert unseen[1].kl < unseen[0].kl, summary
     assert seq.fidelity.cosine > one.fidelity.cosine, summary
     assert errors[1] < errors[0], summary
 

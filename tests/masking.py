@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph.load import to_model
+from onnxprune.graph.load import to_graph, to_model
 from onnxprune.structure.analyze import Analysis
 from onnxprune.structure.slots import Slot
 
@@ -25,6 +25,17 @@ def reduction_axes(node: gs.Node) -> list[tuple[gs.Tensor, int]]:
     return []
 
 
+def zeroed_except(values: np.ndarray, axis: int, keep) -> np.ndarray:
+    """A copy of ``values`` with every index along ``axis`` that is not in ``keep`` set to zero."""
+    values = np.array(values, copy=True)
+    mask = np.ones(values.shape[axis], dtype=bool)
+    mask[keep] = False
+    index = [slice(None)] * values.ndim
+    index[axis] = mask
+    values[tuple(index)] = 0
+    return values
+
+
 def masked_dense(analysis: Analysis, kept: dict[Slot, np.ndarray], like: onnx.ModelProto) -> onnx.ModelProto:
     return to_model(masked_graph(analysis, kept), like)
 
@@ -32,17 +43,21 @@ def masked_dense(analysis: Analysis, kept: dict[Slot, np.ndarray], like: onnx.Mo
 def masked_graph(analysis: Analysis, kept: dict[Slot, np.ndarray]) -> gs.Graph:
     """A copy of the dense graph with the removed channels zeroed where they are consumed (new
     arrays for those weights only; the others are the analysis graph's own)."""
-    graph = analysis.graph.copy()
+    return _zero_removed(analysis.graph.copy(), lambda name, axis: kept.get(Slot(name, axis)))
+
+
+def masked_by_plan(dense: onnx.ModelProto, plan: dict[str, dict[int, list[int]]]) -> onnx.ModelProto:
+    """The same oracle from a ``PruneResult.plan`` ({initializer: {axis: kept indices}}) and the dense
+    model alone: what ``prune`` wrote is checked without a second analysis of the model."""
+    # folded as prune folds it, so the weights have the names the plan gives
+    graph = _zero_removed(to_graph(dense), lambda name, axis: plan.get(name, {}).get(axis))
+    return to_model(graph, dense)
+
+
+def _zero_removed(graph: gs.Graph, kept_of) -> gs.Graph:
     for node in graph.nodes:
         for weight, axis in reduction_axes(node):
-            keep = kept.get(Slot(weight.name, axis))
-            if keep is None or not isinstance(weight, gs.Constant):
-                continue
-            values = np.array(weight.values, copy=True)
-            mask = np.ones(values.shape[axis], dtype=bool)
-            mask[keep] = False
-            index = [slice(None)] * values.ndim
-            index[axis] = mask
-            values[tuple(index)] = 0
-            weight.values = values
+            keep = kept_of(weight.name, axis)
+            if keep is not None and isinstance(weight, gs.Constant):
+                weight.values = zeroed_except(weight.values, axis, keep)
     return graph

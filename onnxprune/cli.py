@@ -710,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
     global SIGNAL_SEEN
     SIGNAL_SEEN = 0  # this run's (main may run again in one process: tests, API users)
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in ("stdout", "stderr"):  # closed by the caller (`>&-`): Python sets it to None
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
     with _sigterm_as_interrupt():
         return _main(argv)
 

@@ -353,3 +353,15 @@ def test_paths_that_are_no_file_paths_are_one_usage_line(tmp_path: Path, monkeyp
         assert snapshot(tmp_path) == before, case
     with pytest.raises(UsageError, match="path is empty"):
         write_atomic("", lambda tmp: tmp.write_text("x"))
+
+
+def test_a_closed_stdout_or_stderr_still_writes_and_exits_0(tmp_path: Path):
+    """`onnxprune m.onnx ... >&-` (or `2>&-`): Python's sys.stdout is None; the run still writes its
+    model and exits 0 instead of an internal error about None.isatty."""
+    onnx.save(small_model(), str(tmp_path / "m.onnx"))
+    for fd, name in ((1, "out1.onnx"), (2, "out2.onnx")):
+        code = subprocess.call([sys.executable, "-m", "onnxprune", "m.onnx", "--flops", "0.5", "-o", name],
+                               cwd=tmp_path, stdin=subprocess.DEVNULL,
+                               **({"stdout": subprocess.DEVNULL} if fd == 2 else {"stderr": subprocess.DEVNULL}),
+                               pass_fds=(), preexec_fn=lambda fd=fd: os.close(fd))
+        assert code == 0 and (tmp_path / name).is_file(), (fd, code)

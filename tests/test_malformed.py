@@ -182,6 +182,9 @@ def _external(tmp_path: Path, **entries: str) -> Path:
     ({"offset": "abc"}, "external data offset/length are not integers ('abc', '1152')"),
     ({"location": "missing.data"}, "its external data file missing.data does not exist"),
     ({"location": "fifo.data"}, "its external data file fifo.data is not a regular file"),
+    # a model may not make onnxprune read files elsewhere on the disk (onnx's loader refuses them too)
+    ({"location": "../../../etc/hostname"}, "its external data location ../../../etc/hostname lies outside"),
+    ({"location": "/etc/hostname"}, "its external data location /etc/hostname lies outside the model's folder"),
 ])
 def test_malformed_external_data_is_named_without_reading_it(tmp_path: Path, entries: dict, says: str) -> None:
     os.mkfifo(tmp_path / "fifo.data")  # reading it would block forever

@@ -253,6 +253,9 @@ def _check_external(tensor: onnx.TensorProto, folder: Path, what: str) -> None:
                          f"({entries.get('offset')!r}, {entries.get('length')!r})") from None
     if not location:
         raise ModelError(f"{what}: external data without a location")
+    if Path(location).is_absolute() or os.path.normpath(location).split(os.sep)[0] == os.pardir:
+        # as onnx's own loader: a model may name files beside it or below, never elsewhere on the disk
+        raise ModelError(f"{what}: its external data location {location} lies outside the model's folder")
     file = folder / location
     if not file.exists():
         raise ModelError(f"{what}: its external data file {location} does not exist beside the model")

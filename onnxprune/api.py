@@ -96,34 +96,29 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         from .calib.distill import check_supported
 
         check_supported(pipe.skeleton)
-    plan, search, why = None, None, None
-    if target.structured:
-        pattern_m = parse_pattern(target.pattern).m if target.pattern else None
-        multiples, why = pipe.multiples(pattern_m)
-        plan, search = pipe.plan(flops=target.flops, params=target.params, latency=target.latency,
-                                 multiples=multiples)
-        why = _multiple_note(plan, multiples, why)
-    pruned = pipe.apply(plan)
+    pattern = None
     if target.weight_sparsity:
-        pipe.sparsify(pruned, parse_pattern(target.pattern) if target.pattern else Pattern(sparsity=target.sparsity))
-    model_out = pipe.to_model(pruned, release=True)
-    distilled = None
-    if steps is not None:
-        model_out, distilled = pipe.distill(model_out, keep_zeros=target.weight_sparsity)
-    costs = pipe.verify(model_out)
+        pattern = parse_pattern(target.pattern) if target.pattern else Pattern(sparsity=target.sparsity)
+    multiples, why = None, None
+    if target.structured:
+        multiples, why = pipe.multiples(pattern.m if target.pattern else None)
+    run = pipe.run(flops=target.flops, params=target.params, latency=target.latency, multiples=multiples,
+                   pattern=pattern, distill=steps is not None, release=True)
+    plan = run.plan
     result = PruneResult(
-        model=model_out, dense=pipe.dense, pruned=costs, plan=pipe.kept_indices(pruned),
+        model=run.model, dense=pipe.dense, pruned=run.costs, plan=pipe.kept_indices(run.pruned),
         groups_found=len(pipe.analysis.groups),
         groups_pruned=int(sum(len(r) > 0 for r in plan.removed)) if plan else 0,
         frozen=pipe.frozen_rows(), ratio=plan.ratio if plan else 0.0, external_data=pipe.external,
-        channels=pipe.channel_rows(plan) if plan else [], sparsity=pruned.sparsity, refits=pruned.refits,
-        fidelity=pipe.fidelity(model_out), calibration=pipe.calib.description if pipe.calib else None,
-        latency_search=search, distillation=distilled, input_shapes=measured_at(pipe.analysis),
-        channel_multiple=plan.round_to if plan else 1, channel_multiple_why=why if plan else None,
+        channels=pipe.channel_rows(plan) if plan else [], sparsity=run.pruned.sparsity, refits=run.pruned.refits,
+        fidelity=run.fidelity, calibration=pipe.calib.description if pipe.calib else None,
+        latency_search=run.search, distillation=run.distillation, input_shapes=measured_at(pipe.analysis),
+        channel_multiple=plan.round_to if plan else 1,
+        channel_multiple_why=_multiple_note(plan, multiples, why) if plan else None,
         recover_command=None if calib.given else recover_command_for(  # no data: fidelity unknown, say how to fix
             model, (target, calib, solver, bench, shapes)),
     )
-    del pipe, pruned
+    del pipe, run
     return_freed_memory()  # the dense weights, in graphsurgeon's cycles, would outlive the call
     return result
 

@@ -10,10 +10,11 @@
     quality = p.fidelity(model)              # held-out calibration samples (when given)
     latencies = p.measure([p.model, model])  # on the backend, alternating
 
-``prune`` (api.py) runs these once; ``sweep`` loops ``plan`` .. ``fidelity`` over several targets;
-the latency search (latency.py) uses ``select`` and ``build`` to try candidates. The Pipeline
-holds the dense model, its analysis, calibration data, channel scores and cost terms, so none of
-them is computed twice.
+``Pipeline.run`` is that sequence, ``plan`` .. ``fidelity``, written once: ``prune`` (api.py) runs
+it for its one target, each sweep point (``jobs/tasks.sweep_point``) for its own. The latency
+search (latency.py) uses ``select`` and ``build`` to try candidates. The Pipeline holds the dense
+model, its analysis, calibration data, channel scores and cost terms, so none of them is computed
+twice.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -53,6 +55,12 @@ from .ranking.select import select, select_granular
 from .results import ChannelRow, Costs, FrozenRow
 from .structure.analyze import Analysis, analyze_graph, measured_at
 from .structure.rewrite import Plan, apply_plan
+
+if TYPE_CHECKING:  # types only: the stages import heavier libraries when they run
+    from .calib.distill import Distillation
+    from .calib.fidelity import Fidelity
+    from .calib.obs import Pattern
+    from .ranking.latency import LatencySearch
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +187,21 @@ class Pruned:
     plan: Plan | None = None
     refits: list = field(default_factory=list)
     sparsity: object | None = None  # sparsify.SparsifyReport
+
+
+@dataclass
+class Outcome:
+    """One pass of ``Pipeline.run``: the plan (None: no channels removed) and the latency search that
+    chose it, the candidate (its graph released), the model, the costs measured on it, its fidelity
+    (None without calibration data) and its distillation (None unless asked for)."""
+
+    plan: Plan | None
+    search: LatencySearch | None
+    pruned: Pruned
+    model: onnx.ModelProto
+    costs: Costs
+    fidelity: Fidelity | None
+    distillation: Distillation | None = None
 
 
 class Pipeline:
@@ -317,6 +340,30 @@ class Pipeline:
         return distill_model(self.model, model, self.calib, self.held_out, steps=self.solver.distill_steps(),
                              lr=self.solver.distill_lr, keep_zeros=keep_zeros, progress=self.step)
 
+    # --- the sequence --------------------------------------------------------------------------------
+
+    def run(self, *, flops: float | None = None, params: float | None = None, latency: float | None = None,
+            multiples: list[int] | None = None, pattern: Pattern | None = None, distill: bool = False,
+            release: bool = False) -> Outcome:
+        """Prune once, in the one order every run takes: plan (when a FLOPs, params or latency target
+        is given; ``multiples`` as in ``plan``) -> apply -> sparsify (to ``pattern``, an obs.Pattern)
+        -> to_model -> distill (with ``distill``; sparsity masks kept) -> verify -> fidelity.
+        ``release``: free the candidate's graph at once (``to_model``); otherwise it goes with the
+        verification's garbage collection."""
+        plan, search = None, None
+        if flops is not None or params is not None or latency is not None:
+            plan, search = self.plan(flops=flops, params=params, latency=latency, multiples=multiples)
+        pruned = self.apply(plan)
+        if pattern is not None:
+            self.sparsify(pruned, pattern)
+        model = self.to_model(pruned, release=release)
+        pruned.graph = None  # the model holds the weights now: not a second copy through verification
+        distilled = None
+        if distill:
+            model, distilled = self.distill(model, keep_zeros=pattern is not None)
+        costs = self.verify(model)
+        return Outcome(plan, search, pruned, model, costs, self.fidelity(model), distilled)
+
     # --- checking and measuring ----------------------------------------------------------------------
 
     def verify(self, model: onnx.ModelProto) -> Costs:
@@ -372,4 +419,5 @@ class Pipeline:
                 for f in self.analysis.frozen]
 
 
-__all__ = ["Pipeline", "Pruned", "analyze_model", "costs_of", "load_model", "load_split", "measured_at", "model_costs"]
+__all__ = ["Outcome", "Pipeline", "Pruned", "analyze_model", "costs_of", "load_model", "load_split", "measured_at",
+           "model_costs"]

@@ -116,19 +116,18 @@ def analyse(unit: Unit) -> Shared:
 
 def sweep_point(pipe: Pipeline, metric: str, target: float, multiples: list[int] | None = None
                 ) -> tuple[SweepPoint, onnx.ModelProto]:
-    """Prune at one target, verify, and measure costs and (with calibration data) fidelity."""
-    plan, _ = pipe.plan(**{metric: target}, multiples=multiples)
-    model = pipe.to_model(pipe.apply(plan))
-    costs = pipe.verify(model)
+    """Prune at one target (``Pipeline.run``: plan .. verify .. fidelity) and tabulate it: the costs
+    measured on the pruned model and, with calibration data, its fidelity."""
+    run = pipe.run(**{metric: target}, multiples=multiples)
+    costs, plan, quality = run.costs, run.plan, run.fidelity
     point = SweepPoint(target=float(target),
                        flops_ratio=costs.flops / pipe.dense.flops if pipe.dense.flops else 1.0,
                        params_ratio=costs.params / pipe.dense.params if pipe.dense.params else 1.0,
                        groups_pruned=int(sum(len(r) > 0 for r in plan.removed)), ratio=float(plan.ratio),
                        round_to=plan.round_to)
-    quality = pipe.fidelity(model)
     if quality is not None:
         point.top1_agreement, point.cosine, point.kl = quality.top1_agreement, quality.cosine, quality.kl
-    return point, model
+    return point, run.model
 
 
 def bench_unit(pipe: Pipeline, models: list[onnx.ModelProto], runs: int) -> list[float]:

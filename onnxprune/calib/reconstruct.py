@@ -21,6 +21,7 @@ from ..graph.layers import Layer, find_layers
 from ..progress import Progress, no_progress
 from ..structure.slots import Slot
 from .activations import batch_size_for, batched, paired_statistics
+from .obs import damp
 
 
 @dataclass
@@ -98,8 +99,8 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
             keep = np.r_[np.arange(len(cols)), len(cols)] if with_bias else np.arange(len(cols))
             h = hpp[np.ix_(keep, keep)]
             c = cross[keep]
-            h = h + percdamp * np.mean(np.diag(h)) * np.eye(len(h))
-            v = np.linalg.solve(h, c @ target.T).T  # [rows, kept columns (+ bias)]
+            damped, _dead = damp(h, percdamp)  # a kept input channel that is always 0 solves to weight 0
+            v = np.linalg.solve(damped, c @ target.T).T  # [rows, kept columns (+ bias)]
             before = _error(target, np.hstack([target[:, cols], target[:, -1:]]), hpp, cross, hdd)
             after = _error(target, v if with_bias else np.hstack([v, target[:, -1:]]), hpp, cross, hdd)
             layer.set_matrix(v[:, :len(cols)])

@@ -21,6 +21,7 @@ import onnx
 import pytest
 import yaml
 from helpers import sweep_model
+from kill_points import TESTS, command, ray_setup_hook, wrapped
 
 import onnxprune
 from onnxprune import cli
@@ -44,10 +45,13 @@ def sequential(resnet18) -> list[float]:
 
 @pytest.fixture
 def kill_dir(tmp_path, monkeypatch) -> Path:
-    """Where a test asks a point's first attempt to kill its worker (tasks._test_kill_once)."""
+    """Where a test asks a point to kill its pool worker (kill_points): the forked workers inherit
+    this process's ``tasks.sweep_point``, wrapped to look there first."""
+    from onnxprune.jobs import tasks
+
     folder = tmp_path / "kill"
     folder.mkdir()
-    monkeypatch.setenv("ONNXPRUNE_TEST_KILL_DIR", str(folder))
+    monkeypatch.setattr(tasks, "sweep_point", wrapped(folder, spare=os.getpid()))
     return folder
 
 
@@ -188,9 +192,8 @@ def test_a_killed_sweep_takes_its_pool_workers_and_lock_with_it(tmp_path, kill_d
     onnx.save(sweep_model(), model)
     (kill_dir / "flops0.7.hang").touch()
     out = tmp_path / "m.sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "onnxprune", "sweep", str(model), "--flops", "0.9", "0.7", "0.5",
-                             "--jobs", "2", "--out", str(out), "-q"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(kill_dir, "sweep", str(model), "--flops", "0.9", "0.7", "0.5", "--jobs", "2",
+                                    "--out", str(out), "-q"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 120
@@ -289,19 +292,16 @@ def test_ray_addresses_are_checked_before_ray_starts(tmp_path, monkeypatch, caps
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """One local Ray for the module (2 CPUs, a "bench" resource); its workers see the kill folder."""
+    """One local Ray for the module (2 CPUs, a "bench" resource) whose workers' points die as the
+    kill folder says (kill_points, put in place by each worker as it starts)."""
     ray = pytest.importorskip("ray", reason="needs ray: pip install 'onnxprune[ray]'")
     folder = tmp_path_factory.mktemp("kill")
-    old = os.environ.get("ONNXPRUNE_TEST_KILL_DIR")
-    os.environ["ONNXPRUNE_TEST_KILL_DIR"] = str(folder)  # before ray.init: the workers inherit it
+    path = os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])])  # they import kill_points
     ray.init(num_cpus=2, resources={"bench": 1}, include_dashboard=False, configure_logging=False,
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path},
+                                               "worker_process_setup_hook": ray_setup_hook(folder)})
     yield folder
     ray.shutdown()
-    if old is None:
-        os.environ.pop("ONNXPRUNE_TEST_KILL_DIR", None)
-    else:
-        os.environ["ONNXPRUNE_TEST_KILL_DIR"] = old
 
 
 def test_ray_sweep_equals_local_and_retries_a_killed_task(ray_cluster, resnet18, sequential):

@@ -171,7 +171,6 @@ def _watch_parent(parent: int) -> None:
 
 
 def _point(key: str, metric: str, target: float, multiples: list[int], keep: bool):
-    tasks.kill_once_for_tests(f"{metric}{target:g}")
     point, model = tasks.sweep_point(PIPELINES[key], metric, target, multiples)
     return point, model if keep else None
 

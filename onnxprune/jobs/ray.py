@@ -67,7 +67,6 @@ def _analyse(unit: tasks.Unit):
 
 
 def _point(key: str, ref: list, metric: str, target: float, multiples: list[int], keep: bool):
-    tasks.kill_once_for_tests(f"{metric}{target:g}")
     point, model = tasks.sweep_point(_pipe(key, ref), metric, target, multiples)
     return point, model if keep else None
 

@@ -9,9 +9,7 @@ a process pool and Ray run the same code; ``sweep_point`` is also what a sequent
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -133,28 +131,6 @@ def sweep_point(pipe: Pipeline, metric: str, target: float, multiples: list[int]
 def bench_unit(pipe: Pipeline, models: list[onnx.ModelProto], runs: int) -> list[float]:
     """Task: median latency (ms) of the dense model and ``models``, alternating in this process."""
     return [lat.median_ms for lat in pipe.measure([pipe.model, *models], runs=runs)]
-
-
-def kill_once_for_tests(name: str) -> None:
-    """Tests only, in worker processes: a point whose ``<name>.kill`` file (``flops0.5.kill``) is in
-    $ONNXPRUNE_TEST_KILL_DIR dies at once, as a worker the OS kills would, and takes one off the
-    count the file holds (empty: 1; the file goes at 0), so the retry runs or dies again. One whose
-    ``<name>.hang`` file is there removes it (so the test knows the point runs) and sleeps for ten
-    minutes: a worker busy while its parent is killed."""
-    folder = os.environ.get("ONNXPRUNE_TEST_KILL_DIR")
-    hang = Path(folder) / f"{name}.hang" if folder else None
-    if hang is not None and hang.is_file():
-        hang.unlink()
-        time.sleep(600)
-    path = Path(folder) / f"{name}.kill" if folder else None
-    if path is None or not path.is_file():
-        return
-    left = int(path.read_text() or 1) - 1
-    if left > 0:
-        path.write_text(str(left))
-    else:
-        path.unlink()
-    os._exit(9)
 
 
 __all__ = ["GPU_BACKENDS", "Header", "JobOptions", "Shared", "Unit", "analyse", "bench_unit", "header",

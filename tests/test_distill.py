@@ -31,7 +31,7 @@ from onnx import numpy_helper
 import onnxprune
 from onnxprune.deploy.sparse24 import sparse_eligibility
 from onnxprune.errors import UsageError
-from onnxprune.graph.capture import session
+from onnxprune.graph.sessions import make_session
 
 torch = pytest.importorskip("torch", reason="--distill needs torch")
 
@@ -74,7 +74,7 @@ def test_interpreter_matches_onnxruntime(resnet18, exporter: str):
         net = TorchGraph(model, [t.name for t in model.graph.initializer]).eval()
         with torch.no_grad():
             got = net({"input": torch.from_numpy(x)})[0].numpy()
-        want = session(model).run(None, {"input": x})[0]
+        want = make_session(model).run(None, {"input": x})[0]
         assert got.shape == want.shape
         np.testing.assert_allclose(got / np.abs(want).max(), want / np.abs(want).max(), atol=1e-4)
 
@@ -232,7 +232,7 @@ def test_one_op_matches_onnxruntime(case: str):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
-    want = session(model).run(None, {"x": x})
+    want = make_session(model).run(None, {"x": x})
     assert unsupported(model) == []
     got = TorchGraph(model)({"x": torch.from_numpy(x)})
     for g, w in zip(got, want, strict=True):

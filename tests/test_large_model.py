@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
-from onnxprune.graph.capture import session
+from onnxprune.graph.sessions import make_session
 
 
 @pytest.mark.slow
@@ -42,5 +42,5 @@ def test_over_2gb_model_prunes_with_external_data(tmp_path) -> None:
     assert (tmp_path / "big.pruned.onnx.data").exists(), "external data layout is kept"
     assert out.stat().st_size < 10_000_000, "weights live in the data file"
     loaded = onnx.load(str(out))
-    y = session(loaded).run(None, {"x": np.ones((2, width), np.float32)})[0]
+    y = make_session(loaded).run(None, {"x": np.ones((2, width), np.float32)})[0]
     assert y.shape == (2, 10)

@@ -12,14 +12,15 @@ from helpers import CNNS, EXPORTERS, HYBRIDS, TRANSFORMERS
 from masking import masked_by_plan
 
 import onnxprune
-from onnxprune.graph.capture import input_feed, session
+from onnxprune.graph.capture import input_feed
+from onnxprune.graph.sessions import make_session
 from onnxprune.graph.verify import run
 
 
 def _run(model: onnx.ModelProto, batch: int = 1) -> dict[str, np.ndarray]:
     feed = input_feed(gs.import_onnx(model))
     feed = {k: np.concatenate([v] * batch) for k, v in feed.items()}
-    sess = session(model)
+    sess = make_session(model)
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed), strict=True))
 
 

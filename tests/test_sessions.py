@@ -3,10 +3,13 @@
 onnxruntime must run on the very arrays the graph holds (a changed weight changes the output,
 which a copy could not), give the outputs an ordinary session gives, and the pruning pipeline
 must read a file's weights into arrays once, inline or external, equal to what onnx reads.
+Every session is made in graph/sessions.py, whatever its kind (ordinary, profiled, shared).
 """
 
 from __future__ import annotations
 
+import ast
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +18,10 @@ import onnx_graphsurgeon as gs
 import pytest
 from helpers import conv_model, feed_of, initializers, ort_run, save_external
 
+import onnxprune
 from onnxprune.errors import ModelError
 from onnxprune.graph.load import check_without_weights, read_model, read_split, to_graph, without_weights
-from onnxprune.graph.sessions import graph_session, light_model
+from onnxprune.graph.sessions import graph_session, light_model, make_session
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -115,7 +119,6 @@ def test_calibration_taps_share_the_weights_of_big_models_and_agree(monkeypatch)
 
 def test_a_rewritten_graph_exports_light_too(export) -> None:
     # the rewrite makes new constants (export_dtype set): they too must travel as stubs
-    import onnxprune
     from onnxprune.api import make_plan
     from onnxprune.structure.rewrite import apply_plan
 
@@ -124,3 +127,43 @@ def test_a_rewritten_graph_exports_light_too(export) -> None:
     light, arrays = light_model(graph)
     assert sum(a.nbytes for a in arrays.values()) > 10 * 2**20  # about half of resnet18's 45 MB
     assert light.ByteSize() < 2**20
+
+
+def _session_constructions(path: Path) -> list[int]:
+    """The lines of ``path`` that call onnxruntime's ``InferenceSession`` or ``SessionOptions``
+    (``ort.InferenceSession(...)``, or the bare name imported from onnxruntime)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in ("InferenceSession", "SessionOptions"):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_every_onnxruntime_session_is_made_in_sessions_py() -> None:
+    package = Path(onnxprune.__file__).parent
+    owner = package / "graph" / "sessions.py"
+    assert _session_constructions(owner), "the scan must see the factory's own calls"
+    elsewhere = {str(path.relative_to(package)): lines for path in sorted(package.rglob("*.py"))
+                 if path != owner and (lines := _session_constructions(path))}
+    assert elsewhere == {}, f"sessions made outside graph/sessions.py (use make_session): {elsewhere}"
+
+
+def test_the_factory_makes_profiled_sessions_optimised_or_not(model: onnx.ModelProto, tmp_path: Path) -> None:
+    # two of the modes it unified: the latency model's profiled session (kernel events in a file
+    # under the prefix given) and capture's optimised session, and its unoptimised one
+    feed = feed_of(model)
+    kernels = {}
+    for optimise in (True, False):
+        sess = make_session(model, optimise=optimise, threads=1, profile=tmp_path / f"opt{optimise}")
+        opts = sess.get_session_options()
+        assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level) == (1, 1, 4)
+        np.testing.assert_allclose(sess.run(None, feed)[0], ort_run(model, feed)[0], rtol=1e-5, atol=1e-5)
+        profile = Path(sess.end_profiling())
+        assert profile.parent == tmp_path and profile.name.startswith(f"opt{optimise}")
+        kernels[optimise] = {event["args"]["op_name"] for event in json.loads(profile.read_text())
+                             if event.get("cat") == "Node" and "op_name" in event.get("args", {})}
+    # onnxruntime fuses the model's Conv and Relu into one kernel unless its optimisations are off
+    assert "Relu" not in kernels[True] and {"Conv", "Relu"} <= kernels[False], kernels

@@ -14,9 +14,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph.capture import session
 from ..graph.layers import MAX_ROWS, Layer, subsample
-from ..graph.sessions import graph_session, weight_bytes
+from ..graph.sessions import graph_session, make_session, weight_bytes
 
 SHARE_FROM = 1 << 30  # from this many bytes of weights, calibration sessions share the graph's arrays
 
@@ -33,7 +32,7 @@ def tap(graph: gs.Graph, names: list[str]):
     model = gs.export_onnx(graph, do_type_check=False)
     del model.graph.output[:]
     model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
-    return session(model)  # onnxruntime keeps every requested output through its fusions
+    return make_session(model)  # onnxruntime keeps every requested output through its fusions
 
 
 def layer_inputs(graph: gs.Graph, names: list[str], batches: Iterable[dict[str, np.ndarray]]

@@ -268,7 +268,7 @@ class _Teacher:
     def __init__(self, model: onnx.ModelProto, device, dtypes: dict, taps: tuple[str, ...] = ()) -> None:
         self.device, self.dtypes, self.taps = device, dtypes, taps
         if device.type == "cpu":
-            from ..graph.capture import session
+            from ..graph.sessions import make_session
 
             self.output = model.graph.output[0].name
             if taps:  # the tapped tensors become outputs of a copy
@@ -276,7 +276,7 @@ class _Teacher:
                 copy.CopyFrom(model)
                 copy.graph.output.extend(onnx.ValueInfoProto(name=name) for name in taps)
                 model = copy
-            self.sess = session(model)
+            self.sess = make_session(model)
         else:
             import torch
 

@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph.capture import session
-from ..graph.sessions import graph_session
+from ..graph.sessions import graph_session, make_session
 from .activations import batched
 
 
@@ -33,8 +32,8 @@ def fidelity(dense: onnx.ModelProto | gs.Graph, pruned: onnx.ModelProto, samples
              batch_size: int = 32) -> Fidelity:
     """Compare the two models' first outputs on ``samples`` ({input: [n, ...]}). ``dense`` may be a
     graph: its session then runs on the graph's own weight arrays, without a copy."""
-    sess_d = graph_session(dense, arena=True) if isinstance(dense, gs.Graph) else session(dense)
-    sess_p = session(pruned)
+    sess_d = graph_session(dense, arena=True) if isinstance(dense, gs.Graph) else make_session(dense)
+    sess_p = make_session(pruned)
     name_d, name_p = sess_d.get_outputs()[0].name, sess_p.get_outputs()[0].name
     agree, cos, kl, n = 0.0, 0.0, 0.0, 0
     first = sess_d.get_inputs()[0].shape[:1]

@@ -34,8 +34,8 @@ import onnxruntime as ort
 
 from ..calib.data import InputSpec, input_specs
 from ..errors import ModelError, UsageError, first_line
-from ..graph.capture import session
 from ..graph.load import read_model, save_model
+from ..graph.sessions import make_session
 from ..outputs import check_output_path, write_atomic
 from .sparse24 import carries_24, sparse_eligibility
 from .timing import time_samples
@@ -74,7 +74,7 @@ def ort_gpu_session(model: onnx.ModelProto | str | os.PathLike, backend: str, th
         chain.append("CUDAExecutionProvider")
     chain.append("CPUExecutionProvider")
     try:
-        sess = session(proto, threads=threads, providers=chain)
+        sess = make_session(proto, threads=threads, providers=chain)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise ModelError(f"onnxruntime cannot create a {provider} session: {first_line(exc)}") from None
     used = sess.get_providers()

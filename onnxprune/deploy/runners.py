@@ -19,7 +19,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import UsageError
-from ..graph.capture import input_feed, session
+from ..graph.capture import input_feed
+from ..graph.sessions import make_session
 from .timing import Latency, Runner, time_runners
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
@@ -47,7 +48,7 @@ def ort_runner(model: onnx.ModelProto, feed: dict[str, np.ndarray], backend: str
         if fp16:
             raise UsageError("--fp16 needs --backend ort-trt or tensorrt (onnxruntime's CPU runs the model's "
                              "own precision)")
-        sess = session(model, threads=threads)
+        sess = make_session(model, threads=threads)
     else:
         from .gpu import ort_gpu_session
 

@@ -11,9 +11,7 @@ gives, else 224 (``shapes.py``).
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,8 +19,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from ..errors import ModelError, first_line
-from .load import save_model
-from .sessions import light_model, return_freed_memory, shared_session, start_session
+from .sessions import light_model, return_freed_memory, shared_session
 from .shapes import GUESS, free_dims, size_failure
 
 log = logging.getLogger(__name__)
@@ -88,35 +85,6 @@ def standard_normal(rng: np.random.Generator, shape: tuple[int, ...] | list[int]
     converting would hold twice the input's bytes more (a large --input-shape feed)."""
     wide = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     return rng.standard_normal(shape, dtype=wide).astype(dtype, copy=False)
-
-
-def session(model: onnx.ModelProto, optimize: bool = True, threads: int = 0,
-            providers: list | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session; unoptimised when every intermediate tensor must stay visible.
-
-    Models over protobuf's 2 GiB limit go through a temporary file with external data.
-    ``providers`` (onnxruntime's list, names or (name, options) pairs) replaces the CPU provider.
-    """
-    providers = providers or ["CPUExecutionProvider"]
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # fatal only: run errors come back as exceptions, reported in one line
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    try:  # cheaper than asking ByteSize() first: serialising fails only past the 2 GiB limit
-        data = model.SerializeToString()
-    except Exception:
-        data = None
-    if data is not None:
-        return ort.InferenceSession(data, opts, providers=providers)
-    tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
-    path = Path(tmp.name) / "model.onnx"
-    save_model(model, path, external=True)
-    sess = start_session(path, opts, providers)
-    sess._onnxprune_weights = tmp  # the folder lives as long as the session (it may map the file)
-    return sess
 
 
 def _all_outputs_model(graph: gs.Graph) -> tuple[onnx.ModelProto, dict[str, np.ndarray], list[str]]:

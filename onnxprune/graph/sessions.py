@@ -9,7 +9,11 @@ onnxruntime then runs on the very numpy arrays the graph holds (on the CPU, in p
 
 Such sessions run unoptimised and without pre-packing: they serve capture and verification,
 where every tensor is an output anyway and a packed copy of each weight would double memory.
-Latency is measured on ordinary sessions (``capture.session``), as a deployment would run.
+Latency is measured on ordinary sessions (``make_session``), as a deployment would run.
+
+Every onnxruntime session of onnxprune is made here, by ``make_session`` (ordinary: optimised or
+not, profiled, on GPU providers) or ``shared_session`` (the weights by pointer), from one set of
+options (``_options``): errors as exceptions only, a thread count, optimisations, the profiler.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import gc
+import os
 import re
 import tempfile
 from collections.abc import Iterator
@@ -122,14 +127,9 @@ def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, th
     from ``weights`` in place; the arrays must stay unchanged while the session lives. ``arena``
     keeps onnxruntime's activation arena (many runs of one size: calibration batches); without it
     each run's activations go back to the system (a capture's few, large runs)."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 4  # fatal only: run errors come back as exceptions
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimisers would read the stubs
+    opts = _options(optimise=False, threads=threads)  # optimisers would read the stubs
     opts.add_session_config_entry("session.disable_prepacking", "1")  # a packed copy per weight otherwise
     opts.enable_cpu_mem_arena = arena
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
     values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in weights.items()}
     for name, value in values.items():
         opts.add_initializer(name, value)
@@ -139,6 +139,58 @@ def shared_session(model: onnx.ModelProto, weights: dict[str, np.ndarray], *, th
         sess = start_session(save_stubbed(model, folder), opts, ["CPUExecutionProvider"])
     sess._onnxprune_keep = (values, weights)  # onnxruntime reads these buffers for the session's life
     return sess
+
+
+def _options(*, optimise: bool = True, threads: int = 0, profile: str | os.PathLike | None = None
+             ) -> ort.SessionOptions:
+    """The options every session starts from. onnxruntime logs fatal errors only (a run's errors
+    come back as exceptions, reported in one line); ``optimise`` False turns its graph optimisations
+    off (every intermediate tensor stays as the model has it); ``threads`` intra-op threads and one
+    inter-op thread (0: onnxruntime's defaults); ``profile``, a file prefix, turns its profiler on."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    if not optimise:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if profile is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(profile)
+    return opts
+
+
+def make_session(model: onnx.ModelProto, *, optimise: bool = True, threads: int = 0, providers: list | None = None,
+                 profile: str | os.PathLike | None = None) -> ort.InferenceSession:
+    """An ordinary onnxruntime session on ``model`` (options as in ``_options``), on the CPU unless
+    ``providers`` (onnxruntime's list: names or (name, options) pairs) says otherwise.
+
+    ``profile``: a file prefix; ``end_profiling()`` then returns the file of onnxruntime's events.
+    Models over protobuf's 2 GiB limit go through a temporary file with external data, kept as
+    long as the session lives (onnxruntime may map it)."""
+    opts = _options(optimise=optimise, threads=threads, profile=profile)
+    providers = providers or ["CPUExecutionProvider"]
+    try:  # cheaper than asking ByteSize() first: serialising fails only past the 2 GiB limit
+        data = model.SerializeToString()
+    except Exception:
+        data = None
+    if data is not None:
+        return ort.InferenceSession(data, opts, providers=providers)
+    tmp = tempfile.TemporaryDirectory(prefix="onnxprune-")
+    sess = start_session(_save_external(model, Path(tmp.name)), opts, providers)
+    sess._onnxprune_weights = tmp  # the folder lives as long as the session
+    return sess
+
+
+def _save_external(model: onnx.ModelProto, folder: Path) -> Path:
+    """``model`` written to ``folder``/model.onnx with its weights in one data file beside it (a
+    private folder: nothing else writes there, so no atomic rename is needed)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # saving as external data rewrites the tensors in place
+    path = folder / "model.onnx"
+    # no location: onnx would check a given one against the current folder; it names a new file
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, size_threshold=1024)
+    return path
 
 
 class SessionError(RuntimeError):
@@ -184,5 +236,5 @@ def graph_session(graph: gs.Graph, *, outputs: list[str] | None = None, threads:
     return shared_session(model, weights, threads=threads, arena=arena)
 
 
-__all__ = ["SHARE_BYTES", "SessionError", "graph_session", "light_model", "make_stub", "return_freed_memory",
-           "save_stubbed", "shared_session", "start_session", "weight_bytes"]
+__all__ = ["SHARE_BYTES", "SessionError", "graph_session", "light_model", "make_session", "make_stub",
+           "return_freed_memory", "save_stubbed", "shared_session", "start_session", "weight_bytes"]

@@ -10,13 +10,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, OnnxPruneError
-from .capture import Capture, capture, session
+from .capture import Capture, capture
 from .load import check_without_weights, without_weights
+from .sessions import make_session
 
 
 def run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of one onnxruntime CPU run, by name."""
-    sess = session(model)
+    sess = make_session(model)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feed), strict=True))
 

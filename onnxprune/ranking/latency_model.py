@@ -50,6 +50,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import ModelError, UsageError, first_line
 from ..graph.capture import standard_normal
+from ..graph.sessions import make_session
 from ..progress import Progress, no_progress
 from ..structure.analyze import Analysis
 from ..structure.slots import Slot
@@ -317,13 +318,7 @@ def _profile_times(batch: list[_Probe], opset: list, threads: int, runs: int) ->
     """Median kernel milliseconds of each probe, from onnxruntime's profiler (CPU provider)."""
     model = _probe_model(batch, opset)
     with tempfile.TemporaryDirectory(prefix="onnxprune-prof-") as folder:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(folder) / "p")
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess = make_session(model, threads=threads, profile=Path(folder) / "p")
         feed = _feed(batch)
         names = [o.name for o in sess.get_outputs()]
         start, done = time.perf_counter(), 0

@@ -9,11 +9,17 @@ import inspect
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from helpers import Net, analysis_of, feed_of, frozen_slots, grouped_slots, ort_run, shape_lookup
 
 import onnxprune
-from onnxprune import cli, options
+from onnxprune import cli, ops, options
+from onnxprune.calib.torchgraph import TorchGraph, unsupported
+from onnxprune.ops.tying import same_shape_ties
 from onnxprune.ranking import criteria
+from onnxprune.ranking.cost import flops_terms
+from onnxprune.structure.slots import Slot
 from onnxprune.sweep import OPTION_CLASSES as SWEEP_CLASSES
 from onnxprune.sweep import SOLVER as SWEEP_SOLVER
 
@@ -93,18 +99,18 @@ def test_no_import_cycles():
 
 
 # Subpackages in dependency order: each may import those before it (and the base modules), never after.
-LAYERS = ["graph", "structure", "calib", "deploy", "ranking", "report"]
+LAYERS = ["ops", "graph", "structure", "calib", "deploy", "ranking", "report"]
 BASE = {"onnxprune.errors", "onnxprune.progress", "onnxprune.outputs", "onnxprune.options", "onnxprune.results",
         "onnxprune"}  # leaf modules every layer may use (the package itself: __version__)
 
 
 def _layer(module: str) -> str | None:
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 and parts[1] in LAYERS else None
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
 
 
 def test_subpackages_depend_downwards():
-    """graph <- structure <- calib <- deploy <- ranking <- report <- api/pipeline/cli: a subpackage
+    """ops <- graph <- structure <- calib <- deploy <- ranking <- report <- api/pipeline/cli: a subpackage
     imports only earlier ones and the base modules (errors, progress, outputs, options, results), so
     the map in the README is the architecture."""
     wrong = []
@@ -119,6 +125,42 @@ def test_subpackages_depend_downwards():
             elif other is not None and LAYERS.index(other) > LAYERS.index(layer):
                 wrong.append((module, target))
     assert wrong == []
+
+
+def test_ops_depends_on_nothing_but_errors():
+    """What an op is comes first: ``onnxprune.ops`` imports nothing else of the package but ``errors``,
+    so every stage may ask it."""
+    wrong = [(m, t) for m, deps in _imports().items() if m.startswith("onnxprune.ops")
+             for t, _ in deps if not t.startswith("onnxprune.ops") and t != "onnxprune.errors"]
+    assert wrong == []
+
+
+def _op_name_literals() -> dict[str, int]:
+    """String constants that are ONNX op names, per module, outside docstrings."""
+    import onnx.defs
+
+    names = {schema.name for schema in onnx.defs.get_all_schemas_with_history()}
+    counts: dict[str, int] = {}
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        count = sum(1 for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                    and node.value in names and id(node) not in docstrings)
+        if count:
+            counts[_module_name(path)] = count
+    return counts
+
+
+def test_op_knowledge_lives_in_ops():
+    """At most 15% of the op-name string literals in the package stand outside ``onnxprune.ops``
+    (issue 19's bar): a new op is taught in one place."""
+    counts = _op_name_literals()
+    outside = {m: n for m, n in counts.items() if not m.startswith("onnxprune.ops")}
+    assert sum(counts.values()) > 200  # the count reads real rules
+    assert sum(outside.values()) <= 0.15 * sum(counts.values()), outside
 
 
 def test_no_private_names_across_modules():
@@ -226,3 +268,56 @@ def test_a_new_criterion_is_one_registration(toy_criterion, export, tmp_path):
     out = tmp_path / "toy.onnx"
     assert cli.main([str(path), "--flops", "0.6", "--criterion", "toy", "-o", str(out), "-q"]) == 0
     assert out.exists() and len(toy_criterion) == 2
+
+
+TOY_OP = "Atan"  # an op onnxruntime runs and onnxprune has no spec for
+
+
+def _toy_network() -> onnx.ModelProto:
+    """Conv -> Atan -> Conv -> Relu -> head: the 16 channels between the convolutions pass Atan."""
+    net = Net(channels=4)
+    h = net.node(TOY_OP, [net.conv("x", 4, 16, 3, name="c1")], out="atan")
+    h = net.relu(net.conv(h, 16, 8, 1, name="c2"))
+    net.head(h, 8)
+    return net.model()
+
+
+@pytest.fixture
+def toy_op():
+    """Teaches onnxprune the toy op in one registration when called; forgets it after the test."""
+    assert ops.spec(TOY_OP) is ops.UNKNOWN, f"onnxprune knows {TOY_OP} now: pick another toy op"
+
+    def register() -> None:
+        ops.register(
+            TOY_OP, one_to_one=True, ties=same_shape_ties,
+            flops=lambda node, shape: (float(np.prod(shape(node.outputs[0]))), [(node.outputs[0].name, 1)]),
+            torch=lambda xs, attrs, ctx: [xs[0].atan()])
+
+    yield register
+    ops.unregister(TOY_OP)
+
+
+def test_a_new_op_is_one_registration(toy_op):
+    """Registering an op the package does not know gives it channel ties, FLOPs and a PyTorch kernel
+    at once: the channels it froze become prunable, its FLOPs count, and the interpreter runs it."""
+    model = _toy_network()
+    through = Slot("c1", 1)
+    before = analysis_of(model)
+    assert through in frozen_slots(before) and before.no_rule_ops == {TOY_OP: 1}
+    assert unsupported(model) == [TOY_OP]
+
+    toy_op()
+    after = analysis_of(model)
+    assert through in grouped_slots(after) and after.no_rule_ops == {}
+    atan = next(n for n in after.graph.nodes if n.op == TOY_OP)
+    terms = {t.name: t for t in flops_terms(after.graph, shape_lookup(after))}
+    assert terms[atan.name].dense == 16 * 8 * 8 and terms[atan.name].slots == [Slot("atan", 1)]
+    assert unsupported(model) == []
+
+    result = onnxprune.prune(model, flops=0.6, round_to=1)  # verified in onnxruntime
+    torch = pytest.importorskip("torch", reason="the interpreter runs in PyTorch (pip install torch)")
+    assert 0 < len(result.plan["c1.w"][0]) < 16
+    feed = feed_of(result.model)
+    graph = TorchGraph(result.model)
+    got = graph({k: torch.from_numpy(v) for k, v in feed.items()})[0].detach().numpy()
+    np.testing.assert_allclose(got, ort_run(result.model, feed)[0], rtol=1e-4, atol=1e-5)

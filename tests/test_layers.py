@@ -12,13 +12,13 @@ from helpers import one_node_model, ort_run
 from onnxprune.graph.layers import (
     Layer,
     find_layers,
-    gemm_k_axis,
     group,
     matrix_to_weight,
     reduction_length,
     weight_axes,
     weight_matrix,
 )
+from onnxprune.ops.gemm import gemm_k_axis
 
 
 def node(op: str, **attrs) -> gs.Node:

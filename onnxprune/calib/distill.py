@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import ops
 from ..errors import UsageError
 from ..progress import Progress
 from .data import CalibrationSet
@@ -55,19 +56,6 @@ MIXUP = 0.0  # images: blend each sample with up to this share of another (measu
 FEATURES = 1.0  # weight of matching the outputs of every layer (relative squared error) beside the KL
 
 INSTALL = "pip install 'onnxprune[recover]' (or pip install torch)"
-
-# Inputs of these ops that are not weights: shapes, indices, statistics, bounds, exponents.
-_NOT_WEIGHTS = {
-    "BatchNormalization": {3, 4}, "Resize": {1, 2, 3}, "Upsample": {1}, "Clip": {1, 2}, "Pow": {1},
-    "Pad": {1, 2, 3}, "Reshape": {1}, "Expand": {1}, "Tile": {1}, "Slice": {1, 2, 3, 4}, "Squeeze": {1},
-    "Unsqueeze": {1}, "Split": {1}, "Gather": {1}, "GatherElements": {1}, "ScatterND": {1},
-    "ConstantOfShape": {0}, "Range": {0, 1, 2}, "Trilu": {1}, "CumSum": {1}, "ReduceMean": {1},
-    "ReduceSum": {1}, "ReduceMax": {1}, "ReduceMin": {1}, "ReduceProd": {1}, "ReduceL1": {1}, "ReduceL2": {1},
-    "ReduceSumSquare": {1}, "ReduceLogSumExp": {1},
-}
-_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_NORMS = ("BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization")
-
 
 @dataclass
 class Distillation:
@@ -142,14 +130,15 @@ def learnable(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
     sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
     data, not_data, weight_slot, layer_weights = set(), set(), set(), set()
     for node in model.graph.node:
-        skip = _NOT_WEIGHTS.get(node.op_type, set())
+        spec = ops.spec(node.op_type, node.domain)
         for port, name in enumerate(node.input):
             if name not in floats:
                 continue
-            (not_data if port in skip else data).add(name)
-            if node.op_type in _LAYERS or (node.op_type in _NORMS and port in (1, 2)):
+            # shapes, indices, statistics, bounds and exponents are constants but no weights
+            (not_data if port in spec.not_trainable else data).add(name)
+            if spec.layer or port in spec.learned:
                 weight_slot.add(name)
-            if node.op_type in _LAYERS and port in (0, 1):
+            if spec.layer and port in (0, 1):  # a layer's weight (either side of a MatMul), not its bias
                 layer_weights.add(name)
     train = {n for n in data - not_data if sizes[n] > 1 or n in weight_slot}
     return train, layer_weights & train
@@ -305,7 +294,8 @@ def _taps(teacher: onnx.ModelProto, student: onnx.ModelProto) -> tuple[str, ...]
     dense = {o for node in teacher.graph.node for o in node.output}
     outputs = {o.name for o in student.graph.output}
     return tuple(node.output[0] for node in student.graph.node
-                 if node.op_type in _LAYERS and node.output[0] in dense and node.output[0] not in outputs)
+                 if ops.spec(node.op_type, node.domain).layer and node.output[0] in dense
+                 and node.output[0] not in outputs)
 
 
 def _feature_loss(matched: list[bool], dense, pruned, device):

@@ -4,10 +4,9 @@ Conv inputs are unfolded (im2col) with the layer's real pads, strides, dilations
 columns run (kh, kw, cin) with cin fastest, so 4 consecutive columns are 4 input channels at one
 kernel position: the axis TensorRT's 2:4 sparsity runs along. MatMul/Gemm columns are K.
 
-This module is the one owner of weight layout: which axis of a Conv, ConvTranspose, Gemm or
-MatMul weight holds the outputs and which the inputs (``weight_axes``), how ``group`` divides
-them (``group``, ``reduction_length``), and how a weight reads as a matrix (``weight_matrix``).
-Cost, scoring, sparsity and re-fitting ask here instead of reading ``transB`` or ``group``.
+Weight layout (which axis of a weight holds the outputs and which the inputs, ``group``, how a
+weight reads as a matrix) is each op's own knowledge, in ``onnxprune.ops``; the functions here ask
+the op's spec, so scoring and re-fitting never read ``transB`` or ``group`` themselves.
 """
 
 from __future__ import annotations
@@ -17,49 +16,44 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-# --- weight layout ---------------------------------------------------------------------------
+from .. import ops
+
+# --- weight layout: each op's spec says it (onnxprune.ops.conv, ops.gemm) ------------------------
 
 
 def group(node: gs.Node) -> int:
     """The ``group`` of a Conv or ConvTranspose (1 for every other op)."""
-    return int(node.attrs.get("group", 1)) if node.op in ("Conv", "ConvTranspose") else 1
+    fn = ops.spec(node.op, node.domain).group
+    return fn(node) if fn is not None else 1
 
 
 def weight_axes(node: gs.Node) -> tuple[int, int]:
     """(output axis, input axis) of the weight (input 1) of a Conv, ConvTranspose, Gemm or MatMul:
     Conv [Cout, Cin/group, k...] and Gemm with transB [N, K] are (0, 1); ConvTranspose
     [Cin, Cout/group, k...], Gemm without transB and MatMul [K, N] are (1, 0)."""
-    if node.op == "Conv" or (node.op == "Gemm" and node.attrs.get("transB", 0)):
-        return 0, 1
-    return 1, 0
+    fn = ops.spec(node.op, node.domain).weight_axes
+    if fn is None:
+        raise ValueError(f"{node.op} has no weight layout")
+    return fn(node)
 
 
 def reduction_length(node: gs.Node, shape: tuple[int, ...]) -> int:
     """How many inputs each output sums over at one kernel position, for a weight of ``shape``:
-    input channels per group for a convolution, K for Gemm/MatMul (the axis N:M sparsity runs along)."""
+    input channels per group for a convolution, K for Gemm/MatMul (the axis N:M sparsity runs along).
+    A Conv's weight holds Cin/group already; a ConvTranspose's holds all Cin."""
     k = int(shape[weight_axes(node)[1]])
-    return k // group(node) if node.op == "ConvTranspose" else k
-
-
-def gemm_k_axis(node: gs.Node) -> int:
-    """The axis of a Gemm's input A that is reduced (K): 0 with transA, else 1."""
-    return 0 if node.attrs.get("transA", 0) else 1
+    return k if weight_axes(node)[1] == 1 else k // group(node)
 
 
 def weight_matrix(node: gs.Node, w: np.ndarray) -> np.ndarray:
     """A Conv (any rank), Gemm or MatMul weight as [outputs, columns]; a Conv's columns run
     (kernel..., cin) with cin fastest."""
-    if node.op == "Conv":
-        return np.moveaxis(w, 1, -1).reshape(w.shape[0], -1)
-    return w if weight_axes(node)[0] == 0 else w.T
+    return ops.spec(node.op, node.domain).as_matrix(node, w)
 
 
 def matrix_to_weight(node: gs.Node, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The inverse of ``weight_matrix``: a [outputs, columns] matrix in the layout of a weight of ``shape``."""
-    if node.op == "Conv":
-        cout, cin, *kernel = shape
-        return np.moveaxis(m.reshape(cout, *kernel, cin), -1, 1)
-    return m if weight_axes(node)[0] == 0 else m.T
+    return ops.spec(node.op, node.domain).from_matrix(node, m, shape)
 
 
 # --- layers as matrices ------------------------------------------------------------------------
@@ -83,6 +77,11 @@ class Layer:
         """The layer's identity in dicts and between copies of a graph: its output tensor's name, which
         ONNX requires to be unique, and which rewriting keeps (node names may be empty or shared)."""
         return self.node.outputs[0].name
+
+    @property
+    def unfolds(self) -> bool:
+        """Whether its input is unfolded (im2col) into rows: a convolution's, at every kernel position."""
+        return ops.spec(self.node.op, self.node.domain).unfolds
 
     @property
     def columns(self) -> int:
@@ -116,7 +115,7 @@ class Layer:
 
     def columns_of(self, channels: np.ndarray) -> np.ndarray:
         """The matrix columns of these input channels (each at every kernel position of a Conv)."""
-        if self.node.op != "Conv":
+        if not self.unfolds:
             return channels
         shape = np.asarray(self.weight.values).shape
         positions = int(np.prod(shape[2:]))
@@ -124,13 +123,13 @@ class Layer:
 
     def per_channel(self, column_values: np.ndarray) -> np.ndarray:
         """Values per matrix column summed per input channel (over a Conv's kernel positions)."""
-        if self.node.op != "Conv":
+        if not self.unfolds:
             return column_values
         return column_values.reshape(-1, self.in_channels).sum(0)
 
     def rows_of(self, x: np.ndarray) -> np.ndarray:
         """Calibration input batch -> [samples, columns] rows such that rows @ matrix().T = output."""
-        if self.node.op != "Conv":
+        if not self.unfolds:
             return x.reshape(-1, x.shape[-1])
         return unfold(x, np.asarray(self.weight.values).shape[2:], self.node.attrs)
 
@@ -148,20 +147,18 @@ def subsample(rows: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
 
 
 def find_layers(graph: gs.Graph) -> list[Layer]:
-    """Conv (group 1, 2-D), Gemm (transA 0) and MatMul (constant right operand) layers, in graph order."""
+    """The layers the calibration solvers can solve as matrices (``OpSpec.solvable``: Conv with
+    group 1 and a 2-D kernel, Gemm without transA, MatMul with a 2-D weight), whose input is computed
+    and whose weight is a constant, in graph order."""
     layers = []
     for node in graph.nodes:
         if len(node.inputs) < 2 or isinstance(node.inputs[0], gs.Constant):
             continue
         if not isinstance(node.inputs[1], gs.Constant):
             continue
-        w = node.inputs[1]
-        if node.op == "Conv" and group(node) == 1 and len(w.shape) == 4:
-            layers.append(Layer(node, w, node.inputs[0]))
-        elif node.op == "Gemm" and gemm_k_axis(node) == 1 and len(w.shape) == 2:
-            layers.append(Layer(node, w, node.inputs[0]))
-        elif node.op == "MatMul" and len(w.shape) == 2:
-            layers.append(Layer(node, w, node.inputs[0]))
+        solvable = ops.spec(node.op, node.domain).solvable
+        if solvable is not None and solvable(node):
+            layers.append(Layer(node, node.inputs[1], node.inputs[0]))
     return layers
 
 

@@ -14,6 +14,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import external_data_helper, version_converter
 
+from .. import ops
 from ..errors import ModelError, UsageError, first_line
 from ..outputs import write_atomic
 from .sessions import light_model, make_stub, save_stubbed
@@ -324,10 +325,6 @@ def upgrade(model: onnx.ModelProto, name: str | os.PathLike = "model") -> onnx.M
     return model
 
 
-# Ops whose inputs after the first are learned weights (weight, bias): a 0-sized one is a layer without channels.
-_LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
 def refuse_unsupported(model: onnx.ModelProto, name: str | os.PathLike = "model") -> None:
     """Raise ModelError for an opset newer than onnx knows, an input with a 0-sized dimension, or a
     layer whose weight has a 0-sized dimension.
@@ -348,16 +345,21 @@ def refuse_unsupported(model: onnx.ModelProto, name: str | os.PathLike = "model"
             raise ModelError(f"{name}: input {value.name} has a 0-sized dimension {shape}; there is nothing to run")
     empty = {t.name: list(t.dims) for t in model.graph.initializer if 0 in t.dims}
     for node in model.graph.node:
-        for weight in node.input[1:] if node.op_type in _LAYER_OPS else ():
+        # a layer's inputs after the first are its weight and bias: 0-sized, it has no channels
+        for weight in node.input[1:] if ops.spec(node.op_type, node.domain).layer else ():
             if weight in empty:
                 raise ModelError(f"{name}: weight {weight} of {node.op_type} {node.name or node.output[0]} has a "
                                  f"0-sized dimension {empty[weight]}; a layer without channels is not supported")
 
 
-# Ops whose constant inputs are learned parameters (weights, biases, norm statistics): never infinite.
-_PARAM_OPS = frozenset(_LAYER_OPS) | {"BatchNormalization", "InstanceNormalization", "LayerNormalization",
-                                      "GroupNormalization"}
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def _has_parameters(node: gs.Node) -> bool:
+    """Layers and normalisations: their constant inputs are learned parameters (weights, biases,
+    norm scales and statistics), never infinite."""
+    spec = ops.spec(node.op, node.domain)
+    return spec.layer or bool(spec.learned)
 
 
 def refuse_nonfinite(graph: gs.Graph) -> None:
@@ -368,7 +370,7 @@ def refuse_nonfinite(graph: gs.Graph) -> None:
     finite model that looks fine. Infinities elsewhere are legitimate (attention masks of -inf).
     One pass over each constant, one at a time: values not yet loaded stay lazy in the graph.
     """
-    params = {id(t) for node in graph.nodes if node.op in _PARAM_OPS for t in node.inputs}
+    params = {id(t) for node in graph.nodes if _has_parameters(node) for t in node.inputs}
     users: dict[int, gs.Node] = {}
     for node in graph.nodes:
         for t in node.inputs:

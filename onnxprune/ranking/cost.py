@@ -1,7 +1,8 @@
 """Cost model: FLOPs and parameters as a function of the channel counts of each slot.
 
-FLOPs count a multiply-add as 2, for Conv, ConvTranspose, Gemm and MatMul (activations,
-normalisation and elementwise ops are not counted, as in fvcore/thop and Torch-Pruning).
+FLOPs count a multiply-add as 2, for the ops whose spec has a ``flops`` rule (``onnxprune.ops``:
+Conv, ConvTranspose, Gemm, MatMul; activations, normalisation and elementwise ops are not
+counted, as in fvcore/thop and Torch-Pruning).
 Each node's FLOPs are ``dense * prod(kept_fraction(slot))`` over the slots its cost scales
 with, which makes evaluating a candidate plan a cheap product, not a graph rebuild.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph.layers import gemm_k_axis, group, weight_axes
+from .. import ops
 from ..structure.slots import Slot
 
 Shapes = Callable[[gs.Tensor], tuple[int, ...] | None]
@@ -30,43 +31,16 @@ class CostTerm:
 
 
 def flops_of(node: gs.Node, shape: Shapes) -> tuple[float, list[Slot]]:
-    """FLOPs of one node at batch 1 and the slots they scale with (0 for uncounted ops)."""
-    y = node.outputs[0]
-    ys = shape(y)
-    if ys is None:
+    """FLOPs of one node at batch 1 and the slots they scale with (0 for ops whose spec counts none)."""
+    rule = ops.spec(node.op, node.domain).flops
+    if rule is None or not node.outputs:
         return 0.0, []
-    out_slots = [Slot(y.name, a) for a in range(len(ys))]
-    if node.op in ("Conv", "ConvTranspose"):
-        x, w = node.inputs[0], node.inputs[1]
-        ws, xs = shape(w), shape(x)
-        if ws is None or xs is None:
-            return 0.0, []
-        groups = group(node)
-        if node.op == "Conv":
-            # each output element: Cin/group * kernel multiply-adds (a grouped Conv that loses
-            # the same positions of every group loses columns of its weight)
-            flops = 2.0 * np.prod(ys, dtype=np.float64) * np.prod(ws[1:], dtype=np.float64)
-            return flops, out_slots + [Slot(x.name, 1) if groups == 1 else Slot(w.name, weight_axes(node)[1])]
-        flops = 2.0 * np.prod(xs, dtype=np.float64) * np.prod(ws[1:], dtype=np.float64)
-        return flops, [Slot(x.name, a) for a in range(len(xs))] + ([Slot(y.name, 1)] if groups == 1 else [])
-    if node.op == "MatMul":
-        a = node.inputs[0]
-        as_ = shape(a)
-        if as_ is None or len(as_) < 1:
-            return 0.0, []
-        return 2.0 * np.prod(ys, dtype=np.float64) * as_[-1], out_slots + [Slot(a.name, len(as_) - 1)]
-    if node.op == "Gemm":
-        a = node.inputs[0]
-        as_ = shape(a)
-        if as_ is None:
-            return 0.0, []
-        k_axis = gemm_k_axis(node)
-        return 2.0 * np.prod(ys, dtype=np.float64) * as_[k_axis], out_slots + [Slot(a.name, k_axis)]
-    return 0.0, []
+    flops, scales = rule(node, shape)
+    return flops, [Slot(name, axis) for name, axis in scales]
 
 
 def flops_terms(graph: gs.Graph, shape: Shapes) -> list[CostTerm]:
-    """One cost term per FLOPs-bearing node (Conv, ConvTranspose, Gemm, MatMul) with the slots it scales with."""
+    """One cost term per FLOPs-bearing node with the slots it scales with."""
     terms = []
     for node in graph.nodes:
         dense, slots = flops_of(node, shape)

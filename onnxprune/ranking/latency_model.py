@@ -48,6 +48,7 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from .. import ops
 from ..errors import ModelError, UsageError, first_line
 from ..graph.capture import standard_normal
 from ..graph.sessions import make_session
@@ -252,25 +253,22 @@ def _make_probe(pid: int, node: gs.Node, analysis: Analysis, counts: SlotCounts,
             shape[0] *= batch
         return tuple(int(d) for d in shape)
 
-    names, inputs, weights = [], [], []
+    spec = ops.spec(node.op, node.domain)
+    names, inputs, weights, shapes = [], [], [], []
     for port, t in enumerate(node.inputs):
         if t is None or not t.name:
             names.append("")
+            shapes.append(None)
             continue
         name = f"p{pid}_i{port}"
         names.append(name)
         shape = shape_of(t)
-        weight = isinstance(t, gs.Constant) or (node.op in ("Conv", "ConvTranspose", "Gemm") and port >= 1)
+        shapes.append(shape)
+        weight = isinstance(t, gs.Constant) or port in spec.probe_weights
         (weights if weight else inputs).append((name, shape, _dtype(t)))
     attrs = {k: v for k, v in node.attrs.items() if isinstance(v, (int, float, str, list, tuple))}
-    if node.op in ("Conv", "ConvTranspose") and attrs.get("group", 1) > 1:
-        x_dense = cap.shapes[node.inputs[0].name][1]
-        x_new = inputs[0][1][1] if inputs else x_dense
-        w_new = next(s for n, s, _ in weights if n == names[1])
-        if node.op == "Conv":
-            attrs["group"] = max(x_new // max(w_new[1], 1), 1)
-        elif attrs["group"] == x_dense:  # depthwise transposed
-            attrs["group"] = x_new
+    if spec.probe is not None:  # sizes the node stores (a grouped Conv's group), as its fix rule writes them
+        attrs = spec.probe(node, attrs, shapes)
     proto = helper.make_node(node.op, names, [f"p{pid}_y"], name=f"p{pid}", domain=node.domain or "", **attrs)
     return proto, inputs, weights
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, UsageError
+from ..ops.quantize import dequantized_weight
 from ..structure.analyze import Analysis
 from ..structure.slots import Slot
 
@@ -61,7 +62,7 @@ def weight_values(tensor: gs.Constant) -> np.ndarray:
     """A weight's values; a quantized weight (input 0 of a per-tensor or per-axis DequantizeLinear)
     dequantized, so channels with different scales compare fairly."""
     values = np.asarray(tensor.values)
-    dq = next((n for n in tensor.outputs if n.op == "DequantizeLinear" and n.inputs[0] is tensor), None)
+    dq = dequantized_weight(tensor)
     if dq is None or np.issubdtype(values.dtype, np.floating) or not isinstance(dq.inputs[1], gs.Constant):
         return values
     scale = np.asarray(dq.inputs[1].values, dtype=np.float32)

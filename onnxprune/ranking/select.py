@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
 from ..errors import ModelError, UsageError
 from ..structure.analyze import Analysis
 from ..structure.rewrite import Plan
@@ -170,13 +171,6 @@ def _fill(selector: Selector, scores: list[np.ndarray], counts: np.ndarray, valu
     return counts, value
 
 
-# Ops that tie channel c of their input to channel c of their output (or only carry channels through a
-# layer): they never tie several channels into one unit, so a message about tied units leaves them out.
-_POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
-_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization", "InstanceNormalization",
-           "LayerNormalization", "Flatten", "QuantizeLinear", "DequantizeLinear")
-
-
 def _unreachable_cause(analysis: Analysis, round_to: int, counts: np.ndarray, floor: float,
                        unrounded: float) -> str:
     """Why no plan meets the target: the channel rounding, channels tied into single units, or frozen
@@ -208,16 +202,15 @@ def _tying_ops(analysis: Analysis, groups: list) -> list[str]:
     """The ops, in graph order, touching the groups' tensors that tie several channels together
     (Reshape, Transpose, Concat, grouped Conv as ``Conv(group=3)``, ...)."""
     from ..graph.layers import group as group_of
-    from ..structure.rules import BROADCAST, REDUCE, UNARY
 
-    plain = {*UNARY, *BROADCAST, *REDUCE, *_POOLS, *_LAYERS}
     names = {slot.tensor for g in groups for slot in g.members}
     seen: list[str] = []
     for node in analysis.graph.nodes:
         if not any(t.name in names for t in (*node.inputs, *node.outputs)):
             continue
         group = group_of(node)
-        if node.op in plain and group == 1:
+        spec = ops.spec(node.op, node.domain)
+        if (spec.one_to_one or spec.layer) and group == 1:  # never ties several channels into one unit
             continue
         label = f"{node.op}(group={group})" if group != 1 else node.op
         if label not in seen:

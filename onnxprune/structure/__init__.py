@@ -1,2 +1,2 @@
-"""Channel structure: slots (what rule authors write against), rules (one tie/fix function per op),
+"""Channel structure: slots (what op rules in ``onnxprune.ops`` write against),
 analyze (coupled groups, isomorphic classes, frozen channels), rewrite (slice the graph by a plan)."""

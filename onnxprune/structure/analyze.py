@@ -1,9 +1,9 @@
 """Analyse stage: find coupled-channel groups in an ONNX graph.
 
 Every static (tensor, axis) that an op rule touches becomes a *slot*; each of its indices is an
-element. Op rules (see ``rules.py``) tie elements that must be removed together, writing into a
-``SlotGraph`` (``slots.py``, the types rules are written against). Connected
-components of the tie graph are *atoms*: the smallest sets of channels that can be removed at
+element. Op rules (``onnxprune.ops``, one module per op family) tie elements that must be removed
+together, writing into a ``SlotGraph`` (``slots.py``, the types rules are written against).
+Connected components of the tie graph are *atoms*: the smallest sets of channels that can be removed at
 once. An atom is frozen when any of its elements sits on an axis some touching op has no rule
 for (or a graph input/output). Atoms touching the same slots the same way form a
 ``CoupledGroup``; groups of the same structure form an isomorphic class.
@@ -20,8 +20,9 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .. import ops
 from ..graph.capture import Capture
-from .rules import RULES
+from ..ops.quantize import dequantized_weight
 from .slots import Slot, SlotGraph
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def run_rules(graph: gs.Graph, capture: Capture, factor_choice: dict[str, int],
     no_rule: dict[str, int] = defaultdict(int)
     for node in graph.nodes:
         sg.current = node
-        rule = RULES.get(node.op) if node.domain in (None, "", "ai.onnx") else None
+        rule = ops.spec(node.op, node.domain).ties
         if rule is None:
             no_rule[f"{node.domain + '.' if node.domain else ''}{node.op}"] += 1
             continue
@@ -179,8 +180,7 @@ def _is_weight(tensor: gs.Tensor | None) -> bool:
     """Float initializers and quantized weights are weights; other int constants (shapes, indices) are not."""
     if not isinstance(tensor, gs.Constant) or not len(tensor.shape):
         return False
-    return np.issubdtype(np.dtype(tensor.dtype), np.floating) or any(
-        user.op == "DequantizeLinear" and user.inputs[0] is tensor for user in tensor.outputs)
+    return np.issubdtype(np.dtype(tensor.dtype), np.floating) or dequantized_weight(tensor) is not None
 
 
 def _topo_index(graph: gs.Graph) -> dict[str, int]:

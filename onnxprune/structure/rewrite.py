@@ -2,7 +2,7 @@
 
 Initializers are sliced along every pruned axis; ops that store channel counts (Conv group,
 Reshape targets, Split sizes, Slice bounds, Gather indices) are fixed by their rule in
-``rules.FIXES`` (they read a ``slots.RewriteContext``); intermediate shapes are cleared so
+each op's ``fix`` rule (``onnxprune.ops``) (they read a ``slots.RewriteContext``); intermediate shapes are cleared so
 onnxruntime infers the new ones. The ``Plan`` type (made by ``ranking.select`` and the latency
 search) is defined here, with what applies it, so structure never imports ranking.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .. import ops
 from ..graph.load import reshare_constants
 from .analyze import Analysis
-from .rules import FIXES
 from .slots import RewriteContext, Slot
 
 
@@ -65,8 +65,8 @@ def apply_plan(analysis: Analysis, plan: Plan) -> tuple[gs.Graph, dict[Slot, np.
             tensor.values = np.ascontiguousarray(values)
     _freeze_values(graph, analysis)
     for node in graph.nodes:
-        fix = FIXES.get(node.op)
-        if fix is not None and node.domain in (None, "", "ai.onnx"):
+        fix = ops.spec(node.op, node.domain).fix
+        if fix is not None:
             fix(node, ctx)
     reshare_constants(graph, analysis.shared, {s.tensor for s in kept})
     boundary = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}

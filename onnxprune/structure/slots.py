@@ -1,6 +1,6 @@
 """The types op rules are written against: ``Slot``, ``SlotGraph`` and ``RewriteContext``.
 
-A *slot* is one static (tensor, axis) that carries channels. Tie rules (``rules.py``) write into
+A *slot* is one static (tensor, axis) that carries channels. Tie rules (``onnxprune.ops``) write into
 a ``SlotGraph`` during the analysis (``analyze.py``) and fix rules read a ``RewriteContext``
 during the rewrite (``rewrite.py``). This module imports neither of them, so rules and the
 stages that run them depend on it, not on each other.
@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from ..graph.capture import Capture
 from ..graph.scopes import subgraph_reads
+from ..ops.quantize import quantized_source
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class SlotGraph:
         shape = self.shape(tensor)
         # Dynamic axes are slots too: at batch 1 a merged (batch x heads) axis has the heads'
         # size, which keeps heads coupled through reshape round trips; Reshape targets are
-        # rewritten with 0/-1 for them (rules.synth_shape).
+        # rewritten with 0/-1 for them (ops.shape.synth_shape).
         if shape is None or not tensor.name or axis >= len(shape):
             return None
         slot = Slot(tensor.name, axis)
@@ -145,14 +146,6 @@ class SlotGraph:
             self.apart[self._key()] = np.asarray(idx, dtype=np.int64) + self.offsets[slot]
 
 
-def quantized_source(tensor: gs.Tensor) -> gs.Constant | None:
-    """The int constant a DequantizeLinear turns into this tensor (a QDQ model's weight), else None."""
-    producer = tensor.inputs[0] if isinstance(tensor, gs.Variable) and len(tensor.inputs) == 1 else None
-    if producer is not None and producer.op == "DequantizeLinear" and isinstance(producer.inputs[0], gs.Constant):
-        return producer.inputs[0]
-    return None
-
-
 class RewriteContext:
     """What fix rules may ask: old/new shapes and the kept indices of a tensor's axis."""
 
@@ -189,4 +182,4 @@ class RewriteContext:
         return shape
 
 
-__all__ = ["RewriteContext", "Slot", "SlotGraph", "quantized_source"]
+__all__ = ["RewriteContext", "Slot", "SlotGraph"]

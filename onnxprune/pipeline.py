@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .calib.data import CalibrationSet, input_specs, load_calibration
+from .calib.data import CalibrationSet, load_calibration
 from .errors import UsageError
 from .graph import capture as capture_mod
 from .graph.load import (
@@ -43,7 +43,7 @@ from .graph.load import (
     upgrade,
 )
 from .graph.sessions import return_freed_memory
-from .graph.shapes import announce_guesses, check_input_shapes
+from .graph.shapes import announce_guesses, check_input_shapes, input_specs
 from .graph.verify import verify
 from .memory import plan_memory, resolve_shapes
 from .options import BenchOptions, CalibOptions, ShapeOptions, SolverOptions

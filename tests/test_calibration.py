@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -11,8 +12,9 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from onnxprune.calib.data import CalibrationSet, InputSpec, input_specs, load_calibration, load_preset, preset_names
+from onnxprune.calib.data import CalibrationSet, load_calibration, load_preset, preset_names
 from onnxprune.errors import UsageError
+from onnxprune.graph.shapes import InputSpec, graph_inputs, input_specs, resolve_input_shapes
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -101,6 +103,20 @@ def test_input_specs_skip_initializers_and_keep_symbolic_dims():
     assert specs[0].dtype == np.float32
     assert specs[1].shape == (2, 5)
     assert specs[1].dtype == np.int64
+
+
+def test_the_sizes_and_calibration_read_the_inputs_from_one_description():
+    # graph.shapes.input_specs is the one reading of graph.input: --input-shape's checks and sizes
+    # see the same inputs and dims as calibration, including one whose rank the model leaves unknown
+    model = _model([("x", TensorProto.FLOAT, ["batch", 3, None, 224]), ("u", TensorProto.INT64, [1, 7])],
+                   with_initializer=True)
+    model.graph.input[1].type.tensor_type.ClearField("shape")  # onnxruntime runs it; onnx.checker wants a shape
+    x, u = input_specs(model)
+    assert (x.dims, x.ranked, u.dims, u.ranked, u.dtype) == (("batch", 3, None, 224), True, None, False, np.int64)
+    assert graph_inputs(model) == {"x": ("batch", 3, None, 224), "u": None}
+    assert resolve_input_shapes(model, {"x": (1, 3, 64, 224), "u": (1, 7)}) == {"x": (1, 3, 64, 224), "u": (1, 7)}
+    calib = load_calibration("random", [replace(x, size=(1, 3, 64, 224))], count=2)
+    assert calib.samples["x"].shape == (2, 3, 64, 224)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import pytest
 from helpers import conv_model
 from onnx import TensorProto, helper
 
-from onnxprune.calib.data import InputSpec, input_specs
 from onnxprune.deploy import gpu
 from onnxprune.deploy.gpu import (
     EngineOptions,
@@ -35,6 +34,7 @@ from onnxprune.deploy.gpu import (
 )
 from onnxprune.deploy.sparse24 import carries_24
 from onnxprune.errors import ModelError, UsageError
+from onnxprune.graph.shapes import InputSpec, input_specs
 from onnxprune.report.text import _engine_precision
 
 F32 = np.dtype(np.float32)

@@ -41,13 +41,13 @@ from onnx import helper, numpy_helper
 
 import onnxprune
 from onnxprune import memory
-from onnxprune.calib.data import input_specs, load_calibration
+from onnxprune.calib.data import load_calibration
 from onnxprune.cli import main
 from onnxprune.errors import ModelError, UsageError
 from onnxprune.graph import shapes
 from onnxprune.graph.capture import input_feed
 from onnxprune.graph.load import read_model, read_split
-from onnxprune.graph.shapes import parse_input_shape
+from onnxprune.graph.shapes import input_specs, parse_input_shape
 from onnxprune.ranking import latency_model as lm
 
 

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import pytest
 
-from onnxprune.calib.data import InputSpec
 from onnxprune.deploy import gpu
 from onnxprune.deploy.gpu import STRONGLY_TYPED_MAJOR, EngineOptions, builder_settings
+from onnxprune.graph.shapes import InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_CACHE = ROOT / ".cache" / "trt-wheels"

@@ -1,7 +1,8 @@
 """Calibration data for correlation-aware pruning: images, arrays or (loudly) random noise.
 
-``load_calibration(source, input_specs(model))`` gives a :class:`CalibrationSet`: one array per
-graph input, all sharing a leading sample axis (the model's batch axis), in the input's dtype.
+``load_calibration(source, input_specs(model))`` (``graph.shapes.input_specs``: the model's real
+inputs) gives a :class:`CalibrationSet`: one array per graph input, all sharing a leading sample
+axis (the model's batch axis), in the input's dtype.
 
 Sources:
 
@@ -33,9 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from ..errors import UsageError, first_line
+from ..graph.shapes import InputSpec
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -51,62 +52,6 @@ CHANNEL_ORDERS = ("RGB", "BGR")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 PRESET_FIELDS = ("description", "resize", "crop", "mean", "std", "scale", "layout", "channel_order",
                  "interpolation")
-
-
-# ---------------------------------------------------------------------------------------------
-# model inputs
-
-
-@dataclass
-class InputSpec:
-    """A graph input: its name, its dims (int when static, str or None when symbolic/unknown) and
-    its numpy dtype."""
-
-    name: str
-    shape: tuple[int | str | None, ...]
-    dtype: np.dtype
-    size: tuple[int, ...] | None = None  # the size --input-shape gives (images and random data use its free dims)
-
-    def static(self, axis: int) -> int | None:
-        """The size of ``axis`` when it is static, else None."""
-        dim = self.shape[axis]
-        return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0 else None
-
-    def sized(self, axis: int) -> int | None:
-        """The size of ``axis`` when it is static, else the size given for it (``size``), else None."""
-        static = self.static(axis)
-        return static if static is not None or self.size is None else self.size[axis]
-
-    def show(self) -> str:
-        """The shape written as ``[N,3,224,224]`` (symbolic dims by name, unknown as ``?``)."""
-        return "[" + ",".join("?" if d is None else str(d) for d in self.shape) + "]"
-
-
-def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs of ``model`` that are not initializers, in graph order."""
-    initializers = {init.name for init in model.graph.initializer}
-    specs = []
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        tensor_type = value.type.tensor_type
-        dtype = np.dtype(np.float32)
-        if tensor_type.elem_type:
-            try:
-                dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
-            except (KeyError, TypeError, ValueError):
-                pass
-        shape: list[int | str | None] = []
-        if tensor_type.HasField("shape"):
-            for dim in tensor_type.shape.dim:
-                if dim.HasField("dim_value"):
-                    shape.append(int(dim.dim_value))
-                elif dim.HasField("dim_param") and dim.dim_param:
-                    shape.append(dim.dim_param)
-                else:
-                    shape.append(None)
-        specs.append(InputSpec(value.name, tuple(shape), dtype))
-    return specs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..calib.data import InputSpec, input_specs
 from ..errors import ModelError, UsageError, first_line
 from ..graph.load import read_model, save_model
 from ..graph.sessions import make_session
+from ..graph.shapes import InputSpec, input_specs
 from ..outputs import check_output_path, write_atomic
 from .sparse24 import carries_24, sparse_eligibility
 from .timing import time_samples

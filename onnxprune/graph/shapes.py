@@ -6,6 +6,9 @@ A fixed dim is the model's own; a free batch axis (axis 0) is 1 (FLOPs are per s
 other free dim is what ``--input-shape`` (``input_shapes=`` in Python) gives, else ``GUESS``
 (224) with a warning naming what was assumed. The batch entry of a given shape is only checked
 against a fixed batch: FLOPs are always per sample and ``--batch`` sets the batch that is timed.
+
+What the model's real inputs are (name, dims with their free ones, dtype) is ``input_specs``: the
+one reading of ``graph.input`` that calibration data, TensorRT profiles and the sizes here share.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -82,20 +86,61 @@ def machine_memory() -> int:
     return total
 
 
+@dataclass
+class InputSpec:
+    """A graph input: its name, its dims (int when static, str or None when symbolic/unknown) and
+    its numpy dtype."""
+
+    name: str
+    shape: Dims
+    dtype: np.dtype
+    size: tuple[int, ...] | None = None  # the size --input-shape gives (images and random data use its free dims)
+    ranked: bool = True  # False: the model does not say the input's rank (``shape`` is then empty)
+
+    @property
+    def dims(self) -> Dims | None:
+        """The dims, or None when the rank is unknown."""
+        return self.shape if self.ranked else None
+
+    def static(self, axis: int) -> int | None:
+        """The size of ``axis`` when it is static, else None."""
+        dim = self.shape[axis]
+        return dim if is_fixed(dim) else None
+
+    def sized(self, axis: int) -> int | None:
+        """The size of ``axis`` when it is static, else the size given for it (``size``), else None."""
+        static = self.static(axis)
+        return static if static is not None or self.size is None else self.size[axis]
+
+    def show(self) -> str:
+        """The shape written as ``[N,3,224,224]`` (symbolic dims by name, unknown as ``?``)."""
+        return show(self.shape)  # the module's function
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs of ``model`` that are not initializers, in graph order."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [_spec(value) for value in model.graph.input if value.name not in initializers]
+
+
+def _spec(value: onnx.ValueInfoProto) -> InputSpec:
+    """One input as the model declares it; float32 where its element type is unset or not numpy's."""
+    kind = value.type.tensor_type
+    dtype = np.dtype(np.float32)
+    if kind.elem_type:
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(kind.elem_type))
+        except (KeyError, TypeError, ValueError):
+            pass
+    if not kind.HasField("shape"):
+        return InputSpec(value.name, (), dtype, ranked=False)
+    dims = tuple(int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in kind.shape.dim)
+    return InputSpec(value.name, dims, dtype)
+
+
 def graph_inputs(model: onnx.ModelProto) -> dict[str, Dims | None]:
     """Each graph input that is not an initializer: its dims, or None when its rank is unknown."""
-    initializers = {init.name for init in model.graph.initializer}
-    out: dict[str, Dims | None] = {}
-    for value in model.graph.input:
-        if value.name in initializers:
-            continue
-        kind = value.type.tensor_type
-        if not kind.HasField("shape"):
-            out[value.name] = None
-            continue
-        out[value.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                                for d in kind.shape.dim)
-    return out
+    return {spec.name: spec.dims for spec in input_specs(model)}
 
 
 def is_fixed(dim) -> bool:

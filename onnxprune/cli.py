@@ -405,6 +405,7 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
     from .options import OPTION_CLASSES, values
     from .pipeline import load_model
     from .report.text import file_size, print_summary, summary_dict, write_json
+    from .results import PruneRun
 
     check_model_path(args.model)  # before its name makes the default output's
     dst = args.output if args.output is not None else default_output(args.model)  # as typed: "" and "d/" refused
@@ -425,20 +426,19 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
                 latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
                                         threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
                                         shapes=result.input_shapes))
-            summary = summary_dict(result, (file_size(args.model), file_size(staged)), latency, args.backend)
-            summary["output"] = str(dst)
-            summary["command"] = io.command
+            run = PruneRun(file_bytes=(file_size(args.model), file_size(staged)), latency=latency,
+                           backend=args.backend, output=str(dst), command=io.command)
             if args.report:
                 progress(f"writing the JSON report to {args.report}")
-                write_json(outputs.stage(args.report), {**summary, "plan": result.plan})
+                write_json(outputs.stage(args.report), {**summary_dict(result, run), "plan": result.plan})
             if args.html:
                 from .report.html import prune_html, write_html
 
                 progress(f"writing the HTML report to {args.html}")
-                write_html(outputs.stage(args.html), prune_html(summary))
+                write_html(outputs.stage(args.html), prune_html(result, run))
             written = outputs.publish()
     if not args.quiet:
-        print_summary(io.out, summary)
+        print_summary(io.out, result, run)
         _print_written(io, written)
 
 
@@ -573,7 +573,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
     if not result.fidelity_measured:
-        print_not_measured(io.out, result.to_dict()["fidelity"])
+        print_not_measured(io.out, result.recover_command)
     _print_written(io, written)
     _fail_on_errors(io, {"the model" if t is None else f"{result.metric} {t:g}": e for t, e in outcome.errors.items()})
 

@@ -1,7 +1,9 @@
 """Results: what ``prune`` and ``sweep`` return, as typed data with one ``to_dict()`` each.
 
-Presenters (report.py for the terminal and JSON, html.py, plots.py) read these; nothing here
-imports a presenter or the orchestration (api.py, pipeline.py, sweep.py). Each stage's own
+Presenters (report/text.py for the terminal and JSON, report/html.py, report/plots.py) read these
+typed records, not dicts: a prune's ``PruneResult`` together with a ``PruneRun`` for what the run
+recorded besides (file sizes, --bench latency, the command line). Nothing here imports a
+presenter or the orchestration (api.py, pipeline.py, sweep.py). Each stage's own
 figures (SparsifyReport, Refit, Fidelity, LatencySearch, Distillation) stay beside the stage that
 makes them and are carried here.
 """
@@ -13,7 +15,7 @@ import dataclasses
 import json
 import os
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -185,6 +187,57 @@ class PruneResult:
         return out
 
 
+@dataclass
+class PruneRun:
+    """What a run recorded about one prune beyond its ``PruneResult``, for the reports (the CLI fills
+    it; from Python every field may stay empty): file sizes, the latency ``--bench`` timed, where the
+    model was written and the command line."""
+
+    file_bytes: tuple[int, int] | None = None  # (dense, pruned): each model file with its external data
+    latency: tuple[Latency, Latency] | None = None  # (dense, pruned), timed alternating in one process
+    backend: str = "ort-cpu"  # what ``latency`` was timed on
+    output: str | None = None  # the pruned model's path
+    command: Sequence[str] | str | None = None  # the command line (None: made through the Python API)
+
+
+@dataclass
+class LatencyPair:
+    """Median latency of the dense and the pruned model, timed alternating: by ``--bench`` (with its
+    runs, batch and run-to-run variation) or, without it, by the latency search for its chosen plan."""
+
+    dense_ms: float
+    pruned_ms: float
+    backend: str
+    runs: int | None = None  # None: the latency search's own measurement
+    batch: int | None = None
+    cv: list[float] | None = None  # coefficient of variation, dense then pruned
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.pruned_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's ``latency_ms`` entry."""
+        out = {"dense": self.dense_ms, "pruned": self.pruned_ms, "speedup": self.speedup, "runs": self.runs,
+               "backend": self.backend}
+        if self.runs is not None:
+            out.update(batch=self.batch, cv=self.cv)
+        return out
+
+
+def latency_pair(result: PruneResult, run: PruneRun | None = None) -> LatencyPair | None:
+    """The dense and pruned latency a report shows: ``--bench``'s, else the latency search's (None:
+    neither was timed)."""
+    if run is not None and run.latency:
+        dense, pruned = run.latency
+        return LatencyPair(dense.median_ms, pruned.median_ms, run.backend, dense.runs, dense.batch,
+                           [dense.cv, pruned.cv])
+    search = result.latency_search
+    if search is not None and search.chosen is not None:
+        return LatencyPair(search.chosen.dense_ms, search.chosen.pruned_ms, f"{search.backend}, latency search")
+    return None
+
+
 SWEEP_COLUMNS = ("target", "flops_ratio", "params_ratio", "latency_ms", "latency_ratio", "top1_agreement", "cosine",
                  "kl", "groups_pruned", "ratio", "round_to")
 
@@ -296,4 +349,5 @@ class BenchResult:
                                                          self.inputs or none, strict=True)]}
 
 
-__all__ = ["BenchResult", "ChannelRow", "Costs", "FrozenRow", "PruneResult", "SweepPoint", "SweepResult"]
+__all__ = ["BenchResult", "ChannelRow", "Costs", "FrozenRow", "LatencyPair", "PruneResult", "PruneRun", "SweepPoint",
+           "SweepResult", "latency_pair"]

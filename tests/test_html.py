@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -158,6 +159,41 @@ def test_prune_html_has_the_command_line_and_versions(pruned_page):
     assert versions["onnxprune"] == onnxprune.__version__
     assert versions["onnx"] == onnx.__version__
     assert set(versions) == {"onnxprune", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy", "python"}
+
+
+def test_prune_html_reads_a_prune_result_and_what_the_run_recorded(tmp_path):
+    """The presenters read typed results: a PruneResult, and a PruneRun for what it does not hold
+    (file sizes, --bench latency, output, command line). The HTML, the JSON report and the terminal
+    summary show the same figures; without a PruneRun those parts are absent or marked so."""
+    from rich.console import Console
+
+    from onnxprune.deploy.timing import Latency
+    from onnxprune.report.html import prune_html
+    from onnxprune.report.text import print_summary, summary_dict
+    from onnxprune.results import PruneRun
+
+    result = onnxprune.prune(small_model(), flops=0.5)
+    run = PruneRun(file_bytes=(4000, 1500), latency=(Latency(2.0, 2.2, 30, cv=0.01), Latency(0.8, 0.9, 30, cv=0.02)),
+                   backend="ort-cpu", output="out.onnx", command=["onnxprune", "small.onnx", "--flops", "0.5"])
+    page = Page(prune_html(result, run))
+    summary = {row[""]: row for row in page.rows("summary")}
+    assert summary["file size"]["before"] == "4KB" and summary["file size"]["after"] == "1.5KB"
+    assert float(summary["file size"]["after / before"]) == 0.375
+    assert float(summary["FLOPs"]["after / before"]) == pytest.approx(result.flops_ratio, abs=5e-4)
+    assert [r["speedup"] for r in page.rows("latency-table")] == ["1.00x", "2.50x"]
+    assert page.pres["command"] == "onnxprune small.onnx --flops 0.5"
+    report = json.loads(json.dumps(summary_dict(result, run)))  # what --report writes, less the plan
+    assert report["file_bytes"] == {"dense": 4000, "pruned": 1500, "ratio": 0.375}
+    assert report["latency_ms"]["speedup"] == 2.5 and report["latency_ms"]["cv"] == [0.01, 0.02]
+    assert report["output"] == "out.onnx" and report["fidelity"]["measured"] is False
+    out = io.StringIO()
+    print_summary(Console(file=out, width=200), result, run)
+    assert "2.50x faster" in out.getvalue() and "file size" in out.getvalue()
+
+    bare = Page(prune_html(result))  # from Python: no run recorded
+    assert "file size" not in {row[""] for row in bare.rows("summary")} and "latency-table" not in bare.tables
+    assert bare.pres["command"].startswith("(not recorded")
+    assert set(summary_dict(result)) == set(result.to_dict())
 
 
 def test_html_escapes_names(tmp_path):

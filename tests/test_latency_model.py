@@ -132,14 +132,13 @@ def _summary_and_html_show_the_table(result) -> None:
     from onnxprune.report.html import prune_html
     from onnxprune.report.text import print_summary, summary_dict
 
-    summary = summary_dict(result, None, None)
-    target = json.loads(json.dumps(summary))["latency_target"]  # plain data for --report
+    target = json.loads(json.dumps(summary_dict(result)))["latency_target"]  # plain data for --report
     assert target["method"] == "table" and target["prediction_error"] is not None
     assert target["chosen"]["predicted_ratio"] is not None
     out = io.StringIO()
-    print_summary(Console(file=out, width=200), summary)
+    print_summary(Console(file=out, width=200), result)
     assert "latency table" in out.getvalue() and "prediction error" in out.getvalue()
-    page = prune_html(summary)
+    page = prune_html(result)
     assert "predicted latency" in page and "latency table" in page
 
 

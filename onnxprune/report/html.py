@@ -17,10 +17,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..outputs import write_atomic
-from ..results import PruneResult, SweepResult, not_measured
-from .text import human, summary_dict
+from ..results import NOT_MEASURED, ChannelRow, FrozenRow, LatencyPair, PruneResult, PruneRun, SweepResult, latency_pair
+from .text import cost_rows, human
 
 if TYPE_CHECKING:
+    from ..calib.distill import Distillation
+    from ..calib.reconstruct import Refit
+    from ..calib.sparsify import SparsifyReport
+    from ..ranking.latency import LatencySearch
     from ..structure.analyze import Analysis
 
 STYLE = """
@@ -120,34 +124,28 @@ def _provenance_section(command: Sequence[str] | str | None) -> str:
 # --- prune report ------------------------------------------------------------------------------
 
 
-def _summary_section(summary: dict[str, Any]) -> str:
-    rows = []
-    for key, label, unit in (("flops", "FLOPs", ""), ("params", "params", ""), ("file_bytes", "file size", "B")):
-        if key in summary:
-            row = summary[key]
-            rows.append((label, human(row["dense"], unit), human(row["pruned"], unit), f"{row['ratio']:.3f}"))
-    if "latency_ms" in summary:
-        lat = summary["latency_ms"]
-        rows.append((f"latency ({lat['backend']}, median)", f"{lat['dense']:.3g} ms", f"{lat['pruned']:.3g} ms",
-                     f"{lat['pruned'] / lat['dense']:.3f}"))
-    groups = summary["groups"]
+def _summary_section(result: PruneResult, run: PruneRun, latency: LatencyPair | None) -> str:
+    rows = [(label, human(dense, unit), human(pruned, unit), f"{ratio:.3f}")
+            for label, dense, pruned, ratio, unit in cost_rows(result, run)]
+    if latency is not None:
+        rows.append((f"latency ({latency.backend}, median)", f"{latency.dense_ms:.3g} ms",
+                     f"{latency.pruned_ms:.3g} ms", f"{latency.pruned_ms / latency.dense_ms:.3f}"))
     body = _table(("", "before", "after", "after / before"), rows, "summary", text_columns=(0,))
-    body += _note(f"coupled groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen; "
-                  f"shared ratio {summary.get('shared_ratio', 0.0):.4f}. FLOPs count a multiply-add as 2, at batch 1; "
+    body += _note(f"coupled groups: {result.groups_found} found, {result.groups_pruned} pruned, {len(result.frozen)} "
+                  f"frozen; shared ratio {result.ratio:.4f}. FLOPs count a multiply-add as 2, at batch 1; "
                   "the pruned figures are measured on the pruned model itself.")
-    if "channel_multiple" in summary:
-        m = summary["channel_multiple"]
-        body += _note(f"channel counts: multiples of {m['multiple']} ({m['why']})")
-    if summary.get("output"):
-        body += _note(f"output: {summary['output']}")
-    if not summary["fidelity"]["measured"]:
+    if result.channel_multiple_why:
+        body += _note(f"channel counts: multiples of {result.channel_multiple} ({result.channel_multiple_why})")
+    if run.output:
+        body += _note(f"output: {run.output}")
+    if not result.fidelity_measured:
         body += '\n<p class="warning">Fidelity to the dense model: not measured (no calibration data; see below).</p>'
     return _section("Summary", body, "summary-section")
 
 
-def _channel_counts(channels: list[dict]) -> list[tuple[str, int, int, int]]:
+def _channel_counts(channels: list[ChannelRow]) -> list[tuple[str, int, int, int]]:
     """(group name, class, channels before, channels after) per coupled group."""
-    return [(row["group"], row["class"], row["atoms"] * row["width"], (row["atoms"] - row["removed"]) * row["width"])
+    return [(row.group, row.iso_class, row.atoms * row.width, (row.atoms - row.removed) * row.width)
             for row in channels]
 
 
@@ -168,7 +166,7 @@ def _channel_plot(counts: list[tuple[str, int, int, int]]) -> bytes:
     return _png(fig)
 
 
-def _channels_section(channels: list[dict]) -> str:
+def _channels_section(channels: list[ChannelRow]) -> str:
     if not channels:
         return _section("Channels per layer", _note("no channels were removed (weight sparsity only)"), "channels")
     counts = _channel_counts(channels)
@@ -180,7 +178,7 @@ def _channels_section(channels: list[dict]) -> str:
     return _section("Channels per layer", body, "channels")
 
 
-def _classes_section(channels: list[dict], ratio: float) -> str:
+def _classes_section(channels: list[ChannelRow], ratio: float) -> str:
     if not channels:
         return ""
     by_class: dict[int, list[tuple[str, int, int, int]]] = {}
@@ -197,11 +195,11 @@ def _classes_section(channels: list[dict], ratio: float) -> str:
     return _section("Isomorphic classes", body, "classes")
 
 
-def _frozen_section(frozen: list[dict], no_rule_ops: dict[str, int] | None = None) -> str:
-    """Frozen channel sets (``channels``, ``slots``, ``reasons``) and the ops without a channel rule."""
+def _frozen_section(frozen: list[FrozenRow], no_rule_ops: dict[str, int] | None = None) -> str:
+    """Frozen channel sets and the ops without a channel rule."""
     if not frozen:
         return _section("Frozen channels", _note("none: every channel carrying weights could be pruned"), "frozen")
-    rows = [(f["channels"], ", ".join(f["slots"]), ", ".join(f["reasons"])) for f in frozen]
+    rows = [(f.channels, ", ".join(f.slots), ", ".join(f.reasons)) for f in frozen]
     body = _table(("channel sets", "where (first tensors)", "why"), rows, "frozen-table", text_columns=(1, 2))
     if no_rule_ops:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(no_rule_ops.items()))
@@ -209,108 +207,106 @@ def _frozen_section(frozen: list[dict], no_rule_ops: dict[str, int] | None = Non
     return _section("Frozen channels", body, "frozen")
 
 
-def _latency_section(summary: dict[str, Any]) -> str:
-    if "latency_ms" not in summary:
+def _latency_section(latency: LatencyPair | None, search: LatencySearch | None) -> str:
+    if latency is None:
         return _section("Latency", _note("not measured"), "latency")
-    lat = summary["latency_ms"]
-    rows = [("dense", f"{lat['dense']:.3f}", "1.00x"), ("pruned", f"{lat['pruned']:.3f}", f"{lat['speedup']:.2f}x")]
+    rows = [("dense", f"{latency.dense_ms:.3f}", "1.00x"),
+            ("pruned", f"{latency.pruned_ms:.3f}", f"{latency.speedup:.2f}x")]
     body = _table(("model", "median ms", "speedup"), rows, "latency-table", text_columns=(0,))
-    runs = f"median of {lat['runs']} runs" if lat.get("runs") else "median"
-    body += _note(f"{lat['backend']}, {runs}, dense and pruned alternating in one process.")
-    if "latency_target" in summary:
-        t = summary["latency_target"]
-        body += _note(f"latency target {t['target']:g} on {t['backend']} (tolerance {t['tolerance']:g}): "
+    runs = f"median of {latency.runs} runs" if latency.runs else "median"
+    body += _note(f"{latency.backend}, {runs}, dense and pruned alternating in one process.")
+    if search is not None:
+        body += _note(f"latency target {search.target:g} on {search.backend} (tolerance {search.tolerance:g}): "
                       "each candidate timed against the dense model, alternating.")
-        if t.get("method") == "table":
-            lt = t.get("table") or {}
+        if search.method == "table":
+            lt = search.table or {}
             body += _note(f"candidates from a latency table ({lt.get('nodes')} layers, {lt.get('probes')} probes, "
                           f"{'read from the cache' if lt.get('cached') else 'measured'}) and a knapsack; the table's "
-                          f"largest prediction error {t['prediction_error']:.3f}.")
-            rows = [(f"{p['budget']:.3f}", str(p["round_to"]), f"{p['flops_ratio']:.3f}", f"{p['predicted_ratio']:.3f}",
-                     f"{p['latency_ratio']:.3f}", "chosen" if p == t["chosen"] else "") for p in t["probes"]]
+                          f"largest prediction error {search.prediction_error:.3f}.")
+            rows = [(f"{p.budget:.3f}", str(p.round_to), f"{p.flops_ratio:.3f}", f"{p.predicted_ratio:.3f}",
+                     f"{p.latency_ratio:.3f}", "chosen" if p == search.chosen else "") for p in search.probes]
             heads = ("table budget", "round-to", "FLOPs ratio", "predicted latency", "latency ratio", "")
         else:
-            rows = [(f"{p['flops_target']:.3f}", str(p["round_to"]), f"{p['flops_ratio']:.3f}",
-                     f"{p['latency_ratio']:.3f}", "chosen" if p == t["chosen"] else "") for p in t["probes"]]
+            rows = [(f"{p.flops_target:.3f}", str(p.round_to), f"{p.flops_ratio:.3f}",
+                     f"{p.latency_ratio:.3f}", "chosen" if p == search.chosen else "") for p in search.probes]
             heads = ("FLOPs target", "round-to", "FLOPs ratio", "latency ratio", "")
         body += _table(heads, rows, "latency-search")
     return _section("Latency", body, "latency")
 
 
-def _not_measured(fidelity: dict[str, Any]) -> str:
+def _not_measured(recover_command: str | None) -> str:
     """A run without calibration data: fidelity not measured, recovery usually needed, and the command
-    that measures and recovers it (``results.not_measured``)."""
-    body = f'<p class="warning" id="fidelity-not-measured">Fidelity {html.escape(fidelity["note"])}</p>'
-    if fidelity.get("command"):
-        body += f'\n<pre id="recover-command">{html.escape(fidelity["command"])}</pre>'
+    that measures and recovers it (``recover_command``)."""
+    body = f'<p class="warning" id="fidelity-not-measured">Fidelity {html.escape(NOT_MEASURED)}</p>'
+    if recover_command:
+        body += f'\n<pre id="recover-command">{html.escape(recover_command)}</pre>'
     return body
 
 
-def _fidelity_section(summary: dict[str, Any]) -> str:
-    f = summary["fidelity"]
-    if not f["measured"]:
-        return _section("Fidelity", _not_measured(f), "fidelity")
-    rows = [("top-1 agreement", f"{f['top1_agreement']:.1%}"), ("output cosine", f"{f['cosine']:.4f}"),
-            ("KL of the softmax", f"{f['kl']:.4g}")]
+def _fidelity_section(result: PruneResult) -> str:
+    f = result.fidelity
+    if f is None:
+        return _section("Fidelity", _not_measured(result.recover_command), "fidelity")
+    rows = [("top-1 agreement", f"{f.top1_agreement:.1%}"), ("output cosine", f"{f.cosine:.4f}"),
+            ("KL of the softmax", f"{f.kl:.4g}")]
     body = _table(("measure (pruned vs dense)", "value"), rows, "fidelity-table", text_columns=(0,))
-    body += _note(f"on {f['samples']} held-out calibration samples; calibration: {summary.get('calibration', '-')}")
+    body += _note(f"on {f.samples} held-out calibration samples; calibration: {result.calibration or '-'}")
     return _section("Fidelity", body, "fidelity")
 
 
-def _sparsity_section(summary: dict[str, Any]) -> str:
-    if "sparsity" not in summary:
+def _sparsity_section(sp: SparsifyReport | None) -> str:
+    if sp is None:
         return ""
-    sp = summary["sparsity"]
-    rows = [(layer["name"], layer["columns"], f"{layer['sparsity']:.3f}",
-             "-" if layer["error"] is None else f"{layer['error']:.4f}") for layer in sp["layers"]]
-    body = _note(f"{sp['pattern']} by {sp['method']}{' (sequential)' if sp['sequential'] else ''}; "
-                 f"{len(sp['dense_layers'])} layers stay dense.")
+    rows = [(layer.name, layer.columns, f"{layer.sparsity:.3f}", "-" if layer.error is None else f"{layer.error:.4f}")
+            for layer in sp.layers]
+    body = _note(f"{sp.pattern} by {sp.method}{' (sequential)' if sp.sequential else ''}; "
+                 f"{len(sp.dense)} layers stay dense.")
     body += _table(("layer", "columns", "sparsity", "output error"), rows, "sparsity-table", text_columns=(0,))
-    if sp["dense_layers"]:
-        body += _table(("dense layer", "why"), [(d["layer"], d["why"]) for d in sp["dense_layers"]],
-                       "dense-layers", text_columns=(0, 1))
+    if sp.dense:
+        body += _table(("dense layer", "why"), list(sp.dense), "dense-layers", text_columns=(0, 1))
     return _section("Weight sparsity", body, "sparsity")
 
 
-def _distill_section(summary: dict[str, Any]) -> str:
-    if "distill" not in summary:
+def _distill_section(d: Distillation | None) -> str:
+    if d is None:
         return ""
-    d = summary["distill"]
-    rows = [("held-out KL", f"{d['kl_before']:.4g}", f"{d['kl_after']:.4g}"),
-            ("held-out top-1 agreement", f"{d['agreement_before']:.1%}", f"{d['agreement_after']:.1%}")]
+    rows = [("held-out KL", f"{d.kl_before:.4g}", f"{d.kl_after:.4g}"),
+            ("held-out top-1 agreement", f"{d.agreement_before:.1%}", f"{d.agreement_after:.1%}")]
     body = _table(("measure (pruned vs dense)", "before", "after"), rows, "distill-table", text_columns=(0,))
-    masked = f" ({d['masked']} with their zeros kept)" if d["masked"] else ""
-    body += _note(f"{d['steps']} of {d['max_steps']} steps (kept step {d['best_step']}) in {d['seconds']:.0f} s on "
-                  f"{d['device']}; Adam lr {d['lr']:g}, temperature {d['temperature']:g}, batch {d['batch']}, "
-                  f"{d['train_samples']} training samples ({d['augment']}); {d['tensors']} tensors trained{masked}.")
+    masked = f" ({d.masked} with their zeros kept)" if d.masked else ""
+    body += _note(f"{d.steps} of {d.max_steps} steps (kept step {d.best_step}) in {d.seconds:.0f} s on "
+                  f"{d.device}; Adam lr {d.lr:g}, temperature {d.temperature:g}, batch {d.batch}, "
+                  f"{d.train_samples} training samples ({d.augment}); {d.tensors} tensors trained{masked}.")
     curve = [(str(c["step"]), "-" if c["train_kl"] is None else f"{c['train_kl']:.4g}", f"{c['held_out_kl']:.4g}",
-              f"{c['agreement']:.1%}") for c in d["curve"]]
+              f"{c['agreement']:.1%}") for c in d.curve]
     body += _table(("step", "training KL (T)", "held-out KL", "top-1 agreement"), curve, "distill-curve")
     return _section("Distillation", body, "distill")
 
 
-def _reconstruct_section(summary: dict[str, Any]) -> str:
-    if "reconstruct" not in summary:
+def _reconstruct_section(refits: list[Refit]) -> str:
+    if not refits:
         return ""
-    rows = [(r["name"], f"{r['error_before']:.4f}", f"{r['error_after']:.4f}") for r in summary["reconstruct"]]
+    rows = [(r.name, f"{r.error_before:.4f}", f"{r.error_after:.4f}") for r in refits]
     body = _table(("layer", "output error before", "after re-fit"), rows, "reconstruct-table", text_columns=(0,))
     return _section("Reconstruction", body, "reconstruct")
 
 
-def prune_html(summary: dict[str, Any]) -> str:
-    """The report of one prune from its ``report.summary_dict`` (plus ``command`` and ``output``
-    where the CLI recorded them)."""
+def prune_html(result: PruneResult, run: PruneRun | None = None) -> str:
+    """The report of one prune: its ``PruneResult``, and what the run recorded besides (``PruneRun``:
+    file sizes, ``--bench`` latency, output path, command line)."""
+    run = run or PruneRun()
+    latency = latency_pair(result, run)
     sections = [
-        _summary_section(summary),
-        _channels_section(summary["channels"]),
-        _classes_section(summary["channels"], summary["shared_ratio"]),
-        _frozen_section(summary["frozen"]),
-        _latency_section(summary),
-        _fidelity_section(summary),
-        _sparsity_section(summary),
-        _reconstruct_section(summary),
-        _distill_section(summary),
-        _provenance_section(summary.get("command")),
+        _summary_section(result, run, latency),
+        _channels_section(result.channels),
+        _classes_section(result.channels, result.ratio),
+        _frozen_section(result.frozen),
+        _latency_section(latency, result.latency_search),
+        _fidelity_section(result),
+        _sparsity_section(result.sparsity),
+        _reconstruct_section(result.refits),
+        _distill_section(result.distillation),
+        _provenance_section(run.command),
     ]
     return _page("onnxprune report", sections)
 
@@ -344,7 +340,7 @@ def _sweep_section(result: SweepResult) -> str:
         notes.append(f"calibration: {result.calibration}")
     body += _note("; ".join(notes))
     if not result.fidelity_measured:
-        body += _not_measured(not_measured(result.recover_command))
+        body += _not_measured(result.recover_command)
     return _section(f"Sweep ({result.metric} targets)", body, "sweep")
 
 
@@ -399,8 +395,7 @@ def _class_rows(analysis: Analysis, flops_share: list[float]) -> list[Row]:
 
 
 def _analysis_frozen_section(analysis: Analysis) -> str:
-    frozen = [{"channels": f.channels, "reasons": f.reasons, "slots": [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]]}
-              for f in analysis.frozen]
+    frozen = [FrozenRow(f.channels, f.reasons, [f"{s.tensor}[{s.axis}]" for s in f.slots[:4]]) for f in analysis.frozen]
     return _frozen_section(frozen, analysis.no_rule_ops)
 
 
@@ -445,10 +440,7 @@ def to_html(result: PruneResult | SweepResult, path: str | os.PathLike,
     if isinstance(result, SweepResult):
         write_html(path, sweep_html(result, command))
     else:
-        summary = summary_dict(result, None, None)
-        if command is not None:
-            summary["command"] = command
-        write_html(path, prune_html(summary))
+        write_html(path, prune_html(result, PruneRun(command=command)))
 
 
 __all__ = ["analysis_html", "prune_html", "sweep_html", "to_html", "versions", "write_html"]

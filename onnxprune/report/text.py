@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..deploy.sparse24 import SparseLayer, reason_counts
-from ..deploy.timing import Latency
 from ..errors import printable
 from ..graph.load import model_file_bytes
 from ..graph.shapes import spelled
 from ..outputs import write_atomic
 from ..ranking.granularity import backend_multiple
-from ..results import BenchResult, PruneResult
+from ..results import NOT_MEASURED, BenchResult, PruneResult, PruneRun, latency_pair
 from ..structure.analyze import Analysis, measured_at
+
+if TYPE_CHECKING:
+    from ..calib.distill import Distillation
 
 
 def say(console: Console, text: str, **kwargs: Any) -> None:
@@ -48,23 +50,20 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.3g}P{unit}"
 
 
-def summary_dict(result: PruneResult, sizes: tuple[int, int] | None,
-                 latency: tuple[Latency, Latency] | None, backend: str = "ort-cpu") -> dict[str, Any]:
-    """Everything the summary shows, as plain data (the JSON report adds the plan)."""
+def summary_dict(result: PruneResult, run: PruneRun | None = None) -> dict[str, Any]:
+    """Everything the summary shows, as plain data for the JSON report (which adds the plan)."""
+    run = run or PruneRun()
     out = result.to_dict()
-    if sizes:
-        out["file_bytes"] = {"dense": sizes[0], "pruned": sizes[1], "ratio": sizes[1] / sizes[0]}
-    if latency:
-        dense, pruned = latency
-        out["latency_ms"] = {"dense": dense.median_ms, "pruned": pruned.median_ms,
-                             "speedup": dense.median_ms / pruned.median_ms, "runs": dense.runs,
-                             "backend": backend, "batch": dense.batch, "cv": [dense.cv, pruned.cv]}
-    search = result.latency_search
-    if search is not None:
-        if not latency and search.chosen is not None:  # the search's own alternating measurement
-            c = search.chosen
-            out["latency_ms"] = {"dense": c.dense_ms, "pruned": c.pruned_ms, "speedup": c.dense_ms / c.pruned_ms,
-                                 "runs": None, "backend": f"{search.backend}, latency search"}
+    if run.file_bytes:
+        dense, pruned = run.file_bytes
+        out["file_bytes"] = {"dense": dense, "pruned": pruned, "ratio": pruned / dense}
+    latency = latency_pair(result, run)
+    if latency is not None:
+        out["latency_ms"] = latency.to_dict()
+    if run.output is not None:
+        out["output"] = run.output
+    if run.command is not None:
+        out["command"] = run.command
     return out
 
 
@@ -80,86 +79,92 @@ def measured_at_line(shapes: dict[str, Any], batch: int | None = None) -> str:
     return f"measured at {', '.join(spelled(k, v) for k, v in shapes.items())} (FLOPs per sample{timed})"
 
 
-def print_summary(console: Console, summary: dict[str, Any]) -> None:
-    """The terminal summary of a prune (rich tables) from ``summary_dict``."""
+def cost_rows(result: PruneResult, run: PruneRun | None = None) -> list[tuple[str, float, float, float, str]]:
+    """(label, dense, pruned, pruned / dense, unit) of FLOPs, params and, where measured, file size."""
+    rows = [("FLOPs", result.dense.flops, result.pruned.flops, result.flops_ratio, ""),
+            ("params", result.dense.params, result.pruned.params, result.params_ratio, "")]
+    if run is not None and run.file_bytes:
+        dense, pruned = run.file_bytes
+        rows.append(("file size", dense, pruned, pruned / dense, "B"))
+    return rows
+
+
+def print_summary(console: Console, result: PruneResult, run: PruneRun | None = None) -> None:
+    """The terminal summary of a prune (rich tables)."""
     table = Table(title="onnxprune summary", show_lines=False)
     table.add_column("")
     table.add_column("dense", justify="right")
     table.add_column("pruned", justify="right")
     table.add_column("ratio", justify="right")
-    for key, label, unit in (("params", "params", ""), ("flops", "FLOPs", ""), ("file_bytes", "file size", "B")):
-        if key in summary:
-            row = summary[key]
-            table.add_row(label, human(row["dense"], unit), human(row["pruned"], unit), f"{row['ratio']:.3f}")
-    if "latency_ms" in summary:
-        lat = summary["latency_ms"]
-        table.add_row(f"latency ({lat['backend']}, median)", f"{lat['dense']:.2f} ms", f"{lat['pruned']:.2f} ms",
-                      f"{lat['speedup']:.2f}x faster")
+    flops, params, *size = cost_rows(result, run)
+    for label, dense, pruned, ratio, unit in (params, flops, *size):
+        table.add_row(label, human(dense, unit), human(pruned, unit), f"{ratio:.3f}")
+    lat = latency_pair(result, run)
+    if lat is not None:
+        table.add_row(f"latency ({lat.backend}, median)", f"{lat.dense_ms:.2f} ms", f"{lat.pruned_ms:.2f} ms",
+                      f"{lat.speedup:.2f}x faster")
     console.print(table)
-    if summary.get("input_shapes"):
-        say(console, measured_at_line(summary["input_shapes"], summary.get("latency_ms", {}).get("batch")),
-                      highlight=False)
-    if "channel_multiple" in summary:
-        m = summary["channel_multiple"]
-        say(console, f"channel counts: multiples of {m['multiple']} ({m['why']})", highlight=False)
-    if "latency_target" in summary:
-        t = summary["latency_target"]
-        c = t["chosen"]
-        say(console, f"latency target {t['target']:g} on {t['backend']}: measured {c['latency_ratio']:.3f} of dense "
-                      f"at FLOPs {c['flops_ratio']:.3f} (round-to {c['round_to']}), {len(t['probes'])} candidates "
+    if result.input_shapes:
+        say(console, measured_at_line(result.input_shapes, lat.batch if lat is not None else None), highlight=False)
+    if result.channel_multiple_why:
+        say(console, f"channel counts: multiples of {result.channel_multiple} ({result.channel_multiple_why})",
+            highlight=False)
+    search = result.latency_search
+    if search is not None:
+        c = search.chosen
+        say(console, f"latency target {search.target:g} on {search.backend}: measured {c.latency_ratio:.3f} of dense "
+                      f"at FLOPs {c.flops_ratio:.3f} (round-to {c.round_to}), {len(search.probes)} candidates "
                       "timed", highlight=False)
-        if t.get("method") == "table" and t.get("table"):
-            lt = t["table"]
+        if search.method == "table" and search.table:
+            lt = search.table
             how = "read from the cache" if lt["cached"] else f"measured in {lt['build_s']:.1f} s"
             say(console, f"  latency table ({lt['nodes']} layers, {lt['probes']} probes, {how}) predicted "
-                          f"{c['predicted_ratio']:.3f}; largest prediction error {t['prediction_error']:.3f}",
+                          f"{c.predicted_ratio:.3f}; largest prediction error {search.prediction_error:.3f}",
                           highlight=False)
-    if "sparsity" in summary:
-        sp = summary["sparsity"]
-        layers = sp["layers"]
-        errors = [layer["error"] for layer in layers if layer["error"] is not None]
+    sp = result.sparsity
+    if sp is not None:
+        errors = [layer.error for layer in sp.layers if layer.error is not None]
         mean_err = f", mean layer output error {sum(errors) / len(errors):.4f}" if errors else ""
-        say(console, f"sparsity: {sp['pattern']} by {sp['method']}{' (sequential)' if sp['sequential'] else ''} "
-                      f"in {len(layers)} layers{mean_err}; {len(sp['dense_layers'])} layers stay dense")
-        for entry in sp["dense_layers"][:10]:
-            say(console, f"  dense: {entry['layer']} ({entry['why']})")
-    if "reconstruct" in summary:
-        refits = summary["reconstruct"]
-        before = sum(r["error_before"] for r in refits) / len(refits)
-        after = sum(r["error_after"] for r in refits) / len(refits)
+        say(console, f"sparsity: {sp.pattern} by {sp.method}{' (sequential)' if sp.sequential else ''} "
+                      f"in {len(sp.layers)} layers{mean_err}; {len(sp.dense)} layers stay dense")
+        for layer, why in sp.dense[:10]:
+            say(console, f"  dense: {layer} ({why})")
+    refits = result.refits
+    if refits:
+        before = sum(r.error_before for r in refits) / len(refits)
+        after = sum(r.error_after for r in refits) / len(refits)
         say(console, f"reconstruct: {len(refits)} layers re-fitted, "
                       f"mean layer output error {before:.4f} -> {after:.4f}")
-    if "distill" in summary:
-        say(console, distill_line(summary["distill"]), highlight=False)
-    f = summary["fidelity"]
-    if f["measured"]:
-        say(console, f"fidelity on {f['samples']} held-out samples: top-1 agreement {f['top1_agreement']:.1%}, "
-                      f"cosine {f['cosine']:.4f}, KL {f['kl']:.4g}")
-    if "calibration" in summary:
-        say(console, f"calibration: {summary['calibration']}")
-    groups = summary["groups"]
-    say(console, f"groups: {groups['found']} found, {groups['pruned']} pruned, {groups['frozen']} frozen")
-    for frozen in summary["frozen"]:
-        say(console, f"  frozen: {frozen['channels']} channel set(s) at {', '.join(frozen['slots'][:2])}"
-                      f" because of {', '.join(frozen['reasons'])}")
-    if not f["measured"]:  # last, where it is seen: the model's accuracy is unknown
-        print_not_measured(console, f)
+    if result.distillation is not None:
+        say(console, distill_line(result.distillation), highlight=False)
+    f = result.fidelity
+    if f is not None:
+        say(console, f"fidelity on {f.samples} held-out samples: top-1 agreement {f.top1_agreement:.1%}, "
+                      f"cosine {f.cosine:.4f}, KL {f.kl:.4g}")
+    if result.calibration:
+        say(console, f"calibration: {result.calibration}")
+    say(console, f"groups: {result.groups_found} found, {result.groups_pruned} pruned, {len(result.frozen)} frozen")
+    for frozen in result.frozen:
+        say(console, f"  frozen: {frozen.channels} channel set(s) at {', '.join(frozen.slots[:2])}"
+                      f" because of {', '.join(frozen.reasons)}")
+    if f is None:  # last, where it is seen: the model's accuracy is unknown
+        print_not_measured(console, result.recover_command)
 
 
-def print_not_measured(console: Console, fidelity: dict[str, Any]) -> None:
+def print_not_measured(console: Console, recover_command: str | None) -> None:
     """What a run without calibration data says about accuracy: fidelity was not measured, the model
-    usually needs recovery, and the command that measures and recovers it (``results.not_measured``)."""
-    say(console, f"fidelity {fidelity['note']}", highlight=False)
-    if fidelity.get("command"):
-        say(console, f"  {fidelity['command']}", highlight=False, soft_wrap=True)
+    usually needs recovery, and the command that measures and recovers it (``recover_command``)."""
+    say(console, f"fidelity {NOT_MEASURED}", highlight=False)
+    if recover_command:
+        say(console, f"  {recover_command}", highlight=False, soft_wrap=True)
 
 
-def distill_line(d: dict[str, Any]) -> str:
+def distill_line(d: Distillation) -> str:
     """``distill: 300 steps ... held-out KL 0.45 -> 0.08, top-1 agreement 63.3% -> 88.1%``."""
-    how = f"best at step {d['best_step']}" + (", stopped early" if d["stopped_early"] else "")
-    return (f"distill: {d['steps']} of {d['max_steps']} steps ({how}) in {d['seconds']:.0f} s on {d['device']}: "
-            f"held-out KL {d['kl_before']:.4g} -> {d['kl_after']:.4g}, top-1 agreement "
-            f"{d['agreement_before']:.1%} -> {d['agreement_after']:.1%} ({d['held_out']} samples)")
+    how = f"best at step {d.best_step}" + (", stopped early" if d.stopped_early else "")
+    return (f"distill: {d.steps} of {d.max_steps} steps ({how}) in {d.seconds:.0f} s on {d.device}: "
+            f"held-out KL {d.kl_before:.4g} -> {d.kl_after:.4g}, top-1 agreement "
+            f"{d.agreement_before:.1%} -> {d.agreement_after:.1%} ({d.held_out} samples)")
 
 
 def print_analysis(console: Console, analysis: Analysis, flops_share: list[float],

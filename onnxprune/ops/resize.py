@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 from .kernels import F, ints_of, torch
 from .registry import RewriteContext, SlotGraph, register
 
-register("Resize", one_to_one=False, not_trainable=frozenset({1, 2, 3}))  # roi, scales, sizes
+register("Resize", not_trainable=frozenset({1, 2, 3}))  # roi, scales, sizes
 register("Upsample", not_trainable=frozenset({1}))
 
 

@@ -18,7 +18,6 @@ from .registry import RewriteContext, SlotGraph, register
 from .tying import identity
 from .tying import rank as tensor_rank
 
-register("Concat", "Split", "Slice", "Gather", "Pad")
 register("Pad", not_trainable=frozenset({1, 2, 3}))  # pads, value, axes
 register("Slice", not_trainable=frozenset({1, 2, 3, 4}))
 register("Split", "Gather", "GatherElements", "ScatterND", "Trilu", "CumSum", not_trainable=frozenset({1}))

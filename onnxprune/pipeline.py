@@ -348,8 +348,9 @@ class Pipeline:
         """Prune once, in the one order every run takes: plan (when a FLOPs, params or latency target
         is given; ``multiples`` as in ``plan``) -> apply -> sparsify (to ``pattern``, an obs.Pattern)
         -> to_model -> distill (with ``distill``; sparsity masks kept) -> verify -> fidelity.
-        ``release``: free the candidate's graph at once (``to_model``); otherwise it goes with the
-        verification's garbage collection."""
+        The candidate's graph is dropped once the model holds its weights (never two copies through
+        verification); ``release`` also hands the freed memory back to the system at once
+        (``to_model``), which one prune wants and a sweep's worker leaves to its next points."""
         plan, search = None, None
         if flops is not None or params is not None or latency is not None:
             plan, search = self.plan(flops=flops, params=params, latency=latency, multiples=multiples)

@@ -41,8 +41,9 @@ def reduction_length(node: gs.Node, shape: tuple[int, ...]) -> int:
     """How many inputs each output sums over at one kernel position, for a weight of ``shape``:
     input channels per group for a convolution, K for Gemm/MatMul (the axis N:M sparsity runs along).
     A Conv's weight holds Cin/group already; a ConvTranspose's holds all Cin."""
-    k = int(shape[weight_axes(node)[1]])
-    return k if weight_axes(node)[1] == 1 else k // group(node)
+    in_axis = weight_axes(node)[1]
+    k = int(shape[in_axis])
+    return k if in_axis == 1 else k // group(node)
 
 
 def weight_matrix(node: gs.Node, w: np.ndarray) -> np.ndarray:

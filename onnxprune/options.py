@@ -47,6 +47,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def task_arg(text: str) -> str:
+    """argparse type of --task: auto, classify, detect, dense, dense:THR (THR in (0, 1)) or generic."""
+    from .calib.fidelity import parse_task
+
+    try:
+        parse_task(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def gigabytes(text: str) -> float:
     """argparse type: a number of GiB > 0."""
     try:
@@ -197,6 +208,11 @@ class CalibOptions(_Options):
     preprocess: str = option("imagenet", "image preprocessing: a preset (imagenet, none) or a JSON file",
                              flag="--preprocess", metavar="NAME")
     holdout: float = option(0.25, "share of the samples held out to measure fidelity", cli=False)
+    task: str = option("auto", "what fidelity measures: auto (default: found from the dense model's outputs), "
+                               "classify (top-1/top-5 agreement, KL), detect (boxes matched by IoU: recall, "
+                               "precision, F1), dense (IoU of thresholded maps, mean abs error; dense:THR sets the "
+                               "threshold) or generic (cosine, relative error)", flag="--task", metavar="TASK",
+                       type=task_arg)
 
     @property
     def given(self) -> bool:
@@ -207,6 +223,9 @@ class CalibOptions(_Options):
             raise UsageError(f"--calib-count must be a positive integer, got {self.calib_count!r}")
         if not 0 <= self.holdout < 1:
             raise UsageError(f"holdout must be in [0, 1), got {self.holdout!r}")
+        from .calib.fidelity import parse_task
+
+        parse_task(self.task)
 
 
 def _distill_help() -> str:

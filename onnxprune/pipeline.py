@@ -384,7 +384,8 @@ class Pipeline:
         from .calib.fidelity import fidelity
 
         self.step("measuring fidelity on held-out calibration samples")
-        return fidelity(self.analysis.graph, model, self.held_out.samples)  # the dense weights, not a copy
+        return fidelity(self.analysis.graph, model, self.held_out.samples,  # the dense weights, not a copy
+                        task=self.calib_options.task)
 
     def measure(self, models: list[onnx.ModelProto], *, runs: int = 20, min_seconds: float = 0.0,
                 warmup_s: float = 0.3) -> list:

@@ -116,7 +116,7 @@ def _big(d) -> bool:
 def task_of(model_or_graph: onnx.ModelProto | gs.Graph | None, output_shapes: Sequence | None = None,
             outputs: Sequence[np.ndarray] | None = None) -> Task:
     """The task the dense model's first output says, with the reason. ``output_shapes`` (one shape per
-    output, e.g. captured ones) or ``outputs`` (one batch of arrays) replace the declared shapes;
+    output, or {name: shape}, e.g. captured ones) or ``outputs (one batch of arrays) replace the declared shapes;
     arrays also let a YOLO-style head be told from a sequence of softmaxes ([N, T, C]) and NMS'd rows
     ([D, 7]) from 7 class scores."""
     declared = _output_shapes(model_or_graph) if model_or_graph is not None else []
@@ -124,6 +124,8 @@ def task_of(model_or_graph: onnx.ModelProto | gs.Graph | None, output_shapes: Se
     if outputs is not None:
         shapes = [list(a.shape) for a in outputs]
     elif output_shapes is not None:
+        if isinstance(output_shapes, dict):  # {name: shape}, in the model's output order
+            output_shapes = [output_shapes.get(n, dims) for n, dims in declared] or list(output_shapes.values())
         shapes = [list(s) for s in output_shapes]
     else:
         shapes = [dims for _, dims in declared]
@@ -382,6 +384,27 @@ class Fidelity:
         return out
 
 
+def measure_names(task: str | Task) -> tuple[str, str]:
+    """(loss, score) of ``task`` as shown: ("KL", "top-1 agreement"), ("mean abs error", "IoU"), ..."""
+    name = _name(task)
+    loss = "1 - box F1" if name == "detect" else LABELS[LOSS[name]]
+    return loss, LABELS[SCORE[name]]
+
+
+def loss_and_score(task: str | Task, metrics: dict[str, float]) -> tuple[float, float]:
+    """(loss, score) of ``compare``'s metrics for ``task`` (as ``Fidelity.loss`` and ``.score``)."""
+    f = Fidelity(0, _name(task), metrics)
+    return f.loss, f.score
+
+
+def _name(task: str | Task) -> str:
+    """The task's name (``dense:0.3`` -> dense)."""
+    name = task.name if isinstance(task, Task) else str(task).partition(":")[0]
+    if name not in TASKS:
+        raise UsageError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+    return name
+
+
 def format_metric(name: str, value: float) -> str:
     """A metric as shown: shares in percent, counts whole, the rest with 4 significant digits."""
     if name in PERCENT:
@@ -537,4 +560,5 @@ def fidelity(dense: onnx.ModelProto | gs.Graph, pruned: onnx.ModelProto, samples
 
 
 __all__ = ["DETECT_SCORE", "MATCH_IOU", "TASKS", "Fidelity", "Meter", "Task", "box_iou", "compare", "detections",
-           "fidelity", "match_boxes", "nms", "otsu_threshold", "parse_task", "task_of"]
+           "fidelity", "loss_and_score", "match_boxes", "measure_names", "nms", "otsu_threshold", "parse_task",
+           "task_of"]

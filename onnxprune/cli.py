@@ -240,7 +240,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
     target = p.add_argument_group("targets (one kind, several values)").add_mutually_exclusive_group(required=True)
     target.add_argument("--flops", type=fraction, nargs="+", metavar="R", help="FLOPs targets, e.g. 0.9 0.7 0.5")
     target.add_argument("--params", type=fraction, nargs="+", metavar="R", help="params targets")
-    calib = p.add_argument_group("calibration data (adds top-1 agreement and KL to the dense model)")
+    calib = p.add_argument_group("calibration data (adds fidelity to the dense model, measured as --task judges it)")
     add_arguments(calib, CalibOptions)
     add_arguments(calib, SolverOptions, ("reconstruct",))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
@@ -550,13 +550,16 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     for col in ("target", "FLOPs ratio", "params ratio"):
         table.add_column(col, justify="right")
     bench = result.dense_latency_ms is not None
-    fid = any(p.kl is not None for p in result.points)
+    fid = result.task is not None
     if bench:
         table.add_column("latency ms", justify="right")
         table.add_column("speedup", justify="right")
     if fid:
-        table.add_column("top-1 agreement", justify="right")
-        table.add_column("KL", justify="right")
+        from .calib.fidelity import FIGURES, LABELS, format_metric
+
+        figures = FIGURES[result.task]  # the task's headline and one more (the summary JSON has them all)
+        for name in figures:
+            table.add_column(LABELS[name], justify="right")
     if result.failed:
         table.add_column("error")
     for p in result.points:
@@ -564,7 +567,7 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
         if bench:
             row += [f"{p.latency_ms:.2f}", f"{1 / p.latency_ratio:.2f}x" if p.latency_ratio else "-"]
         if fid:
-            row += [f"{p.top1_agreement:.1%}", f"{p.kl:.3f}"]
+            row += [format_metric(n, p.metrics[n]) if p.metrics else "-" for n in figures]
         table.add_row(*row, *([""] if result.failed else []))
     for target, error in result.failed.items():  # failed after a retry: a row with its error
         table.add_row(f"{target:g}", *["-"] * (len(table.columns) - 2), name_cell(error))
@@ -572,6 +575,9 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
     say(io.out, measured_at_line(result.input_shapes, args.batch if bench else None), highlight=False)
     if bench:
         io.out.print(f"dense latency {result.dense_latency_ms:.2f} ms ({args.backend}, batch {args.batch}, median)")
+    if fid:
+        say(io.out, f"fidelity to the dense model on held-out samples, measured as {result.task} (--task)",
+            highlight=False)
     if not result.fidelity_measured:
         print_not_measured(io.out, result.recover_command)
     _print_written(io, written)

@@ -176,7 +176,7 @@ class PruneResult:
                                "dense_layers": [{"layer": n, "why": why} for n, why in sp.dense]}
         if self.refits:
             out["reconstruct"] = [vars(r) for r in self.refits]
-        out["fidelity"] = ({"measured": True, **vars(self.fidelity)} if self.fidelity is not None
+        out["fidelity"] = ({"measured": True, **self.fidelity.to_dict()} if self.fidelity is not None
                            else not_measured(self.recover_command))
         if self.distillation is not None:
             out["distill"] = vars(self.distillation)
@@ -238,14 +238,16 @@ def latency_pair(result: PruneResult, run: PruneRun | None = None) -> LatencyPai
     return None
 
 
-SWEEP_COLUMNS = ("target", "flops_ratio", "params_ratio", "latency_ms", "latency_ratio", "top1_agreement", "cosine",
-                 "kl", "groups_pruned", "ratio", "round_to")
+SWEEP_COLUMNS = ("target", "flops_ratio", "params_ratio", "latency_ms", "latency_ratio", "score", "top1_agreement",
+                 "cosine", "kl", "groups_pruned", "ratio", "round_to")
 
 
 @dataclass
 class SweepPoint:
     """One target of a sweep: the measured ratios (on the pruned model itself) and, where asked,
-    latency and fidelity to the dense model on held-out calibration samples."""
+    latency and fidelity to the dense model on held-out calibration samples: ``score``, the task's
+    headline (``Fidelity.score``), and all of the task's ``metrics``; a classifier's also as
+    top1_agreement, cosine and kl."""
 
     target: float
     flops_ratio: float
@@ -258,6 +260,9 @@ class SweepPoint:
     top1_agreement: float | None = None
     cosine: float | None = None
     kl: float | None = None
+    task: str | None = None  # what fidelity measured (fidelity.TASKS)
+    score: float | None = None
+    metrics: dict[str, float] | None = None
     model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,13 +290,20 @@ class SweepResult:
         """Whether the points carry fidelity to the dense model (only with calibration data)."""
         return self.calibration is not None
 
+    @property
+    def task(self) -> str | None:
+        """What the points' fidelity measures (one dense model: one task)."""
+        return next((p.task for p in self.points if p.task is not None), None)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON: dense costs, the input sizes they were measured at, and every point."""
         return {"metric": self.metric, "dense": dataclasses.asdict(self.dense),
                 "dense_latency_ms": self.dense_latency_ms, "calibration": self.calibration,
-                "fidelity": ({"measured": True, "where": "each point's top1_agreement, cosine and kl"}
+                "fidelity": ({"measured": True, "task": self.task,
+                              "where": "each point's score (the task's headline) and metrics; a classifier's also "
+                                       "top1_agreement, cosine and kl"}
                              if self.fidelity_measured else not_measured(self.recover_command)),
-                "points": [p.to_dict() for p in self.points],
+                "points": [{**p.to_dict(), "metrics": p.metrics} for p in self.points],
                 "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                 "latency_batch": self.batch if self.dense_latency_ms is not None else None,
                 "failed": {f"{t:g}": e for t, e in self.failed.items()}}

@@ -54,6 +54,8 @@ LABELS = {"top1_agreement": "top-1 agreement", "top5_agreement": "top-5 agreemen
           "iou": "IoU", "mae": "mean abs error", "threshold": "threshold", "f1": "box F1", "recall": "recall",
           "precision": "precision", "matched_iou": "IoU of matched boxes", "dense_boxes": "dense boxes",
           "pruned_boxes": "pruned boxes", "rel_error": "relative error"}
+FIGURES = {"classify": ("top1_agreement", "kl"), "dense": ("iou", "mae"), "detect": ("f1", "matched_iou"),
+           "generic": ("cosine", "rel_error")}  # the two a compact table (a sweep's) shows
 PERCENT = {"top1_agreement", "top5_agreement", "f1", "recall", "precision"}
 COUNTS = {"dense_boxes", "pruned_boxes"}
 

@@ -46,6 +46,7 @@ OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "calib": ((str,), "a path (relative to the manifest) or random"),
     "calib_count": ((int,), "a positive integer"),
     "preprocess": ((str,), "a preset name or a JSON file path"),
+    "task": ((str,), "auto, classify, detect, dense, dense:THR or generic"),
     "holdout": ((int, float), "a number in [0, 1)"),
     "scope": ((str,), "a scope name"),
     "criterion": ((str,), "a criterion name"),

@@ -125,6 +125,7 @@ def sweep_point(pipe: Pipeline, metric: str, target: float, multiples: list[int]
                        round_to=plan.round_to)
     if quality is not None:
         point.top1_agreement, point.cosine, point.kl = quality.top1_agreement, quality.cosine, quality.kl
+        point.task, point.score, point.metrics = quality.task, quality.score, dict(quality.metrics)
     return point, run.model
 
 

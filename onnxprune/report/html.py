@@ -247,9 +247,9 @@ def _fidelity_section(result: PruneResult) -> str:
     f = result.fidelity
     if f is None:
         return _section("Fidelity", _not_measured(result.recover_command), "fidelity")
-    rows = [("top-1 agreement", f"{f.top1_agreement:.1%}"), ("output cosine", f"{f.cosine:.4f}"),
-            ("KL of the softmax", f"{f.kl:.4g}")]
-    body = _table(("measure (pruned vs dense)", "value"), rows, "fidelity-table", text_columns=(0,))
+    rows = f.items()
+    body = _note(f"measured as {f.task}: {f.reason or 'given with --task'}; headline: {f.headline()}")
+    body += _table(("measure (pruned vs dense)", "value"), rows, "fidelity-table", text_columns=(0,))
     body += _note(f"on {f.samples} held-out calibration samples; calibration: {result.calibration or '-'}")
     return _section("Fidelity", body, "fidelity")
 
@@ -270,17 +270,36 @@ def _sparsity_section(sp: SparsifyReport | None) -> str:
 def _distill_section(d: Distillation | None) -> str:
     if d is None:
         return ""
-    rows = [("held-out KL", f"{d.kl_before:.4g}", f"{d.kl_after:.4g}"),
-            ("held-out top-1 agreement", f"{d.agreement_before:.1%}", f"{d.agreement_after:.1%}")]
+    classify = getattr(d, "task", "classify") == "classify"
+    if classify:
+        rows = [("held-out KL", f"{d.kl_before:.4g}", f"{d.kl_after:.4g}"),
+                ("held-out top-1 agreement", f"{d.agreement_before:.1%}", f"{d.agreement_after:.1%}")]
+    else:
+        rows = [(f"held-out {d.loss_name} ({d.task})", f"{d.loss_before:.4g}", f"{d.loss_after:.4g}"),
+                (f"held-out {d.score_name}", f"{d.score_before:.4g}", f"{d.score_after:.4g}")]
     body = _table(("measure (pruned vs dense)", "before", "after"), rows, "distill-table", text_columns=(0,))
     masked = f" ({d.masked} with their zeros kept)" if d.masked else ""
     body += _note(f"{d.steps} of {d.max_steps} steps (kept step {d.best_step}) in {d.seconds:.0f} s on "
                   f"{d.device}; Adam lr {d.lr:g}, temperature {d.temperature:g}, batch {d.batch}, "
                   f"{d.train_samples} training samples ({d.augment}); {d.tensors} tensors trained{masked}.")
-    curve = [(str(c["step"]), "-" if c["train_kl"] is None else f"{c['train_kl']:.4g}", f"{c['held_out_kl']:.4g}",
-              f"{c['agreement']:.1%}") for c in d.curve]
-    body += _table(("step", "training KL (T)", "held-out KL", "top-1 agreement"), curve, "distill-curve")
+    body += _distill_curve(d, classify)
     return _section("Distillation", body, "distill")
+
+
+def _distill_curve(d: Distillation, classify: bool) -> str:
+    """The held-out measures every evaluation: a classifier's KL and top-1 agreement, else the task's
+    loss and score (curve entries ``train_loss``, ``held_out_loss``, ``score``; older ones
+    ``train_kl``, ``held_out_kl``, ``agreement``)."""
+    rows = []
+    for c in d.curve:
+        train = c.get("train_loss", c.get("train_kl"))
+        held = c.get("held_out_loss", c.get("held_out_kl"))
+        score = c.get("score", c.get("agreement"))
+        rows.append((str(c["step"]), "-" if train is None else f"{train:.4g}", "-" if held is None else f"{held:.4g}",
+                     "-" if score is None else (f"{score:.1%}" if classify else f"{score:.4g}")))
+    names = ("training KL (T)", "held-out KL", "top-1 agreement") if classify else (
+        "training loss", f"held-out {d.loss_name}", d.score_name)
+    return _table(("step", *names), rows, "distill-curve")
 
 
 def _reconstruct_section(refits: list[Refit]) -> str:
@@ -316,18 +335,20 @@ def prune_html(result: PruneResult, run: PruneRun | None = None) -> str:
 
 def _sweep_section(result: SweepResult) -> str:
     bench = result.dense_latency_ms is not None
-    fid = any(p.kl is not None for p in result.points)
+    from ..calib.fidelity import LABELS, format_metric
+
+    measured = [p.metrics for p in result.points if p.metrics]
+    fid = list(measured[0]) if measured else []  # the task's metrics, the same for every point
     headers = ["target", "FLOPs ratio", "params ratio", "groups pruned"]
     headers += ["latency ms", "latency ratio"] if bench else []
-    headers += ["top-1 agreement", "cosine", "KL"] if fid else []
+    headers += [LABELS.get(name, name) for name in fid]
     headers += ["error"] if result.failed else []
     rows = []
     for p in result.points:
         row = [f"{p.target:g}", f"{p.flops_ratio:.4f}", f"{p.params_ratio:.4f}", p.groups_pruned]
         if bench:
             row += [f"{p.latency_ms:.3f}", f"{p.latency_ratio:.3f}"]
-        if fid:
-            row += [f"{p.top1_agreement:.1%}", f"{p.cosine:.4f}", f"{p.kl:.4g}"]
+        row += [format_metric(name, p.metrics[name]) if p.metrics and name in p.metrics else "-" for name in fid]
         rows.append(row + ([""] if result.failed else []))
     for target, error in result.failed.items():  # failed after a retry: a row with its error
         rows.append([f"{target:g}", *["-"] * (len(headers) - 2), error])
@@ -338,6 +359,8 @@ def _sweep_section(result: SweepResult) -> str:
                      "alternating)")
     if result.calibration:
         notes.append(f"calibration: {result.calibration}")
+    if result.task:
+        notes.append(f"fidelity measured as {result.task} (--task)")
     body += _note("; ".join(notes))
     if not result.fidelity_measured:
         body += _not_measured(result.recover_command)

@@ -9,8 +9,10 @@ from ..results import SweepResult
 
 
 def sweep_figure(result: SweepResult):
-    """The trade-off plot as a matplotlib Figure: FLOPs ratio on x; params ratio, top-1 agreement
-    and latency ratio (where measured) on the left axis, KL (where measured) on the right one."""
+    """The trade-off plot as a matplotlib Figure: FLOPs ratio on x; params ratio, the fidelity task's
+    headline score (top-1 agreement, IoU, box F1 or cosine) and latency ratio (where measured) on the
+    left axis, the task's second figure (KL, mean abs error or relative error; where measured) on the
+    right one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -22,8 +24,11 @@ def sweep_figure(result: SweepResult):
     ax.plot(x, [p.params_ratio for p in pts] + [1.0], "o-", label="params ratio")
     if all(p.latency_ratio is not None for p in pts):
         ax.plot(x, [p.latency_ratio for p in pts] + [1.0], "s-", label="latency ratio (onnxruntime CPU)")
-    if all(p.top1_agreement is not None for p in pts):
-        ax.plot(x, [p.top1_agreement for p in pts] + [1.0], "^-", label="top-1 agreement")
+    task = result.task if pts and all(p.metrics for p in pts) else None
+    if task is not None:
+        from ..calib.fidelity import FIGURES, LABELS, SCORE
+
+        ax.plot(x, [p.score for p in pts] + [1.0], "^-", label=LABELS[SCORE[task]])
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
     ax.set_xlabel("FLOPs ratio (pruned / dense)")
     ax.set_ylabel("ratio to dense")
@@ -32,14 +37,16 @@ def sweep_figure(result: SweepResult):
     ax.set_ylim(0, max([1.1, *(1.05 * v for v in tops)]))
     ax.grid(True, alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    if all(p.kl is not None for p in pts):
+    second = FIGURES[task][1] if task is not None and task != "detect" else None  # detect: F1 says it all
+    if second is not None:
         ax2 = ax.twinx()
-        (line,) = ax2.plot(x, [p.kl for p in pts] + [0.0], "d--", color="tab:red", label="KL to dense")
-        ax2.set_ylabel("KL divergence (softmax)")
+        label = f"{LABELS[second]} to dense"
+        (line,) = ax2.plot(x, [p.metrics[second] for p in pts] + [0.0], "d--", color="tab:red", label=label)
+        ax2.set_ylabel(label)
         ax2.set_ylim(bottom=0)
-        handles, labels = handles + [line], labels + ["KL to dense"]
+        handles, labels = handles + [line], labels + [label]
     ax.legend(handles, labels, loc="lower right", fontsize="small")
-    ax.set_title(f"onnxprune sweep ({result.metric} targets)")
+    ax.set_title(f"onnxprune sweep ({result.metric} targets)" + (f"; fidelity as {task}" if task else ""))
     fig.tight_layout()
     return fig
 

@@ -139,8 +139,8 @@ def print_summary(console: Console, result: PruneResult, run: PruneRun | None = 
         say(console, distill_line(result.distillation), highlight=False)
     f = result.fidelity
     if f is not None:
-        say(console, f"fidelity on {f.samples} held-out samples: top-1 agreement {f.top1_agreement:.1%}, "
-                      f"cosine {f.cosine:.4f}, KL {f.kl:.4g}")
+        say(console, f"fidelity on {f.samples} held-out samples: {f.describe()}", highlight=False)
+        say(console, f"  measured as {f.task}: {f.reason or 'given with --task'}", highlight=False)
     if result.calibration:
         say(console, f"calibration: {result.calibration}")
     say(console, f"groups: {result.groups_found} found, {result.groups_pruned} pruned, {len(result.frozen)} frozen")
@@ -160,11 +160,20 @@ def print_not_measured(console: Console, recover_command: str | None) -> None:
 
 
 def distill_line(d: Distillation) -> str:
-    """``distill: 300 steps ... held-out KL 0.45 -> 0.08, top-1 agreement 63.3% -> 88.1%``."""
+    """``distill: 300 steps ... held-out KL 0.45 -> 0.08, top-1 agreement 63.3% -> 88.1%``: the task's
+    loss and score (a classifier's KL and top-1 agreement)."""
     how = f"best at step {d.best_step}" + (", stopped early" if d.stopped_early else "")
     return (f"distill: {d.steps} of {d.max_steps} steps ({how}) in {d.seconds:.0f} s on {d.device}: "
-            f"held-out KL {d.kl_before:.4g} -> {d.kl_after:.4g}, top-1 agreement "
-            f"{d.agreement_before:.1%} -> {d.agreement_after:.1%} ({d.held_out} samples)")
+            f"{distill_measures(d)} ({d.held_out} samples)")
+
+
+def distill_measures(d: Distillation) -> str:
+    """``held-out KL 0.45 -> 0.08, top-1 agreement 63.3% -> 88.1%``, or the task's own loss and score."""
+    if getattr(d, "task", "classify") == "classify":
+        return (f"held-out KL {d.kl_before:.4g} -> {d.kl_after:.4g}, top-1 agreement "
+                f"{d.agreement_before:.1%} -> {d.agreement_after:.1%}")
+    return (f"held-out {d.loss_name} {d.loss_before:.4g} -> {d.loss_after:.4g}, {d.score_name} "
+            f"{d.score_before:.4g} -> {d.score_after:.4g} ({d.task})")
 
 
 def print_analysis(console: Console, analysis: Analysis, flops_share: list[float],

@@ -58,7 +58,9 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     ``sparsity`` (unstructured fraction) or ``pattern`` ("2:4") with ``method`` magnitude, wanda
     or obs (default obs when ``calib`` is given). Both kinds combine (channels first). ``calib``:
     an image folder, .npy/.npz, a folder of .npy, "random", or a CalibrationSet; a ``holdout``
-    share of it measures fidelity to the dense model.
+    share of its files (held out whole) measures fidelity to the dense model, or ``holdout`` is a
+    separate held-out set (a path loaded like ``calib``, an array or a CalibrationSet) and all of
+    ``calib`` fits.
 
     ``latency`` (fraction of the dense model's measured latency on ``backend`` with ``threads``
     threads at ``batch``, FP16 engines with ``fp16``) removes channels until the measured latency
@@ -112,6 +114,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         frozen=pipe.frozen_rows(), ratio=plan.ratio if plan else 0.0, external_data=pipe.external,
         channels=pipe.channel_rows(plan) if plan else [], sparsity=run.pruned.sparsity, refits=run.pruned.refits,
         fidelity=run.fidelity, calibration=pipe.calib.description if pipe.calib else None,
+        held_out=pipe.held_out.description if pipe.held_out else None,
         latency_search=run.search, distillation=run.distillation, input_shapes=measured_at(pipe.analysis),
         channel_multiple=plan.round_to if plan else 1,
         channel_multiple_why=_multiple_note(plan, multiples, why) if plan else None,
@@ -246,7 +249,7 @@ def check_model_arg(model: object, name: str = "model", *, tensors: bool = False
 
 # Options that are numbers (a fraction, GiB, a learning rate) and counts; numpy's scalars are
 # accepted as Python's (np.float32(0.5) from a computed schedule), a bool or a string is not.
-_NUMBERS = ("flops", "params", "latency", "sparsity", "holdout", "distill_lr", "max_memory")
+_NUMBERS = ("flops", "params", "latency", "sparsity", "distill_lr", "max_memory")
 _COUNTS = ("calib_count", "batch", "threads")
 _CALIB_TYPES = "a path (str or os.PathLike), 'random', a numpy array of samples or a CalibrationSet"
 
@@ -266,6 +269,9 @@ def check_option_types(options: dict) -> dict:
     calib = out.get("calib")
     if calib is not None and not isinstance(calib, str | os.PathLike | np.ndarray | CalibrationSet):
         raise TypeError(f"calib must be {_CALIB_TYPES}, got {type(calib).__name__}")
+    holdout = out.get("holdout")  # a fraction, or a separate held-out set of any kind calib takes
+    if holdout is not None and not isinstance(holdout, str | os.PathLike | np.ndarray | CalibrationSet):
+        out["holdout"] = _number("holdout", holdout)
     return out
 
 

@@ -58,6 +58,25 @@ def task_arg(text: str) -> str:
     return text
 
 
+def holdout_arg(text: str) -> float | str:
+    """argparse type of --holdout: a fraction in (0, 1), or anything else as a path (checked by
+    ``CalibOptions.validate``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"a fraction must be between 0 and 1 (exclusive), got {text}; or give a "
+                                         "folder or file of held-out samples")
+    return value
+
+
+def _preprocess_help() -> str:
+    from .calib.data import preset_names
+
+    return f"image preprocessing: a preset ({', '.join(preset_names())}) or a JSON file (onnxprune/presets/README.md)"
+
+
 def gigabytes(text: str) -> float:
     """argparse type: a number of GiB > 0."""
     try:
@@ -205,9 +224,11 @@ class CalibOptions(_Options):
 
     calib: Any = option(None, "image folder, .npy, .npz, folder of .npy, or 'random'", flag="--calib", metavar="PATH")
     calib_count: int = option(128, "samples to use (default 128)", flag="--calib-count", metavar="N", type=positive)
-    preprocess: str = option("imagenet", "image preprocessing: a preset (imagenet, none) or a JSON file",
-                             flag="--preprocess", metavar="NAME")
-    holdout: float = option(0.25, "share of the samples held out to measure fidelity", cli=False)
+    preprocess: str = option("imagenet", "", flag="--preprocess", metavar="NAME")
+    holdout: Any = option(0.25, "data held out to measure fidelity (and to choose the recovery): a fraction of the "
+                                "--calib files, held out whole (default 0.25), or a separate folder or file of "
+                                "samples, loaded like --calib (same preprocessing and count); all of --calib then "
+                                "fits", flag="--holdout", metavar="PATH|FRACTION", type=holdout_arg)
     task: str = option("auto", "what fidelity measures: auto (default: found from the dense model's outputs), "
                                "classify (top-1/top-5 agreement, KL), detect (boxes matched by IoU: recall, "
                                "precision, F1), dense (IoU of thresholded maps, mean abs error; dense:THR sets the "
@@ -221,8 +242,9 @@ class CalibOptions(_Options):
     def validate(self) -> None:
         if isinstance(self.calib_count, bool) or not isinstance(self.calib_count, int) or self.calib_count < 1:
             raise UsageError(f"--calib-count must be a positive integer, got {self.calib_count!r}")
-        if not 0 <= self.holdout < 1:
-            raise UsageError(f"holdout must be in [0, 1), got {self.holdout!r}")
+        from .calib.data import check_holdout
+
+        check_holdout(self.holdout, self.calib)
         from .calib.fidelity import parse_task
 
         parse_task(self.task)
@@ -361,7 +383,10 @@ OPTION_CLASSES = (TargetOptions, CalibOptions, SolverOptions, BenchOptions, Shap
 
 
 def help_of(f: dataclasses.Field) -> str:
-    """A field's help text (--distill's names its default, read from distill.py)."""
+    """A field's help text (--distill's names its default, read from distill.py; --preprocess lists
+    the presets found in the package)."""
+    if f.name == "preprocess":
+        return _preprocess_help()
     return _distill_help() if f.name == "distill" else f.metadata["help"]
 
 

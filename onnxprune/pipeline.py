@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .calib.data import CalibrationSet, load_calibration
+from .calib.data import CalibrationSet, load_calibration, separate_holdout
 from .errors import UsageError
 from .graph import capture as capture_mod
 from .graph.load import (
@@ -165,13 +165,21 @@ def model_costs(analysis: Analysis) -> Costs:
 def load_calibration_split(proto: onnx.ModelProto, calib: CalibOptions, input_shapes: dict | None = None
                            ) -> tuple[CalibrationSet | None, CalibrationSet | None]:
     """(calibration samples, held-out samples), or (None, None) without data. ``input_shapes`` (as
-    given) sizes the free dims of images and random data."""
+    given) sizes the free dims of images and random data. ``calib.holdout``: a fraction of the
+    files held out whole (``CalibrationSet.split``), or a separate set, loaded like ``calib.calib``;
+    all of the calibration samples then fit."""
     if calib.calib is None:
         return None, None
     given = check_input_shapes(proto, input_shapes)
     specs = [replace(spec, size=given.get(spec.name)) for spec in input_specs(proto)]
-    data = calib.calib if isinstance(calib.calib, CalibrationSet) else load_calibration(
-        calib.calib, specs, count=calib.calib_count, preprocess=calib.preprocess)
+
+    def load(source):
+        return source if isinstance(source, CalibrationSet) else load_calibration(
+            source, specs, count=calib.calib_count, preprocess=calib.preprocess)
+
+    data = load(calib.calib)
+    if isinstance(calib.holdout, CalibrationSet | np.ndarray | str | os.PathLike):
+        return data, separate_holdout(data, load(calib.holdout))
     if len(data) < 2:
         raise UsageError("calibration needs at least 2 samples (some are held out to measure fidelity)")
     return data.split(calib.holdout)

@@ -128,6 +128,7 @@ class PruneResult:
     refits: list[Refit] = field(default_factory=list)
     fidelity: Fidelity | None = None
     calibration: str | None = None
+    held_out: str | None = None  # what fidelity was measured on (CalibrationSet.description of the held-out set)
     latency_search: LatencySearch | None = None
     distillation: Distillation | None = None  # --distill: steps, time, held-out KL/agreement before and after
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what FLOPs were measured at (batch 1)
@@ -182,6 +183,8 @@ class PruneResult:
             out["distill"] = vars(self.distillation)
         if self.calibration:
             out["calibration"] = self.calibration
+        if self.held_out:
+            out["held_out"] = self.held_out
         if self.latency_search is not None:
             out["latency_target"] = self.latency_search.to_dict()
         return out
@@ -279,6 +282,7 @@ class SweepResult:
     points: list[SweepPoint]
     dense_latency_ms: float | None = None
     calibration: str | None = None
+    held_out: str | None = None  # what each point's fidelity was measured on
     external_data: bool = False
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # FLOPs measured there (batch 1)
     batch: int = 1  # the batch latency was timed at
@@ -299,6 +303,7 @@ class SweepResult:
         """Plain data for JSON: dense costs, the input sizes they were measured at, and every point."""
         return {"metric": self.metric, "dense": dataclasses.asdict(self.dense),
                 "dense_latency_ms": self.dense_latency_ms, "calibration": self.calibration,
+                "held_out": self.held_out,
                 "fidelity": ({"measured": True, "task": self.task,
                               "where": "each point's score (the task's headline) and metrics; a classifier's also "
                                        "top1_agreement, cosine and kl"}

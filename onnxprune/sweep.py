@@ -173,6 +173,7 @@ def sweep_outcome(model: str | os.PathLike | onnx.ModelProto, *, flops: list[flo
     return _with_recover_command(
         UnitOutcome(SweepResult(metric=metric, dense=pipe.dense, points=points, dense_latency_ms=dense_ms,
                                 calibration=pipe.calib.description if pipe.calib else None,
+                                held_out=pipe.held_out.description if pipe.held_out else None,
                                 external_data=pipe.external, input_shapes=measured_at(pipe.analysis),
                                 batch=bench_options.batch)), model, {f"--{metric}": targets}, calib,
         solver, bench_options, shapes, job)

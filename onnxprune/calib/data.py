@@ -23,6 +23,7 @@ Every problem with the data or the options is a :class:`~onnxprune.errors.UsageE
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -50,8 +51,10 @@ RANDOM = "random"
 LAYOUTS = ("NCHW", "NHWC", "auto")
 CHANNEL_ORDERS = ("RGB", "BGR")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
-PRESET_FIELDS = ("description", "resize", "crop", "mean", "std", "scale", "layout", "channel_order",
-                 "interpolation")
+FITS = ("crop", "letterbox", "pad_right")  # how an image is brought to the target height x width
+PAD_SPACES = ("pixel", "normalised")  # where pad_value is written: a 0-255 pixel, or the model's value
+PRESET_FIELDS = ("description", "fit", "resize", "crop", "size", "size_multiple", "pad_value", "pad_space", "mean",
+                 "std", "scale", "layout", "channel_order", "interpolation")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,16 +64,30 @@ PRESET_FIELDS = ("description", "resize", "crop", "mean", "std", "scale", "layou
 @dataclass(eq=False)
 class CalibrationSet:
     """Calibration samples, ``{input name: array[n, ...]}`` with one shared leading sample axis,
-    and a one-line description of where they came from."""
+    and a one-line description of where they came from.
+
+    ``sources``: one int id per sample, the file (image, photo) it came from; two crops of one
+    photo share an id. None: every sample is its own source. :meth:`split` holds out whole
+    sources, so held-out data never shares a file with the data a fit saw. ``origin``: where the
+    samples came from, as the user wrote it (``photos/``), for the held-out description."""
 
     samples: dict[str, np.ndarray]
     description: str
     images: bool = False  # decoded images (--distill augments them with random resized crops)
+    sources: np.ndarray | None = None
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         lengths = {name: len(a) for name, a in self.samples.items()}
         if len(set(lengths.values())) > 1:
             raise UsageError(f"calibration arrays differ in sample count: {lengths}")
+        if self.sources is not None:
+            sources = np.asarray(self.sources)
+            if sources.ndim != 1 or len(sources) != len(self) or not (
+                    np.issubdtype(sources.dtype, np.integer) or sources.size == 0):
+                raise UsageError(f"calibration sources must be one integer id per sample ({len(self)}), got "
+                                 f"{sources.dtype} {list(sources.shape)}")
+            self.sources = sources.astype(np.int64, copy=False)
 
     def __len__(self) -> int:
         return len(next(iter(self.samples.values()))) if self.samples else 0
@@ -80,6 +97,16 @@ class CalibrationSet:
         """The number of samples."""
         return len(self)
 
+    @property
+    def source_ids(self) -> np.ndarray:
+        """One source id per sample (``arange(n)`` when every sample is its own source)."""
+        return np.arange(len(self), dtype=np.int64) if self.sources is None else self.sources
+
+    @property
+    def source_count(self) -> int:
+        """How many distinct sources (files) the samples come from."""
+        return len(np.unique(self.source_ids))
+
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         """Feeds of at most ``batch_size`` samples (views, in order); the last may be smaller."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size <= 0:
@@ -88,22 +115,42 @@ class CalibrationSet:
         samples = dict(self.samples)
         return ({name: a[start:start + size] for name, a in samples.items()} for start in range(0, len(self), size))
 
+    def subset(self, indices: np.ndarray | slice, description: str | None = None) -> CalibrationSet:
+        """The samples at ``indices`` (in that order), with their sources."""
+        sources = None if self.sources is None else self.sources[indices]
+        return CalibrationSet({k: a[indices] for k, a in self.samples.items()},
+                              self.description if description is None else description, self.images, sources,
+                              self.origin)
+
     def split(self, holdout_fraction: float) -> tuple[CalibrationSet, CalibrationSet]:
-        """``(calibration, holdout)``: the last ``round(n * holdout_fraction)`` samples (at least one,
-        leaving at least one) are held out. Deterministic; the samples are already in seeded
-        shuffled order, so the tail is not biased by file names."""
-        if not (isinstance(holdout_fraction, float | int) and 0 < holdout_fraction < 1):
+        """``(calibration, holdout)``: the last ``round(m * holdout_fraction)`` of the ``m`` sources
+        (at least one, leaving at least one), with all their samples, are held out; a file's samples
+        are never split between the two. Sources are ordered by their first sample, and the samples
+        are already in seeded shuffled order, so the held-out files are not chosen by name.
+        Deterministic; both parts keep the samples' order."""
+        if isinstance(holdout_fraction, bool) or not (
+                isinstance(holdout_fraction, float | int | np.floating | np.integer) and 0 < holdout_fraction < 1):
             raise UsageError(f"holdout fraction must be between 0 and 1 (exclusive), got {holdout_fraction!r}")
         n = len(self)
         if n < 2:
             raise UsageError(f"cannot split {n} calibration sample(s): need at least 2")
-        held = min(max(round(n * holdout_fraction), 1), n - 1)
-        kept = n - held
-        first = CalibrationSet({k: a[:kept] for k, a in self.samples.items()},
-                               f"{self.description}; {kept} of {n} kept for calibration", self.images)
-        second = CalibrationSet({k: a[kept:] for k, a in self.samples.items()},
-                                f"{self.description}; {held} of {n} held out", self.images)
-        return first, second
+        ids = self.source_ids
+        unique, first = np.unique(ids, return_index=True)
+        order = unique[np.argsort(first)]  # sources in the order of their first sample
+        m = len(order)
+        if m < 2:
+            raise UsageError(f"cannot hold out whole files: all {n} calibration samples come from one file; give "
+                             "more files, or a separate held-out set (--holdout PATH)")
+        held_sources = min(max(round(m * float(holdout_fraction)), 1), m - 1)
+        held_mask = np.isin(ids, order[m - held_sources:])
+        held_idx, kept_idx = np.flatnonzero(held_mask), np.flatnonzero(~held_mask)
+        noun = "images" if self.images else ("samples" if m == n else "files")
+        whole = " (whole files)" if self.images or m < n else ""
+        samples = f", {len(held_idx)} samples" if m < n else ""
+        origin = f" of {self.origin}" if self.origin else ""
+        kept = self.subset(kept_idx, f"{self.description}; {m - held_sources} of {m} {noun} kept for calibration")
+        held = self.subset(held_idx, f"{held_sources} of {m} {noun}{origin} held out{whole}{samples}")
+        return kept, held
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,17 +159,29 @@ class CalibrationSet:
 
 @dataclass
 class Preprocess:
-    """Image preprocessing: ``value = (pixel * scale - mean) / std`` after resize and centre crop.
+    """Image preprocessing: ``value = (pixel * scale - mean) / std`` after the image is fitted to
+    the target height x width (``fit``).
 
+    ``fit``: ``crop`` (shorter side to ``resize``, then a centre crop; ``resize`` None resizes the
+    whole image straight to the target), ``letterbox`` (the whole image inside the target, aspect
+    ratio kept, centred, the rest ``pad_value``: YOLO) or ``pad_right`` (the target height, the
+    width by the aspect ratio up to the target width, then padded on the right: PaddleOCR rec).
     ``resize``: shorter side before the crop (scaled by target/crop when the model's size differs
-    from ``crop``), or None to resize the whole image straight to the target size.
-    ``crop``: (height, width) of the centre crop and of any dynamic model dim, or None to take the
-    model's static height/width. ``mean``/``std``: per channel, after ``scale``.
+    from ``crop``). ``crop``: (height, width) of the centre crop. ``size``: (height, width) of any
+    dynamic model dim (default ``crop``); None takes the model's static height/width.
+    ``size_multiple``: the target height and width must be multiples of it. ``pad_value`` (per
+    channel, RGB order) in ``pad_space``: a 0-255 pixel before normalising, or the normalised value.
+    ``mean``/``std``: per channel, after ``scale``.
     """
 
     name: str
+    fit: str = "crop"
     resize: int | None = None
     crop: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None
+    size_multiple: int = 1
+    pad_value: tuple[float, ...] = (0.0,)
+    pad_space: str = "pixel"
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     scale: float = 1.0
@@ -191,18 +250,39 @@ def _parse_preset(name: str, data: Any, path: Path | Traversable) -> Preprocess:
             raise bad(f"{key!r} must be positive, got {value!r}")
         return tuple(float(v) for v in values)
 
+    def height_width(key: str, value: Any) -> tuple[int, int]:
+        if isinstance(value, list):
+            if len(value) != 2:
+                raise bad(f"{key!r} must be an integer, [height, width] or null, got {value!r}")
+            return positive_int(key, value[0]), positive_int(key, value[1])
+        side = positive_int(key, value)
+        return side, side
+
     prep = Preprocess(name=name)
+    if "fit" in data:
+        if data["fit"] not in FITS:
+            raise bad(f"'fit' must be one of {', '.join(FITS)}, got {data['fit']!r}")
+        prep.fit = data["fit"]
     if data.get("resize") is not None:
         prep.resize = positive_int("resize", data["resize"])
-    crop = data.get("crop")
-    if crop is not None:
-        if isinstance(crop, list):
-            if len(crop) != 2:
-                raise bad(f"'crop' must be an integer, [height, width] or null, got {crop!r}")
-            prep.crop = (positive_int("crop", crop[0]), positive_int("crop", crop[1]))
-        else:
-            size = positive_int("crop", crop)
-            prep.crop = (size, size)
+    if data.get("crop") is not None:
+        prep.crop = height_width("crop", data["crop"])
+    if data.get("size") is not None:
+        prep.size = height_width("size", data["size"])
+    if prep.fit != "crop" and (prep.resize is not None or prep.crop is not None):
+        raise bad(f"'resize' and 'crop' apply to \"fit\": \"crop\"; with {prep.fit!r} the image fits the target "
+                  f"size (the model's height/width, or 'size' for dynamic dims)")
+    if data.get("size_multiple") is not None:
+        prep.size_multiple = positive_int("size_multiple", data["size_multiple"])
+    if "pad_value" in data:
+        prep.pad_value = numbers("pad_value", data["pad_value"])
+    if "pad_space" in data:
+        if data["pad_space"] not in PAD_SPACES:
+            raise bad(f"'pad_space' must be one of {', '.join(PAD_SPACES)}, got {data['pad_space']!r}")
+        prep.pad_space = data["pad_space"]
+    if prep.fit == "crop" and ("pad_value" in data or "pad_space" in data):
+        raise bad("'pad_value' and 'pad_space' apply to \"fit\": \"letterbox\" or \"pad_right\" (a crop pads "
+                  "nothing)")
     if "mean" in data:
         prep.mean = numbers("mean", data["mean"])
     if "std" in data:
@@ -280,6 +360,76 @@ def load_calibration(source: str | os.PathLike, inputs: list[InputSpec], *, coun
         return _npz(path, shown, inputs, count, rng, prep)
     raise UsageError(f"unsupported calibration source {shown}: expected a folder of images or .npy files, "
                      f"a .npy or .npz file, or 'random'")
+
+
+# ---------------------------------------------------------------------------------------------
+# a separate held-out set (--holdout PATH)
+
+
+HOLDOUT_KINDS = "a fraction between 0 and 1 (exclusive), or a folder or file of held-out samples loaded like --calib"
+
+
+def check_holdout(holdout: Any, calib: Any) -> None:
+    """Refuse a ``holdout`` option that cannot work, before anything is loaded: it is a fraction in
+    (0, 1), or a separate set (a path that exists as a file or folder, a numpy array, a
+    CalibrationSet) that needs ``calib`` and must not be the ``calib`` path or overlap it."""
+    if isinstance(holdout, CalibrationSet | np.ndarray | str | os.PathLike):
+        if isinstance(holdout, str | os.PathLike):
+            _check_holdout_path(os.fspath(holdout), calib)
+        if calib is None:
+            raise UsageError("--holdout with a separate held-out set needs --calib (the samples to fit on)")
+        return
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float | np.integer | np.floating) or not (
+            0 < holdout < 1):
+        raise UsageError(f"--holdout must be {HOLDOUT_KINDS}, got {holdout!r}")
+
+
+def _check_holdout_path(text: str, calib: Any) -> None:
+    path = Path(text)
+    if not path.exists():
+        raise UsageError(f"--holdout {text}: no such file or folder (give {HOLDOUT_KINDS})")
+    if not path.is_dir() and not path.is_file():
+        raise UsageError(f"--holdout {text} is a FIFO, device or socket, not a file or folder: reading it could "
+                         "block forever")
+    if not isinstance(calib, str | os.PathLike) or os.fspath(calib) == RANDOM:
+        return
+    calib_path, held_path = Path(calib).resolve(), path.resolve()
+    if calib_path == held_path:
+        raise UsageError(f"--holdout {text} is the --calib data itself: fidelity measured on the samples the "
+                         "recovery fitted measures nothing; give other files, or a fraction of --calib "
+                         "(--holdout 0.25)")
+    if calib_path in held_path.parents or held_path in calib_path.parents:
+        raise UsageError(f"--holdout {text} and --calib {os.fspath(calib)} overlap (one folder holds the other): "
+                         "held-out files must be files the recovery never sees")
+
+
+def separate_holdout(calibration: CalibrationSet, held: CalibrationSet) -> CalibrationSet:
+    """``held`` as the held-out set of ``calibration`` (which is then all used to fit), described as
+    a separate set. Refused when every held-out sample is also a calibration sample (fidelity on it
+    would measure nothing); a warning when some are."""
+    if set(held.samples) != set(calibration.samples):
+        raise UsageError(f"the held-out set feeds inputs {', '.join(sorted(held.samples))}, the calibration set "
+                         f"{', '.join(sorted(calibration.samples))}")
+    seen = set(_fingerprints(calibration))
+    shared = sum(f in seen for f in _fingerprints(held))
+    if shared == len(held):
+        raise UsageError(f"every held-out sample ({held.description}) is also a calibration sample: fidelity "
+                         "measured on them measures nothing; give other files, or a fraction (--holdout 0.25)")
+    if shared:
+        log.warning("%d of %d held-out samples are also calibration samples: fidelity on them is optimistic",
+                    shared, len(held))
+    return CalibrationSet(held.samples, f"separate held-out set: {held.description}", held.images, held.sources,
+                          held.origin)
+
+
+def _fingerprints(data: CalibrationSet) -> list[bytes]:
+    """A digest per sample over all its inputs, to find the samples two sets share."""
+    digests = [hashlib.blake2b(digest_size=16) for _ in range(len(data))]
+    for name in sorted(data.samples):
+        array = data.samples[name]
+        for digest, row in zip(digests, array, strict=True):
+            digest.update(np.ascontiguousarray(row).tobytes())
+    return [d.digest() for d in digests]
 
 
 def _single_input(inputs: list[InputSpec], what: str) -> InputSpec:
@@ -431,8 +581,9 @@ def _arrays(arrays: list[np.ndarray], origins: list[str], shown: str, spec: Inpu
         _check_finite(out[i:i + 1], origins[which], [index - starts[which]])  # after the cast
     _warn_raw_pixels(out, spec, shown, prep)
     files = f" ({len(arrays)} .npy files)" if len(arrays) > 1 else ""
-    return CalibrationSet({spec.name: out},
-                          f"{len(out)} samples from {shown}{files} (input {spec.name!r} {_per_sample(out)})")
+    return CalibrationSet({spec.name: out},  # each row is its own sample and source, whichever file holds it
+                          f"{len(out)} samples from {shown}{files} (input {spec.name!r} {_per_sample(out)})",
+                          sources=picked, origin=shown)
 
 
 def _npz(path: Path, shown: str, inputs: list[InputSpec], count: int, rng: np.random.Generator,
@@ -465,7 +616,7 @@ def _npz(path: Path, shown: str, inputs: list[InputSpec], count: int, rng: np.ra
         _warn_raw_pixels(samples[spec.name], spec, origin, prep)
     n = len(picked)
     shapes = ", ".join(f"{name} {_per_sample(a)}" for name, a in samples.items())
-    return CalibrationSet(samples, f"{n} samples from {shown} ({shapes})")
+    return CalibrationSet(samples, f"{n} samples from {shown} ({shapes})", sources=picked, origin=shown)
 
 
 def _npz_arrays(archive: Any, shown: str, inputs: list[InputSpec]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -556,15 +707,21 @@ def _geometry(spec: InputSpec, prep: Preprocess) -> _Geometry:
         raise UsageError(f"model input {spec.name!r} {spec.show()} has {channels} channels in {layout} layout; "
                          f"images give 1 or 3")
     sizes = []
+    dynamic_size = prep.size or prep.crop
     for axis, which in ((h_axis, 0), (w_axis, 1)):
         size = spec.sized(axis)
         if size is None or size == 0:
-            if prep.crop is None:
+            if dynamic_size is None:
                 raise UsageError(f"model input {spec.name!r} {spec.show()} has a dynamic "
                                  f"{'height' if which == 0 else 'width'} and preprocessing {prep.name!r} sets no "
-                                 f"crop size: use a preprocessing JSON file with \"crop\"")
-            size = prep.crop[which]
+                                 f"size for it: give --input-shape, or a preprocessing JSON file with \"size\"")
+            size = dynamic_size[which]
         sizes.append(size)
+    if prep.size_multiple > 1 and any(size % prep.size_multiple for size in sizes):
+        raise UsageError(f"preprocessing {prep.name!r} needs a height and width that are multiples of "
+                         f"{prep.size_multiple}, as the model does; model input {spec.name!r} is fed at "
+                         f"{sizes[0]}x{sizes[1]}: give --input-shape {spec.name}:1x3xHxW with multiples of "
+                         f"{prep.size_multiple}")
     for key, values in (("mean", prep.mean), ("std", prep.std)):
         if len(values) not in (1, 3):
             raise UsageError(f"preprocessing {prep.name!r}: {key!r} needs 1 or 3 values")
@@ -599,6 +756,44 @@ def _resized_size(width: int, height: int, geo: _Geometry, prep: Preprocess) -> 
     return max(new_w, geo.width), max(new_h, geo.height)
 
 
+def _fit_image(rgb: Any, geo: _Geometry, prep: Preprocess, resample: Any) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``rgb`` (a Pillow RGB image) brought to the target size by ``prep.fit``: float32 pixels
+    ``[height, width, channels]`` (RGB, or one grayscale channel), padding filled with the
+    pixel-space pad value, and the box ``(top, left, height, width)`` the image itself covers."""
+    width, height = rgb.size
+    if width == 0 or height == 0:
+        raise ValueError("empty image")
+    if prep.fit == "crop":
+        new_w, new_h = _resized_size(width, height, geo, prep)
+        if (new_w, new_h) != (width, height):
+            rgb = rgb.resize((new_w, new_h), resample=resample)
+        left = int(round((new_w - geo.width) / 2.0))
+        top = int(round((new_h - geo.height) / 2.0))
+        if (left, top, geo.width, geo.height) != (0, 0, new_w, new_h):
+            rgb = rgb.crop((left, top, left + geo.width, top + geo.height))
+        if geo.channels == 1:
+            rgb = rgb.convert("L")
+        return np.asarray(rgb, dtype=np.float32).reshape(geo.height, geo.width, -1), (0, 0, geo.height, geo.width)
+    if prep.fit == "letterbox":  # as YOLO's LetterBox: fit inside, centred, the padding split around it
+        ratio = min(geo.height / height, geo.width / width)
+        new_w = min(geo.width, max(1, int(round(width * ratio))))
+        new_h = min(geo.height, max(1, int(round(height * ratio))))
+        pad_w, pad_h = (geo.width - new_w) / 2, (geo.height - new_h) / 2
+        top, left = int(round(pad_h - 0.1)), int(round(pad_w - 0.1))
+    else:  # pad_right, as PaddleOCR's rec: the target height, width by the ratio, padding on the right
+        new_h = geo.height
+        new_w = min(geo.width, max(1, math.ceil(geo.height * width / height)))
+        top, left = 0, 0
+    if (new_w, new_h) != (width, height):
+        rgb = rgb.resize((new_w, new_h), resample=resample)
+    if geo.channels == 1:
+        rgb = rgb.convert("L")
+    canvas = np.empty((geo.height, geo.width, geo.channels), dtype=np.float32)
+    canvas[:] = _per_channel(prep.pad_value, geo.channels, "RGB") if prep.pad_space == "pixel" else 0
+    canvas[top:top + new_h, left:left + new_w] = np.asarray(rgb, dtype=np.float32).reshape(new_h, new_w, -1)
+    return canvas, (top, left, new_h, new_w)
+
+
 def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Preprocess,
             rng: np.random.Generator) -> CalibrationSet:
     try:
@@ -606,58 +801,52 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
     except ImportError:
         raise UsageError("image calibration needs Pillow: pip install pillow") from None
     geo = _geometry(spec, prep)
-    order = [paths[i] for i in _pick(len(paths), len(paths), rng)]  # the first `count` unless some are unreadable
+    order = _pick(len(paths), len(paths), rng)  # the first `count` unless some are unreadable
     wanted = min(count, len(paths))
     mean = _per_channel(prep.mean, geo.channels, prep.channel_order)
     std = _per_channel(prep.std, geo.channels, prep.channel_order)
+    pad_normalised = _per_channel(prep.pad_value, geo.channels, prep.channel_order)
     resample = getattr(Image.Resampling, prep.interpolation.upper())
     if geo.layout == "NCHW":
         shape = (wanted, geo.channels, geo.height, geo.width)
     else:
         shape = (wanted, geo.height, geo.width, geo.channels)
     out = np.empty(shape, dtype=spec.dtype)  # preallocated; images decoded one at a time
+    sources = np.empty(wanted, dtype=np.int64)  # each image is its own source: its index in path order
     integer = np.issubdtype(spec.dtype, np.integer)
     bounds = np.iinfo(spec.dtype) if integer else None
     i = 0
     unreadable: list[str] = []
-    for path in order:
+    for index in order:
         if i == wanted:
             break
+        path = paths[index]
         try:
             with Image.open(path) as img:
                 img.load()
                 rgb = img.convert("RGB")
-            width, height = rgb.size
-            if width == 0 or height == 0:
-                raise ValueError("empty image")
-            new_w, new_h = _resized_size(width, height, geo, prep)
-            if (new_w, new_h) != (width, height):
-                rgb = rgb.resize((new_w, new_h), resample=resample)
-            left = int(round((new_w - geo.width) / 2.0))
-            top = int(round((new_h - geo.height) / 2.0))
-            if (left, top, geo.width, geo.height) != (0, 0, new_w, new_h):
-                rgb = rgb.crop((left, top, left + geo.width, top + geo.height))
-            if geo.channels == 1:
-                rgb = rgb.convert("L")
-            pixels = np.asarray(rgb, dtype=np.float32)
+            pixels, (top, left, new_h, new_w) = _fit_image(rgb, geo, prep, resample)
         except Exception as exc:  # any decoder failure: truncated, corrupt, unsupported mode, bomb
             reason = first_line(exc)
             unreadable.append(f"{path} ({reason})")
             if len(unreadable) <= MAX_NAMED:
                 log.warning("skipping unreadable calibration image %s: %s", path, reason)
             continue
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        elif prep.channel_order == "BGR":
+        if prep.channel_order == "BGR" and geo.channels == 3:
             pixels = pixels[:, :, ::-1]
         values = (pixels * np.float32(prep.scale) - mean) / std
+        if prep.fit != "crop" and prep.pad_space == "normalised":  # padding written after normalising
+            inside = np.zeros(values.shape[:2], dtype=bool)
+            inside[top:top + new_h, left:left + new_w] = True
+            values[~inside] = pad_normalised
         if geo.layout == "NCHW":
             values = values.transpose(2, 0, 1)
         if integer:
             values = np.clip(np.rint(values), bounds.min, bounds.max)
         out[i] = values
+        sources[i] = index
         i += 1
-    out = out[:i]
+    out, sources = out[:i], sources[:i]
     if unreadable:
         if len(unreadable) > MAX_NAMED:
             log.warning("skipped %d unreadable calibration images in %s in all", len(unreadable), shown)
@@ -665,11 +854,13 @@ def _images(paths: list[Path], shown: str, spec: InputSpec, count: int, prep: Pr
             raise UsageError(f"calibration folder {shown}: {len(unreadable)} of {len(paths)} images are unreadable "
                              f"(first: {unreadable[0]}), {i} left; calibration needs at least 2")
     details = f"{geo.layout} {geo.height}x{geo.width}"
+    if prep.fit != "crop":
+        details += ", letterboxed" if prep.fit == "letterbox" else ", padded on the right"
     if geo.channels == 1:
         details += ", grayscale"
     if prep.channel_order == "BGR":
         details += ", BGR"
     if unreadable:
         details += f"; {len(unreadable)} unreadable skipped"
-    return CalibrationSet({spec.name: out},
-                          f"{len(out)} images from {shown} ({prep.name} preprocessing, {details})", images=True)
+    return CalibrationSet({spec.name: out}, f"{len(out)} images from {shown} ({prep.name} preprocessing, {details})",
+                          images=True, sources=sources, origin=shown)

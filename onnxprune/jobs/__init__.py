@@ -64,7 +64,7 @@ def _outcome(unit: Unit, header, results, latency) -> UnitOutcome:
             point.latency_ms = ms
             point.latency_ratio = ms / dense_ms if dense_ms else None
     result = SweepResult(metric=unit.metric, dense=header.dense, points=points, dense_latency_ms=dense_ms,
-                         calibration=header.calibration, external_data=header.external,
+                         calibration=header.calibration, held_out=header.held_out, external_data=header.external,
                          input_shapes=header.input_shapes, batch=unit.options["bench"].batch,
                          failed={t: e for t, e in errors.items() if t is not None})
     return UnitOutcome(result, errors)

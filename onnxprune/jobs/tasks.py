@@ -76,6 +76,7 @@ class Header:
     external: bool
     input_shapes: dict
     multiples: list[int]
+    held_out: str | None = None  # what fidelity is measured on
 
 
 class Shared:
@@ -101,7 +102,8 @@ def _unpack(state: dict, graph: bytes) -> Shared:
 
 def header(pipe: Pipeline) -> Header:
     return Header(pipe.dense, pipe.calib.description if pipe.calib else None, pipe.external,
-                  measured_at(pipe.analysis), pipe.multiples()[0])
+                  measured_at(pipe.analysis), pipe.multiples()[0],
+                  pipe.held_out.description if pipe.held_out else None)
 
 
 def analyse(unit: Unit) -> Shared:

@@ -250,7 +250,8 @@ def _fidelity_section(result: PruneResult) -> str:
     rows = f.items()
     body = _note(f"measured as {f.task}: {f.reason or 'given with --task'}; headline: {f.headline()}")
     body += _table(("measure (pruned vs dense)", "value"), rows, "fidelity-table", text_columns=(0,))
-    body += _note(f"on {f.samples} held-out calibration samples; calibration: {result.calibration or '-'}")
+    body += _note(f"on {f.samples} held-out samples ({result.held_out or '-'}); calibration: "
+                  f"{result.calibration or '-'}")
     return _section("Fidelity", body, "fidelity")
 
 
@@ -361,6 +362,8 @@ def _sweep_section(result: SweepResult) -> str:
         notes.append(f"calibration: {result.calibration}")
     if result.task:
         notes.append(f"fidelity measured as {result.task} (--task)")
+    if result.held_out:
+        notes.append(f"fidelity on: {result.held_out}")
     body += _note("; ".join(notes))
     if not result.fidelity_measured:
         body += _not_measured(result.recover_command)

@@ -143,6 +143,8 @@ def print_summary(console: Console, result: PruneResult, run: PruneRun | None = 
         say(console, f"  measured as {f.task}: {f.reason or 'given with --task'}", highlight=False)
     if result.calibration:
         say(console, f"calibration: {result.calibration}")
+    if result.held_out:
+        say(console, f"held out (fidelity measured on): {result.held_out}")
     say(console, f"groups: {result.groups_found} found, {result.groups_pruned} pruned, {len(result.frozen)} frozen")
     for frozen in result.frozen:
         say(console, f"  frozen: {frozen.channels} channel set(s) at {', '.join(frozen.slots[:2])}"

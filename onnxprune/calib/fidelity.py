@@ -8,7 +8,8 @@ The task (``TASKS``) is found from the dense model's outputs (``task_of``) or gi
   the dense ones are already probabilities), and cosine of the score vectors.
 - **dense**: a map with spatial dims ``[N, C, H, W]`` (H, W > 1): a text-detection probability map,
   segmentation logits. One channel is binarised at ``Task.threshold`` (``--task dense:THR``), else
-  at Otsu's threshold of the dense map's values (set on the first batch, then kept); several
+  at Otsu's threshold of the dense map's values (set on the first batch, then kept; within
+  [0.1, 0.9] for a probability map, so that an empty map is not cut inside its noise); several
   channels are per-pixel class scores, compared by their argmax, IoU per class and the mean over
   the classes either model predicts. IoU pools the pixels of all samples. Plus the mean absolute
   error of the raw maps.
@@ -46,6 +47,7 @@ TASKS = ("classify", "detect", "dense", "generic")
 DETECT_SCORE = 0.25  # a box counts when its score is at least this (YOLO's usual confidence threshold)
 NMS_IOU = 0.45  # a raw head's boxes of one class overlapping a better one by more than this are dropped
 MATCH_IOU = 0.5  # a pruned box matches a dense one of its class at this IoU or more
+PROBABILITY_CUT = (0.1, 0.9)  # a probability map's Otsu threshold is kept within these
 MAX_BOXES = 300  # per image, the best-scored ones (as YOLO's exports keep)
 
 SCORE = {"classify": "top1_agreement", "dense": "iou", "detect": "f1", "generic": "cosine"}  # higher is better
@@ -236,6 +238,16 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mean0 - mean1) ** 2
     return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def map_threshold(dense_map: np.ndarray) -> float:
+    """Where a one-channel dense map is cut: Otsu's threshold of its values; for a probability map
+    (values in [0, 1]) kept within [0.1, 0.9], so that a map with nothing on it (all near 0) is not
+    cut inside its noise."""
+    t = otsu_threshold(dense_map)
+    if dense_map.size and dense_map.min() >= 0 and dense_map.max() <= 1:
+        t = min(max(t, PROBABILITY_CUT[0]), PROBABILITY_CUT[1])
+    return t
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -469,7 +481,7 @@ class Meter:
         self._add(abs_error=np.abs(a - b).sum(), values=a.size)
         if channels == 1:
             if self.threshold is None:
-                self.threshold = otsu_threshold(a)
+                self.threshold = map_threshold(a)
             ma, mb = a > self.threshold, b > self.threshold
             self._add(inter=np.sum(ma & mb), union=np.sum(ma | mb))
             return
@@ -562,5 +574,5 @@ def fidelity(dense: onnx.ModelProto | gs.Graph, pruned: onnx.ModelProto, samples
 
 
 __all__ = ["DETECT_SCORE", "MATCH_IOU", "TASKS", "Fidelity", "Meter", "Task", "box_iou", "compare", "detections",
-           "fidelity", "loss_and_score", "match_boxes", "measure_names", "nms", "otsu_threshold", "parse_task",
-           "task_of"]
+           "fidelity", "loss_and_score", "map_threshold", "match_boxes", "measure_names", "nms", "otsu_threshold",
+           "parse_task", "task_of"]

@@ -1,10 +1,11 @@
 """Recovery after structured pruning: time, peak memory and held-out fidelity, side by side in one run.
 
-    python tools/bench_recovery.py [--quick] [--only ppocr|resnet50] [--cache DIR] [--timeout S]
+    python tools/bench_recovery.py [--quick] [--only ppocr|resnet50] [--cache DIR] [--timeout S] [--rss-limit GB]
 
 Each row runs the onnxprune command line in its own process (``python -m onnxprune``), writing into
 a temporary folder that is removed at the end; its wall time and its peak resident memory
-(``ru_maxrss`` of that process and its children, from ``os.wait4``) are the row's.
+(``ru_maxrss`` of that process and its children, from ``os.wait4``) are the row's. A run is stopped
+past ``--timeout`` seconds or ``--rss-limit`` GiB resident, and its row says so.
 
 PP-OCRv4 det: the real model in rapidocr_onnxruntime's wheel (``tools/setup.sh`` installs it), at
 ``--input-shape x:1x3x736x992``. Data: synthetic text images from ``calibration/text_images.py``,
@@ -71,23 +72,51 @@ class Run:
     """One command-line run: its exit status, wall seconds, peak RSS, report and last log line."""
 
     command: list[str]
+    output: Path
+    shown: str = ""  # the command as a user would type it
     returncode: int | None = None
     seconds: float = 0.0
     peak_gib: float = 0.0
     timed_out: bool = False
+    over_memory: bool = False  # stopped at --rss-limit
     report: dict = field(default_factory=dict)
     last_line: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
+        return self.returncode == 0 and not self.timed_out and not self.over_memory
 
 
-def run_cli(args: list[str], log: Path, timeout: float) -> Run:
+def prune(name: str, args: list[str], stem: Path, limits: argparse.Namespace) -> Run:
+    """``onnxprune ARGS`` writing ``stem``.onnx and its JSON report, logged to ``stem``.log."""
+    out, report = stem.with_suffix(".onnx"), stem.with_suffix(".json")
+    args = [*args, "-o", str(out), "--report", str(report)]
+    shown = "onnxprune " + describe(args, {str(out): "OUT.onnx", str(report): "OUT.json"})
+    console.print(f"running {name}: {shown}", style="dim", markup=False, highlight=False)
+    run = run_cli(args, out, stem.with_suffix(".log"), limits.timeout, limits.rss_limit)
+    run.shown = shown
+    if run.ok:
+        run.report = read_report(report)
+    return run
+
+
+def resident_gib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / GiB
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def run_cli(args: list[str], output: Path, log: Path, timeout: float, rss_limit: float) -> Run:
     """``python -m onnxprune ARGS`` in its own process; its peak RSS from ``os.wait4``'s rusage
-    (this process and the children it waited for), so each row's memory is its own."""
+    (this process and the children it waited for), so each row's memory is its own. Stopped
+    (SIGTERM, then SIGKILL) past ``timeout`` seconds or ``rss_limit`` GiB resident: the machine is
+    shared."""
     command = [sys.executable, "-m", "onnxprune", *args]
-    run = Run(command)
+    run = Run(command, output)
     start = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -97,8 +126,9 @@ def run_cli(args: list[str], log: Path, timeout: float) -> Run:
         if pid:
             break
         now = time.perf_counter()
-        if now > deadline and killed_at is None:
-            run.timed_out, killed_at = True, now
+        if killed_at is None and (now > deadline or resident_gib(proc.pid) > rss_limit):
+            run.timed_out, run.over_memory = now > deadline, now <= deadline
+            killed_at = now
             proc.send_signal(signal.SIGTERM)  # onnxprune cleans up on SIGTERM (exit 143)
         elif killed_at is not None and now > killed_at + 30:
             proc.kill()
@@ -152,6 +182,8 @@ def bar(ok: bool, text: str, quick: bool) -> str:
 def failure(run: Run) -> str:
     if run.timed_out:
         return "timed out"
+    if run.over_memory:
+        return f"stopped: over --rss-limit (peak {run.peak_gib:.1f} GiB)"
     return f"exit {run.returncode}: {run.last_line[:90]}"
 
 
@@ -246,18 +278,15 @@ def ppocr_rows(args: argparse.Namespace, tmp: Path, help_text: str) -> tuple[Tab
         if extra is None:
             table.add_row(name, "", "", "", "", "", "", "", "not available in this checkout")
             continue
-        out, report_path = tmp / f"ppocr{i}.onnx", tmp / f"ppocr{i}.json"
-        cli_args = common + extra + ["-o", str(out), "--report", str(report_path)]
-        commands.append("onnxprune " + describe(cli_args, {str(out): "OUT.onnx", str(report_path): "OUT.json"}))
-        console.print(f"running {name}: {commands[-1]}", style="dim", markup=False, highlight=False)
-        run = run_cli(cli_args, tmp / f"ppocr{i}.log", args.timeout)
+        run = prune(name, common + extra, tmp / f"ppocr{i}", args)
+        commands.append(run.shown)
         seconds, peak = fmt_run(run)
         options = describe(extra, placeholders)
         if not run.ok:
             table.add_row(name, options, "", seconds, peak, "", "", "", failure(run))
             continue
-        report = read_report(report_path)
-        iou, mae = map_fidelity(dense_maps, det_maps(onnx.load(str(out)), held))
+        report = run.report
+        iou, mae = map_fidelity(dense_maps, det_maps(onnx.load(str(run.output)), held))
         ious[name] = iou
         flops = report.get("flops", {}).get("ratio")
         verdict = ""
@@ -287,29 +316,24 @@ def resnet_rows(args: argparse.Namespace, tmp: Path, help_text: str) -> tuple[Ta
     table = Table(title=f"ResNet-50 (random weights), --flops 0.5, --calib random ({count} samples)")
     for col in ("row", "options", "FLOPs", "seconds", "peak GiB", "report says", "bar"):
         table.add_column(col, justify="right")
-    commands, notes = [], []
+    commands: list[str] = []
     for i, method in enumerate(("lstsq", "auto")):
         extra = reconstruct_args(method, help_text)
         if extra is None:
             table.add_row(method, "", "", "", "", "", "not available in this checkout")
             continue
-        if "lstsq" not in help_text and method == "lstsq":
-            notes.append("--reconstruct takes no value in this checkout: the lstsq rows ran the old flag")
-        out, report_path = tmp / f"resnet{i}.onnx", tmp / f"resnet{i}.json"
-        cli_args = common + extra + ["-o", str(out), "--report", str(report_path)]
-        commands.append("onnxprune " + describe(cli_args, {str(out): "OUT.onnx", str(report_path): "OUT.json"}))
-        console.print(f"running {method}: {commands[-1]}", style="dim", markup=False, highlight=False)
-        run = run_cli(cli_args, tmp / f"resnet{i}.log", args.timeout)
+        run = prune(method, common + extra, tmp / f"resnet{i}", args)
+        commands.append(run.shown)
         seconds, peak = fmt_run(run)
         options = describe(extra, {})
         if not run.ok:
             table.add_row(method, options, "", seconds, peak, "", failure(run))
             continue
-        report = read_report(report_path)
+        report = run.report
         flops = report.get("flops", {}).get("ratio")
         table.add_row(method, options, f"{flops:.3f}" if flops else "", seconds, peak, recovery_note(report),
                       bar(run.seconds <= 60, "<= 60 s", args.quick))
-    return table, notes, commands
+    return table, [], commands
 
 
 def main() -> None:
@@ -319,20 +343,23 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache",
                         help="text images (text_images/) and exported models (models/); default .cache")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (default 3600)")
+    parser.add_argument("--rss-limit", type=float, default=12.0,
+                        help="stop a run past this many GiB resident (default 12: a shared machine)")
     args = parser.parse_args()
 
+    notes: list[str] = []
     help_text = cli_help()
+    if "lstsq" not in help_text:
+        notes.append("--reconstruct takes no value in this checkout: the lstsq rows ran the old flag")
     load = os.getloadavg()
-    tables, notes, commands = [], [], []
+    commands: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_recovery-") as tmp:
         for name, rows in (("ppocr", ppocr_rows), ("resnet50", resnet_rows)):
             if args.only in (None, name):
                 table, more_notes, more_commands = rows(args, Path(tmp), help_text)
-                tables.append(table)
+                console.print(table)  # as soon as it is done: a long run shows what it has
                 notes += more_notes
                 commands += more_commands
-    for table in tables:
-        console.print(table)
     for note in notes:
         console.print(f"note: {note}")
     end = os.getloadavg()

@@ -346,7 +346,8 @@ class Pipeline:
 
         self.step("distilling from the dense model")
         return distill_model(self.model, model, self.calib, self.held_out, steps=self.solver.distill_steps(),
-                             lr=self.solver.distill_lr, keep_zeros=keep_zeros, progress=self.step)
+                             lr=self.solver.distill_lr, keep_zeros=keep_zeros, task=self.calib_options.task,
+                             memory_budget=self.memory.budget, progress=self.step)
 
     # --- the sequence --------------------------------------------------------------------------------
 

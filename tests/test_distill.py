@@ -35,7 +35,10 @@ from onnxprune.graph.sessions import make_session
 
 torch = pytest.importorskip("torch", reason="--distill needs torch")
 
-from onnxprune.calib.distill import _Augment  # noqa: E402
+from onnxprune.calib import distill  # noqa: E402
+from onnxprune.calib.data import CalibrationSet  # noqa: E402
+from onnxprune.calib.distill import _Augment, distill_model, plan_training  # noqa: E402
+from onnxprune.calib.fidelity import fidelity  # noqa: E402
 from onnxprune.calib.torchgraph import TorchGraph, unsupported  # noqa: E402
 
 SIZE = 64
@@ -51,8 +54,9 @@ def resnet18(model_cache) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def structured(resnet18) -> tuple[onnxprune.PruneResult, onnxprune.PruneResult]:
-    """(--flops 0.5 without, with --distill 30), same calibration data."""
-    args = {"flops": 0.5, "calib": "random", "calib_count": COUNT}
+    """(--flops 0.5 without, with --distill 30), same calibration data; no re-fit, so that
+    distillation starts from the plain pruned model."""
+    args = {"flops": 0.5, "calib": "random", "calib_count": COUNT, "reconstruct": False}
     return onnxprune.prune(resnet18["legacy"], **args), onnxprune.prune(resnet18["legacy"], **args, distill=30)
 
 
@@ -154,14 +158,37 @@ def test_an_op_the_interpreter_cannot_run_is_named():
 def test_augmentation_crops_images_and_only_flips_arrays():
     x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
     gen = torch.Generator().manual_seed(0)
-    flips = _Augment((2, 3), crops=False, generator=gen)
+    flips = _Augment((2, 3), ("flips",), generator=gen)
     for _ in range(4):
         y = flips(x)
         assert all(torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(y, x, strict=True))
-    crops = _Augment((2, 3), crops=True, generator=gen)
+    crops = _Augment((2, 3), ("crops", "flips"), generator=gen)
     y = crops(x)
     assert y.shape == x.shape and not torch.equal(y, x) and not torch.equal(y, x.flip(-1))
-    assert _Augment(None, crops=True, generator=gen)(x) is x
+    assert _Augment(None, ("crops", "flips"), generator=gen)(x) is x
+    assert _Augment((2, 3), ("crops", "mixup"), generator=gen, images=False).choices == ("flips",), \
+        "arrays that are no photos: flips only"
+
+
+def test_augmentations_are_deterministic_by_seed():
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+    def run(seed: int, choices: tuple[str, ...]) -> torch.Tensor:
+        augment = _Augment((2, 3), choices, generator=torch.Generator().manual_seed(seed))
+        return torch.cat([augment(x), augment(x)])  # two batches: the generator moves on
+
+    every = distill.AUGMENTATIONS
+    assert torch.equal(run(0, every), run(0, every))
+    assert not torch.equal(run(0, every), run(1, every))
+    for choice in every:
+        y = run(0, (choice,))
+        assert y.shape == (12, 3, 32, 32) and torch.isfinite(y).all()
+        assert torch.equal(y, run(0, (choice,))) and not torch.equal(y[:6], x), choice
+    assert distill.resolve_augment("mixup, crops") == ("crops", "mixup")
+    assert distill.resolve_augment("none") == ()
+    with pytest.raises(UsageError, match="unknown augmentation blur"):
+        distill.resolve_augment("blur")
+
 
 
 def test_cli_distill_20_on_an_image_folder(resnet18, tmp_path: Path):
@@ -238,3 +265,114 @@ def test_one_op_matches_onnxruntime(case: str):
     for g, w in zip(got, want, strict=True):
         assert tuple(g.shape) == w.shape
         np.testing.assert_allclose(g.detach().numpy(), w, rtol=1e-5, atol=1e-5)
+
+
+# --- task, pull, memory (small hand-built models) ------------------------------------------------
+
+
+def map_model(hw: int = 32, free: bool = True, depth: int = 1) -> onnx.ModelProto:
+    """A text-detector-like net: 2 + ``depth`` convolutions to a one-channel probability map
+    (Sigmoid), input [N, 3, H, W] with free N, H, W (``free``) or fixed ones."""
+    net = Net(channels=3, hw=hw, seed=2)
+    h = net.relu(net.conv("x", 3, 16, 3, name="c1"))
+    for i in range(depth):
+        h = net.relu(net.conv(h, 16, 16, 3, name=f"c2_{i}" if i else "c2"))
+    net.node("Sigmoid", [net.conv(h, 16, 1, 3, name="c3")], out="y")
+    model = net.model({"y": [1, 1, hw, hw]})
+    if free:
+        for value in (model.graph.input[0], model.graph.output[0]):
+            for i, name in ((0, "n"), (2, "h"), (3, "w")):
+                value.type.tensor_type.shape.dim[i].dim_param = name
+    return model
+
+
+def map_data(count: int, hw: int = 32, seed: int = 0) -> CalibrationSet:
+    rng = np.random.default_rng(seed)
+    return CalibrationSet({"x": rng.standard_normal((count, 3, hw, hw)).astype(np.float32)}, "random")
+
+
+def test_early_stopping_uses_the_task_measure_of_a_map(monkeypatch):
+    dense = map_model()
+    pruned = onnxprune.prune(dense, flops=0.5, input_shapes={"x": (1, 3, 32, 32)}).model
+    train, held = map_data(24), map_data(8, seed=1)
+    monkeypatch.setattr(distill, "EVAL_EVERY", 2)
+    out, d = distill_model(dense, pruned, train, held, steps=8, lr=3e-3)
+    assert d.task == "dense" and (d.loss_name, d.score_name) == ("mean abs error", "IoU")
+    assert np.isnan(d.kl_before) and np.isnan(d.agreement_after), "no KL or top-1 for a probability map"
+    measured = fidelity(dense, pruned, held.samples)
+    assert measured.task == "dense"
+    assert d.loss_before == pytest.approx(measured.loss, rel=1e-4) and d.score_before == pytest.approx(measured.score)
+    losses = {c["step"]: c["held_out_loss"] for c in d.curve}
+    assert d.loss_after == min(losses.values()) == losses[d.best_step] < d.loss_before
+    assert fidelity(dense, out, held.samples).loss == pytest.approx(d.loss_after, rel=1e-4), "the best step's weights"
+
+
+def test_pull_keeps_weights_near_the_start():
+    dense = map_model()
+    pruned = onnxprune.prune(dense, flops=0.5, input_shapes={"x": (1, 3, 32, 32)}).model
+    train, held = map_data(16), map_data(8, seed=1)
+    start = values(pruned)
+
+    def drift(pull: float) -> float:
+        out, d = distill_model(dense, pruned, train, held, steps=12, lr=1e-3, pull=pull)
+        assert d.pull == pull and d.best_step == 12, "the held-out loss improved: the last weights were kept"
+        after = values(out)
+        return sum(float(np.sum((after[n] - start[n]) ** 2)) for n in start)
+
+    # Adam moves each value about lr a step; the pull takes back lr * 300 of the distance a step
+    free, pulled = drift(0.0), drift(300.0)
+    assert free > 0 and pulled < 0.5 * free
+    with pytest.raises(UsageError, match="pull toward the dense weights"):
+        distill_model(dense, pruned, train, held, steps=1, pull=-1.0)
+
+
+def test_micro_batch_shrinks_with_the_memory_budget(monkeypatch):
+    from onnxprune.calib.torchgraph import TorchGraph
+
+    monkeypatch.setattr(distill, "MIN_CROP", 16)
+    free, fixed = map_model(hw=64), map_model(hw=64, free=False, depth=12)
+    sample = {"x": torch.randn(1, 3, 64, 64)}
+    for model in (free, fixed):
+        net = TorchGraph(model, distill.learnable(model)[0])
+        roomy = plan_training(net, sample, (2, 3), model is free, (), 2**30, 16, None)
+        assert roomy.micro == 16 and roomy.size is None and roomy.segments == 0
+        tight = plan_training(net, sample, (2, 3), model is free, (), roomy.per_sample * 3, 16, None)
+        assert tight.micro == 3 and tight.size is None
+        starved = plan_training(net, sample, (2, 3), model is free, (), roomy.per_sample // 3, 16, None)
+        assert starved.micro == 1
+        if model is free:  # a fully convolutional model trains on smaller crops
+            assert starved.size is not None and starved.size[0] * starved.size[1] < 64 * 64 and not starved.segments
+        else:  # a fixed size: the forward pass is checkpointed instead
+            assert starved.size is None and starved.segments == distill.checkpoint_segments(len(net._nodes)) > 1
+            assert starved.per_sample < 0.6 * roomy.per_sample
+
+
+def test_checkpointed_forward_gives_the_same_outputs_and_gradients():
+    from onnxprune.calib.torchgraph import TorchGraph
+
+    model = map_model()
+    x = {"x": torch.randn(2, 3, 32, 32)}
+    grads = []
+    for segments in (0, 3):
+        net = TorchGraph(model, distill.learnable(model)[0])
+        y = distill._forward(net, x, ("c1",), segments)
+        (y[0].sum() + y[1].mean()).backward()
+        grads.append((y[0].detach(), {n: p.grad.clone() for n, p in net.named_weights().items()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name])
+
+
+def test_distill_at_a_small_budget_trains_on_crops(monkeypatch):
+    dense = map_model(hw=64)
+    pruned = onnxprune.prune(dense, flops=0.5, input_shapes={"x": (1, 3, 64, 64)}).model
+    train, held = map_data(8, hw=64), map_data(4, hw=64, seed=1)
+    _, roomy = distill_model(dense, pruned, train, held, steps=2)
+    assert roomy.micro_batch == 8 and roomy.train_size is None
+    assert roomy.memory_budget == min(distill.DEFAULT_TRAIN_MEMORY, distill.machine_memory() // 4)
+    monkeypatch.setattr(distill, "MIN_CROP", 16)
+    monkeypatch.setattr(distill, "training_budget", lambda budget: 100_000)  # about a quarter of a sample
+    _, tight = distill_model(dense, pruned, train, held, steps=2, memory_budget=1)
+    assert tight.micro_batch == 1 and tight.batch == 8 and tight.memory_budget == 100_000
+    assert tight.train_size[0] * tight.train_size[1] < 64 * 64, "random crops; evaluated at 64x64"
+    assert tight.loss_before == pytest.approx(roomy.loss_before, rel=1e-5)

@@ -147,6 +147,12 @@ def _allocations() -> tuple[str, ...]:
     return ALLOCATIONS
 
 
+def _reconstructions() -> tuple[str, ...]:
+    from .calib.reconstruct import METHODS
+
+    return METHODS
+
+
 def _backends() -> tuple[str, ...]:
     from .deploy.runners import BACKENDS
 
@@ -155,7 +161,7 @@ def _backends() -> tuple[str, ...]:
 
 def _check_choice(value: Any, f: dataclasses.Field) -> None:
     choices = f.metadata.get("choices")
-    if value is not None and choices is not None and value not in choices():
+    if value is not None and not isinstance(value, bool) and choices is not None and value not in choices():
         what = (f.metadata.get("flag") or f.name).lstrip("-")
         raise UsageError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices()))}")
 
@@ -279,9 +285,12 @@ class SolverOptions(_Options):
                                         "S of all sparsified layers' weights at the least summed error (measured; "
                                         "default with --calib, uniform without; not with --pattern)",
                                   flag="--allocate", choices=_allocations)
-    reconstruct: bool = option(False, "after removing channels, re-fit each layer that lost inputs to the dense "
-                                      "layer's outputs, layer by layer on the pruned model's own activations "
-                                      "(least squares)", flag="--reconstruct")
+    reconstruct: bool | str | None = option(
+        None, "after removing channels, re-fit each layer that lost inputs to the dense layer's outputs, layer by "
+              "layer on the pruned model's own activations: auto (the default with --calib) picks per layer among "
+              "none, stats (match each output channel's mean and variance), ridge (least squares pulled toward the "
+              "dense weights) and lstsq (plain least squares) by the error on held-out files; --reconstruct alone "
+              "is auto", flag="--reconstruct", metavar="HOW", nargs="?", const="auto", choices=_reconstructions)
     distill: bool | int | None = option(None, "", flag="--distill", metavar="STEPS", type=positive, nargs="?",
                                         const=True)
     distill_lr: float | None = option(None, "Adam learning rate of --distill (default 1e-4)", flag="--distill-lr",
@@ -294,6 +303,15 @@ class SolverOptions(_Options):
     def resolved_method(self, calib: CalibOptions) -> str:
         """The weight-sparsity method: as given, else obs with calibration data, magnitude without."""
         return self.method or ("obs" if calib.given else "magnitude")
+
+    def reconstruction(self, calib: CalibOptions, channels: bool = True) -> str:
+        """How --reconstruct re-fits: as given (True: auto, False: none), else auto with calibration
+        data when channels are removed, none otherwise."""
+        if self.reconstruct is None:
+            return "auto" if calib.given and channels else "none"
+        if isinstance(self.reconstruct, bool):
+            return "auto" if self.reconstruct else "none"
+        return self.reconstruct
 
     def distill_steps(self) -> int | None:
         from .calib.distill import resolve_steps
@@ -332,7 +350,8 @@ class SolverOptions(_Options):
         if calib is not None and not calib.given:
             method = self.resolved_method(calib)
             needs = [what for what, on in (("--method " + method, method != "magnitude"),
-                                           ("--reconstruct", self.reconstruct), ("--sequential", self.sequential),
+                                           ("--reconstruct", self.reconstruction(calib) != "none"),
+                                           ("--sequential", self.sequential),
                                            ("--distill", steps is not None)) if on]
             if needs:
                 raise UsageError(f"{needs[0]} needs calibration data: give --calib PATH (images, .npy, .npz), "

@@ -312,10 +312,13 @@ class Pipeline:
         (progress or self.step)("rewriting the graph")
         graph, kept = apply_plan(self.analysis, plan)
         pruned = Pruned(graph, kept, plan)
-        if self.solver.reconstruct:
+        how = self.solver.reconstruction(self.calib_options)
+        if how != "none" and self.samples is not None:
             from .calib.reconstruct import refit_layers
 
-            pruned.refits = refit_layers(self.analysis.graph, graph, kept, self.samples, progress=progress or self.step)
+            pruned.refits = refit_layers(self.analysis.graph, graph, kept, self.samples,
+                                         sources=getattr(self.calib, "sources", None), method=how,
+                                         progress=progress or self.step)
         return pruned
 
     def sparsify(self, pruned: Pruned, pattern) -> None:

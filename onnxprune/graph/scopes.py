@@ -18,14 +18,14 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 
-def _body_reads(node: gs.Node) -> set[str]:
+def body_reads(node: gs.Node) -> set[str]:
     """Names of the tensors ``node``'s subgraphs (nested at any depth) use without making them."""
     found: set[str] = set()
     for sub in node.subgraphs():
         made = {t.name for t in sub.inputs} | {t.name for inner in sub.nodes for t in inner.outputs}
         used = {t.name for inner in sub.nodes for t in inner.inputs}
         for inner in sub.nodes:
-            used |= _body_reads(inner)
+            used |= body_reads(inner)
         found |= used - made
     found.discard("")  # an omitted optional input
     return found
@@ -37,7 +37,7 @@ def subgraph_reads(graph: gs.Graph) -> dict[str, str]:
     names = set(graph.tensors())
     reads: dict[str, str] = {}
     for node in graph.nodes:
-        for name in sorted(_body_reads(node) & names):
+        for name in sorted(body_reads(node) & names):
             reads.setdefault(name, node.op)
     return reads
 
@@ -47,4 +47,4 @@ def body_tensor_names(graph: gs.Graph) -> set[str]:
     return {name for sub in graph.subgraphs(recursive=True) for name in sub.tensors()}
 
 
-__all__ = ["body_tensor_names", "subgraph_reads"]
+__all__ = ["body_reads", "body_tensor_names", "subgraph_reads"]

@@ -51,7 +51,7 @@ OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "scope": ((str,), "a scope name"),
     "criterion": ((str,), "a criterion name"),
     "round_to": ((int, str), "a positive integer or auto"),
-    "reconstruct": ((bool,), "true or false (a YAML boolean, unquoted)"),
+    "reconstruct": ((bool, str), "true or false (a YAML boolean, unquoted), or how: auto, ridge, stats, lstsq, none"),
     "max_memory": ((int, float), "a number of GiB"),
     "backend": ((str,), "a backend name"),
     "batch": ((int,), "a positive integer"),
@@ -300,6 +300,11 @@ def _check_type(where: str, key: str, value: Any) -> None:
         raise UsageError(f"{where} is empty; give {what}, or leave the key out")
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
         raise UsageError(f"{where} must be {what}, got {_shown(value)}")
+    if key == "reconstruct" and isinstance(value, str):
+        from ..calib.reconstruct import METHODS
+
+        if value not in METHODS:
+            raise UsageError(f"{where} must be {what}, got {_shown(value)}")
     if key == "input_shapes":
         for name, dims in value.items():
             if (not isinstance(name, str) or not isinstance(dims, list) or not dims

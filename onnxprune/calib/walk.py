@@ -1,0 +1,140 @@
+"""Run a graph forward over the calibration samples one segment at a time, handing activations on.
+
+sparsegpt's loop, on onnxruntime: a layer-by-layer solver asks for a layer's input, gets it for
+every calibration batch, changes the layer's weights, and asks for the next layer's input. The walk
+runs only the nodes not yet run that the asked tensor needs (one small session per segment, made
+after the weights before it changed), and keeps the tensors later nodes still need ("the
+frontier"). Each node runs once: a pass over the model per layer (what re-fitting did before, with
+a session of the whole model per layer, 2xL passes for the dense and the pruned model) becomes one
+pass for the whole re-fit.
+
+Memory: the frontier over all calibration samples, typically a few feature maps per sample; a
+tensor is dropped as soon as no node left to run reads it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..graph.scopes import body_reads
+from ..graph.sessions import make_session
+
+
+def _order(graph: gs.Graph) -> list[gs.Node]:
+    """The graph's nodes in an order where every node comes after the nodes making its inputs
+    (graph order when it already is; graphsurgeon's toposort would reorder the graph itself)."""
+    made = {t.name for t in graph.inputs} | {n for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    pending, order = list(graph.nodes), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(not t.name or t.name in made or isinstance(t, gs.Constant) for t in node.inputs):
+                order.append(node)
+                made.update(t.name for t in node.outputs)
+            else:
+                left.append(node)
+        if len(left) == len(pending):  # a cycle or an input nothing makes: run them in graph order
+            order.extend(left)
+            break
+        pending = left
+    return order
+
+
+class ForwardWalk:
+    """A graph run forward over ``feeds`` (calibration batches) up to the tensors asked for so far.
+
+    ``values(name)`` returns ``name``'s value for every batch, running first whatever it needs that
+    has not run yet. Weights may change between calls: a node runs with the weights it has when a
+    later ``values`` call first needs it."""
+
+    def __init__(self, graph: gs.Graph, feeds: list[dict[str, np.ndarray]]) -> None:
+        self.graph = graph
+        self.nodes = _order(graph)
+        self.producer = {t.name: i for i, node in enumerate(self.nodes) for t in node.outputs}
+        self.inputs = {i: self._reads(node) for i, node in enumerate(self.nodes)}
+        self.readers: dict[str, int] = defaultdict(int)  # nodes not yet run that read a tensor
+        for names in self.inputs.values():
+            for name in names:
+                self.readers[name] += 1
+        self.ran: set[int] = set()
+        self.live: dict[str, list[np.ndarray]] = {t.name: [feed[t.name] for feed in feeds] for t in graph.inputs
+                                                   if t.name in feeds[0]}
+        self.kept: set[str] = set()  # asked-for tensors: kept until ``release``
+        self.batches = len(feeds)
+
+    def _reads(self, node: gs.Node) -> list[str]:
+        """The computed tensors ``node`` reads: its inputs and what its subgraphs read around them."""
+        names = [t.name for t in node.inputs if t.name and not isinstance(t, gs.Constant)]
+        if node.subgraphs():
+            tensors = self.graph.tensors()
+            names += sorted(n for n in body_reads(node) if n in tensors and not isinstance(tensors[n], gs.Constant))
+        return list(dict.fromkeys(names))
+
+    def values(self, name: str) -> list[np.ndarray]:
+        """The value of tensor ``name`` for each batch (kept until ``release(name)``)."""
+        if name not in self.live:
+            self._run(self._needed(name), name)
+        self.kept.add(name)
+        return self.live[name]
+
+    def release(self, name: str) -> None:
+        """The caller is done with ``name``: drop it unless a node still to run reads it."""
+        self.kept.discard(name)
+        if not self.readers.get(name):
+            self.live.pop(name, None)
+
+    def _needed(self, name: str) -> list[int]:
+        """The nodes not yet run that ``name`` depends on, in run order."""
+        need, stack = set(), [name]
+        while stack:
+            tensor = stack.pop()
+            i = self.producer.get(tensor)
+            if tensor in self.live or i is None or i in need or i in self.ran:
+                continue
+            need.add(i)
+            stack.extend(self.inputs[i])
+        return sorted(need)
+
+    def _run(self, segment: list[int], target: str) -> None:
+        """Run the nodes ``segment`` (indices, in order) as one onnxruntime session, batch by batch,
+        keeping ``target`` and what the nodes still to run read."""
+        made = {t.name for i in segment for t in self.nodes[i].outputs}
+        needs = list(dict.fromkeys(n for i in segment for n in self.inputs[i] if n not in made))
+        inside = set(segment)
+        # what a node outside the segment (or the caller) will still read
+        later = {n for j, names in self.inputs.items() if j not in inside and j not in self.ran for n in names}
+        later.add(target)
+        outputs = [t.name for i in segment for t in self.nodes[i].outputs if t.name and t.name in later]
+        tensors = self.graph.tensors()
+        sub = gs.Graph(nodes=[self.nodes[i] for i in segment], inputs=[tensors[n] for n in needs],
+                       outputs=[tensors[n] for n in outputs], opset=self.graph.opset,
+                       import_domains=self.graph.import_domains)
+        model = gs.export_onnx(sub, do_type_check=False)
+        model.ir_version = min(model.ir_version, 10)
+        del model.graph.input[:], model.graph.output[:], model.graph.value_info[:]
+        # the inputs' types from their values; shapes free (batches may differ in size)
+        for n in needs:
+            v = self.live[n][0]
+            model.graph.input.append(onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), [None] * v.ndim))
+        model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
+        session = make_session(model)
+        results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
+        for b in range(self.batches):
+            for n, value in zip(outputs, session.run(outputs, {n: self.live[n][b] for n in needs}), strict=True):
+                results[n].append(value)
+        del session
+        self.live.update(results)
+        self.ran |= inside
+        for i in segment:
+            for n in self.inputs[i]:
+                self.readers[n] -= 1
+                if not self.readers[n] and n not in self.kept:
+                    self.live.pop(n, None)
+
+
+__all__ = ["ForwardWalk"]

@@ -1,6 +1,7 @@
 """Recovery after structured pruning: time, peak memory and held-out fidelity, side by side in one run.
 
-    python tools/bench_recovery.py [--quick] [--only ppocr|resnet50] [--cache DIR] [--timeout S] [--rss-limit GB]
+    python tools/bench_recovery.py [--quick] [--only ppocr|resnet50] [--no-distill]
+                                   [--cache DIR] [--timeout S] [--rss-limit GB]
 
 Each row runs the onnxprune command line in its own process (``python -m onnxprune``), writing into
 a temporary folder that is removed at the end; its wall time and its peak resident memory
@@ -264,7 +265,7 @@ def ppocr_rows(args: argparse.Namespace, tmp: Path, help_text: str) -> tuple[Tab
         ("lstsq", None if (a := reconstruct_args("lstsq", help_text)) is None else data + a, "time"),
         ("auto", None if (a := reconstruct_args("auto", help_text)) is None else data + a, "time"),
     ]
-    if not args.quick:
+    if not args.quick and not args.no_distill:
         rows.append(("distill", data + ["--distill", "100"] if "--distill" in help_text else None, "memory"))
     placeholders = {str(model_path): "ch_PP-OCRv4_det_infer.onnx", str(calib_dir): f"TEXT{n_calib}/"}
 
@@ -340,6 +341,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer images and samples, no --distill row")
     parser.add_argument("--only", choices=["ppocr", "resnet50"], help="one model's rows")
+    parser.add_argument("--no-distill", action="store_true", help="leave out the --distill row (the slowest)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache",
                         help="text images (text_images/) and exported models (models/); default .cache")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds one run may take (default 3600)")

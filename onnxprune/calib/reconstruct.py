@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph.layers import MAX_ROWS, Layer, find_layers, subsample
+from ..graph.layers import MAX_ROWS, Layer, find_layers
 from ..progress import Progress, no_progress
 from ..structure.slots import Slot
 from .activations import batch_size_for
@@ -45,6 +45,7 @@ RIDGE_GRID = (0.03, 0.3, 3.0, 30.0)  # lam, relative to the mean diagonal of X_p
 FOLDS = 2
 ROWS_PER_COLUMN = 32  # rows of X per layer (all batches) for each column to fit: plenty for a ridge fit
 MIN_ROWS = 1024  # per batch, at least
+CV_OUTPUTS = 96  # output channels the held-out choice is made on
 
 
 @dataclass
@@ -96,6 +97,10 @@ class Sums:
         self.yy += np.einsum("ij,ij->j", y, y, dtype=np.float64)
         self.rows += len(xp)
 
+    def outputs(self, pick: np.ndarray) -> Sums:
+        """These sums for the output channels ``pick`` only, in float32."""
+        return Sums(self.pp.astype(np.float32), self.py[:, pick].astype(np.float32), self.yy[pick], self.rows)
+
     def __add__(self, other: Sums) -> Sums:
         return Sums(self.pp + other.pp, self.py + other.py, self.yy + other.yy, self.rows + other.rows)
 
@@ -125,11 +130,26 @@ def _solve(s: Sums, start: np.ndarray, keep: np.ndarray, lam: float | None, perc
         h, _dead = damp(h, percdamp)  # a kept input channel that is always 0 solves to weight 0
     else:
         scale = lam * max(float(np.mean(np.diag(h))), 1e-12)
-        h = h + scale * np.eye(len(h))
+        h = h.copy()
+        h[np.diag_indices_from(h)] += scale
         rhs = rhs + scale * start[:, keep].T
     v = start.copy()
-    v[:, keep] = np.linalg.solve(h, rhs).T
+    v[:, keep] = solve_spd(h, rhs).T
     return v
+
+
+def solve_spd(h: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """H^-1 rhs for a damped, symmetric positive definite H: by Cholesky in torch when it is installed
+    (half the work of numpy's LU, which is the fallback, and what a factorisation that fails uses)."""
+    try:
+        import torch
+    except ImportError:
+        return np.linalg.solve(h, rhs)
+    th = torch.from_numpy(np.ascontiguousarray(h))
+    lower, info = torch.linalg.cholesky_ex(th)
+    if int(info) != 0:
+        return np.linalg.solve(h, rhs)
+    return torch.cholesky_solve(torch.from_numpy(np.ascontiguousarray(rhs, dtype=h.dtype)), lower).numpy()
 
 
 def _match_statistics(s: Sums, start: np.ndarray, with_bias: bool) -> np.ndarray:
@@ -257,8 +277,8 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
         limit = min(MAX_ROWS, max(MIN_ROWS, -(-ROWS_PER_COLUMN * ref.columns // len(feeds))))
         for f, xd_batch, xp_batch in zip(fold_of, dense_walk.values(ref.x.name), pruned_walk.values(layer.x.name),
                                          strict=True):
-            xd = subsample(ref.rows_of(xd_batch), limit).astype(np.float32, copy=False)
-            xp = subsample(layer.rows_of(xp_batch), limit).astype(np.float32, copy=False)
+            xd = ref.rows_of(xd_batch, limit).astype(np.float32, copy=False)
+            xp = layer.rows_of(xp_batch, limit).astype(np.float32, copy=False)
             per_fold[f].add(xp, xd @ w_t + bias)
         dense_walk.release(ref.x.name)
         pruned_walk.release(layer.x.name)
@@ -272,15 +292,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
         if not with_bias:
             start[:, -1] = 0.0  # no bias to set: the fit leaves it 0, as the layer has it
         options = _candidates(method)
-        cv = {}
-        if held_out:
-            for name, lam in options:
-                err, ref_energy = 0.0, 0.0
-                for f in range(FOLDS):
-                    v = _fit(name, lam, total - per_fold[f], start, keep, with_bias, percdamp)
-                    e, r = per_fold[f].residual(v)
-                    err, ref_energy = err + e, ref_energy + r
-                cv[name] = err / ref_energy if ref_energy > 0 else 0.0
+        cv = _held_out_errors(per_fold, start, keep, with_bias, options, percdamp) if held_out else {}
         chosen = min(options, key=lambda o: cv.get(o[0], 0.0)) if cv else options[-1]
         v = _fit(*chosen, total, start, keep, with_bias, percdamp)
         before, after = _relative(total, start), _relative(total, v)
@@ -289,6 +301,29 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
             _set_bias(layer, b_node, b_port, v[:, -1])
         results.append(Refit(layer.name, before, after, chosen[0], cv.get(chosen[0])))
     return results
+
+
+def _held_out_errors(per_fold: list[Sums], start: np.ndarray, keep: np.ndarray, with_bias: bool,
+                     options: list[tuple[str, float | None]], percdamp: float) -> dict[str, float]:
+    """Per candidate: the error on each fold of its fit on the other folds, summed, relative. On at
+    most ``CV_OUTPUTS`` output channels (a seeded subset: the rows of V solve independently, and the
+    choice is one for the layer), in float32: choosing costs a fraction of the final fit."""
+    rows = len(start)
+    pick = (np.sort(np.random.default_rng(0).choice(rows, CV_OUTPUTS, replace=False)) if rows > CV_OUTPUTS
+            else np.arange(rows))
+    folds = [s.outputs(pick) for s in per_fold]
+    total = folds[0]
+    for s in folds[1:]:
+        total = total + s
+    start = start[pick].astype(np.float32)
+    errors = {}
+    for name, lam in options:
+        err, ref = 0.0, 0.0
+        for held in folds:
+            e, r = held.residual(_fit(name, lam, total - held, start, keep, with_bias, percdamp))
+            err, ref = err + e, ref + r
+        errors[name] = err / ref if ref > 0 else 0.0
+    return errors
 
 
 def _relative(s: Sums, v: np.ndarray) -> float:

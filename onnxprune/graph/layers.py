@@ -128,11 +128,13 @@ class Layer:
             return column_values
         return column_values.reshape(-1, self.in_channels).sum(0)
 
-    def rows_of(self, x: np.ndarray) -> np.ndarray:
-        """Calibration input batch -> [samples, columns] rows such that rows @ matrix().T = output."""
+    def rows_of(self, x: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """Calibration input batch -> [samples, columns] rows such that rows @ matrix().T = output;
+        ``limit``: the rows ``subsample(rows, limit)`` keeps, without making the others."""
         if not self.unfolds:
-            return x.reshape(-1, x.shape[-1])
-        return unfold(x, np.asarray(self.weight.values).shape[2:], self.node.attrs)
+            rows = x.reshape(-1, x.shape[-1])
+            return rows if limit is None else subsample(rows, limit)
+        return unfold(x, np.asarray(self.weight.values).shape[2:], self.node.attrs, limit)
 
 
 MAX_ROWS = 32768  # rows of X per calibration batch and layer that enter a Hessian
@@ -181,8 +183,9 @@ def _pads(attrs: dict, kernel: tuple[int, int], in_hw: tuple[int, int], strides,
     return list(attrs.get("pads", [0, 0, 0, 0]))
 
 
-def unfold(x: np.ndarray, kernel: tuple[int, int], attrs: dict) -> np.ndarray:
-    """im2col of an NCHW batch: [N*Ho*Wo, kh*kw*Cin] with columns (kh, kw, cin), cin fastest."""
+def unfold(x: np.ndarray, kernel: tuple[int, int], attrs: dict, limit: int | None = None) -> np.ndarray:
+    """im2col of an NCHW batch: [N*Ho*Wo, kh*kw*Cin] with columns (kh, kw, cin), cin fastest.
+    ``limit``: only the rows ``subsample(rows, limit)`` keeps, gathered without unfolding the rest."""
     n, c, h, w = x.shape
     kh, kw = kernel
     strides = list(attrs.get("strides", [1, 1]))
@@ -191,6 +194,13 @@ def unfold(x: np.ndarray, kernel: tuple[int, int], attrs: dict) -> np.ndarray:
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     ho = (h + top + bottom - (kh - 1) * dilations[0] - 1) // strides[0] + 1
     wo = (w + left + right - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    if limit is not None and n * ho * wo > limit:
+        b, r, q = np.unravel_index(subsample(np.arange(n * ho * wo), limit), (n, ho, wo))
+        picked = np.empty((len(b), kh, kw, c), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                picked[:, i, j, :] = xp[b, :, i * dilations[0] + r * strides[0], j * dilations[1] + q * strides[1]]
+        return picked.reshape(len(b), kh * kw * c)
     cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):

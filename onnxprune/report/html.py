@@ -306,8 +306,10 @@ def _distill_curve(d: Distillation, classify: bool) -> str:
 def _reconstruct_section(refits: list[Refit]) -> str:
     if not refits:
         return ""
-    rows = [(r.name, f"{r.error_before:.4f}", f"{r.error_after:.4f}") for r in refits]
-    body = _table(("layer", "output error before", "after re-fit"), rows, "reconstruct-table", text_columns=(0,))
+    rows = [(r.name, r.chosen, f"{r.error_before:.4f}", f"{r.error_after:.4f}",
+             "" if r.held_out_after is None else f"{r.held_out_after:.4f}") for r in refits]
+    body = _table(("layer", "chosen", "output error before", "after re-fit", "after, on held-out files"), rows,
+                  "reconstruct-table", text_columns=(0, 1))
     return _section("Reconstruction", body, "reconstruct")
 
 

@@ -133,8 +133,12 @@ def print_summary(console: Console, result: PruneResult, run: PruneRun | None = 
     if refits:
         before = sum(r.error_before for r in refits) / len(refits)
         after = sum(r.error_after for r in refits) / len(refits)
-        say(console, f"reconstruct: {len(refits)} layers re-fitted, "
-                      f"mean layer output error {before:.4f} -> {after:.4f}")
+        from ..calib.reconstruct import summarise
+
+        held = [r.held_out_after for r in refits if r.held_out_after is not None]
+        on_held = f" ({sum(held) / len(held):.4f} on held-out files)" if held else ""
+        say(console, f"reconstruct: {len(refits)} layers re-fitted ({summarise(refits)}), "
+                      f"mean layer output error {before:.4f} -> {after:.4f}{on_held}")
     if result.distillation is not None:
         say(console, distill_line(result.distillation), highlight=False)
     f = result.fidelity

@@ -37,7 +37,9 @@ holds already). When one sample at full size does not fit, a fully convolutional
 random crops of the images at a lower resolution (multiples of the model's stride, at least
 ``MIN_CROP``); where that cannot be, or would go below ``MIN_CROP``, the forward pass runs in
 ``torch.utils.checkpoint`` segments (recomputed in the backward pass: about a third more time,
-much less memory). Gradients are accumulated over micro-batches up to ``BATCH`` samples a step.
+much less memory). Gradients are accumulated over micro-batches up to ``BATCH`` samples a step,
+fewer for large images (at most ``BATCH_PIXELS`` pixels a step, at least one sample), so that a
+step at 736x992 costs about what one of 16 samples at 224x224 does.
 
 Masks stay fixed after weight sparsity (``keep_zeros``): every Conv/ConvTranspose/Gemm/MatMul
 weight's zeros get zero gradient and are re-zeroed after each step, so N:M patterns survive
@@ -67,7 +69,7 @@ from ..errors import UsageError
 from ..graph.shapes import machine_memory
 from ..progress import Progress
 from .data import CalibrationSet
-from .fidelity import Meter, measure_names, parse_task, task_of
+from .fidelity import SCORE, Meter, format_metric, measure_names, parse_task, task_of
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ DEFAULT_STEPS = 300  # optimiser steps of BATCH samples
 DEFAULT_LR = 1e-4  # Adam, cosine decay to 0 over the steps
 TEMPERATURE = 2.0
 BATCH = 16
+BATCH_PIXELS = BATCH * 224 * 224  # images: at most this many pixels a step (fewer samples when they are large)
 EVAL_EVERY = 25  # steps between held-out evaluations
 PATIENCE = 4  # evaluations without a better held-out loss before stopping
 CROP_SCALE = (0.25, 1.0)  # random resized crop: share of the image's area
@@ -674,6 +677,17 @@ def plan_training(net, sample: dict, axes: tuple[int, int] | None, free_spatial:
     return TrainPlan(fixed or max(1, min(batch, budget // max(saved, 1))), None, segments, saved, budget)
 
 
+def samples_per_step(n: int, axes: tuple[int, int] | None, samples: dict, pixels: int | None = None) -> int:
+    """Samples per optimiser step: ``BATCH`` (at most ``n``), fewer for images of more than
+    ``BATCH_PIXELS / BATCH`` pixels (``pixels``: a training crop's; None: the samples' own)."""
+    batch = min(BATCH, n)
+    if axes is not None:
+        x = next(iter(samples.values()))
+        pixels = pixels or x.shape[axes[0]] * x.shape[axes[1]]
+        batch = min(batch, max(1, BATCH_PIXELS // pixels))
+    return batch
+
+
 def checkpoint_segments(nodes: int) -> int:
     """Pieces of a checkpointed forward pass: about the square root of the node count (each piece
     then holds about as many tensors as there are boundaries), 2 to 32."""
@@ -733,9 +747,10 @@ def distill_model(teacher: onnx.ModelProto, student: onnx.ModelProto, train: Cal
     step_msg("distillation: planning the memory of a training step")
     static = _static_batch(student)
     plan = plan_training(net, {k: v[:1] for k, v in to.items()}, axes, _free_spatial(student, axes), taps,
-                         training_budget(memory_budget), min(BATCH, n), static)
+                         training_budget(memory_budget), samples_per_step(n, axes, to), static)
     micro = plan.micro
-    batch = max(micro, min(BATCH, n) // micro * micro)
+    crop_pixels = plan.size[0] * plan.size[1] if plan.size else None
+    batch = max(micro, samples_per_step(n, axes, to, crop_pixels) // micro * micro)
     eval_micro = static or (micro if plan.size is None else 1)
     log.info("distillation: %d samples per pass, %d per step, %s, %s (%.0f MiB a sample, budget %.0f MiB)",
              micro, batch, f"crops of {plan.size[0]}x{plan.size[1]}" if plan.size else "full size",
@@ -769,7 +784,9 @@ def distill_model(teacher: onnx.ModelProto, student: onnx.ModelProto, train: Cal
 
     loss0, score0, kl0, agree0 = evaluate()
     curve = [{"step": 0, "train_loss": None, "held_out_loss": loss0, "score": score0}]
-    step_msg(f"distilling ({task}): held-out {loss_name} {loss0:.4g}, {score_name} {score0:.1%} before")
+    shown = SCORE[task]  # the score's key: shown as fidelity shows it (a share in percent, IoU as a number)
+    step_msg(f"distilling ({task}): held-out {loss_name} {loss0:.4g}, {score_name} "
+             f"{format_metric(shown, score0)} before")
     params = list(weights.values())
     starts = [p.detach().clone() for p in params] if pull else []
     opt = torch.optim.Adam(params, lr=lr)
@@ -831,7 +848,7 @@ def distill_model(teacher: onnx.ModelProto, student: onnx.ModelProto, train: Cal
         else:
             since_best += 1
         step_msg(f"distilling: step {step}/{steps}, held-out {loss_name} {loss:.4g} (best {best[0]:.4g} at step "
-                 f"{best[1]}), {score_name} {score:.1%}")
+                 f"{best[1]}), {score_name} {format_metric(shown, score)}")
         if since_best >= PATIENCE and step < steps:
             stopped_early = True
             break
@@ -848,8 +865,9 @@ def distill_model(teacher: onnx.ModelProto, student: onnx.ModelProto, train: Cal
         loss_before=loss0, loss_after=best[0], score_before=score0, score_after=best[2], pull=pull,
         micro_batch=micro, train_size=list(plan.size) if plan.size else None, checkpointed=bool(plan.segments),
         memory_budget=plan.budget)
-    log.info("distilled %d steps in %.1f s on %s (%s): held-out %s %.4g -> %.4g, %s %.1f%% -> %.1f%%",
-             done, report.seconds, device, task, loss_name, loss0, best[0], score_name, 100 * score0, 100 * best[2])
+    log.info("distilled %d steps in %.1f s on %s (%s): held-out %s %.4g -> %.4g, %s %s -> %s", done, report.seconds,
+             device, task, loss_name, loss0, best[0], score_name, format_metric(shown, score0),
+             format_metric(shown, best[2]))
     return out, report
 
 

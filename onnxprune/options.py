@@ -287,10 +287,12 @@ class SolverOptions(_Options):
                                   flag="--allocate", choices=_allocations)
     reconstruct: bool | str | None = option(
         None, "after removing channels, re-fit each layer that lost inputs to the dense layer's outputs, layer by "
-              "layer on the pruned model's own activations: auto (the default with --calib) picks per layer among "
-              "none, stats (match each output channel's mean and variance), ridge (least squares pulled toward the "
-              "dense weights) and lstsq (plain least squares) by the error on held-out files; --reconstruct alone "
-              "is auto", flag="--reconstruct", metavar="HOW", nargs="?", const="auto", choices=_reconstructions)
+              "layer on the pruned model's own activations: auto (the default with --calib) is ridge (least squares "
+              "pulled toward the dense weights) with its strength chosen per layer by the error on held-out files; "
+              "ridge a fixed strength; stats matches each output channel's mean and variance; lstsq is plain "
+              "least squares (fits the calibration images, generalises worst); none keeps the weights; "
+              "--reconstruct alone is auto",
+        flag="--reconstruct", metavar="HOW", nargs="?", const="auto", choices=_reconstructions)
     distill: bool | int | None = option(None, "", flag="--distill", metavar="STEPS", type=positive, nargs="?",
                                         const=True)
     distill_lr: float | None = option(None, "Adam learning rate of --distill (default 1e-4)", flag="--distill-lr",

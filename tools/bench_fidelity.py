@@ -294,7 +294,7 @@ def main() -> None:
             chosen = summarise(result.refits)
         table.add_row(data, target, f"{f.top1_agreement:.1%}", f"{f.kl:.4f}", f"{g.top1_agreement:.1%}", f"{g.kl:.4f}",
                       chosen, f"{seconds:.0f}", bar)
-    Console().print(table)
+    Console(width=max(Console().width, 160)).print(table)
 
 
 if __name__ == "__main__":

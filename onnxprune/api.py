@@ -118,6 +118,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         latency_search=run.search, distillation=run.distillation, input_shapes=measured_at(pipe.analysis),
         channel_multiple=plan.round_to if plan else 1,
         channel_multiple_why=_multiple_note(plan, multiples, why) if plan else None,
+        criterion=solver.resolved_criterion(calib) if plan else None,
         recover_command=None if calib.given else recover_command_for(  # no data: fidelity unknown, say how to fix
             model, (target, calib, solver, bench, shapes)),
     )

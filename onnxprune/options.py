@@ -270,8 +270,10 @@ class SolverOptions(_Options):
 
     scope: str = option("isomorphic", "rank channels within isomorphic classes (default), all together, or per group",
                         flag="--scope", choices=_scopes)
-    criterion: str = option("l2", "channel importance: weight magnitude (l1, l2), or with --calib activation-weighted "
-                                  "(act) or second-order OBS saliency (obs)", flag="--criterion", choices=_criteria)
+    criterion: str | None = option(None, "channel importance: weight magnitude (l1, l2: the default without "
+                                         "--calib), or from --calib activation-weighted (act: the default with "
+                                         "--calib) or second-order OBS saliency (obs)",
+                                   flag="--criterion", choices=_criteria)
     round_to: int | str = option("auto", "keep channel counts multiples of N; auto (default): the multiple --backend "
                                          "runs fastest (ort-cpu: 16 with AVX-512, else 8; GPUs: 4 FP32, 8 FP16; a "
                                          "multiple of M with --pattern N:M), finer only where the target needs it; 1: "
@@ -305,6 +307,12 @@ class SolverOptions(_Options):
     def resolved_method(self, calib: CalibOptions) -> str:
         """The weight-sparsity method: as given, else obs with calibration data, magnitude without."""
         return self.method or ("obs" if calib.given else "magnitude")
+
+    def resolved_criterion(self, calib: CalibOptions) -> str:
+        """The channel criterion: as given, else act with calibration data (it ranks by what the data
+        makes of the weights: on real MobileNetV2 it kept 7 points more agreement after the re-fit,
+        README "Recovery"), l2 without."""
+        return self.criterion or ("act" if calib.given else "l2")
 
     def reconstruction(self, calib: CalibOptions, channels: bool = True) -> str:
         """How --reconstruct re-fits: as given (True: auto, False: none), else auto with calibration
@@ -358,7 +366,7 @@ class SolverOptions(_Options):
             if needs:
                 raise UsageError(f"{needs[0]} needs calibration data: give --calib PATH (images, .npy, .npz), "
                                  "or --calib random for a mechanics-only run")
-            if CRITERIA[self.criterion].needs_data:
+            if self.criterion is not None and CRITERIA[self.criterion].needs_data:
                 raise UsageError(f"--criterion {self.criterion} needs calibration data: give --calib PATH")
         if steps is not None:
             resolve_lr(self.distill_lr)

@@ -257,7 +257,7 @@ class Pipeline:
 
     def scores(self) -> list[np.ndarray]:
         """Importance of every group's atoms by the solver's criterion (computed once)."""
-        criterion = self.solver.criterion
+        criterion = self.solver.resolved_criterion(self.calib_options)
         if criterion not in self._scores:
             self._scores[criterion] = score_groups(self.analysis, criterion, self.samples)
         return self._scores[criterion]
@@ -318,7 +318,7 @@ class Pipeline:
 
             pruned.refits = refit_layers(self.analysis.graph, graph, kept, self.samples,
                                          sources=getattr(self.calib, "sources", None), method=how,
-                                         progress=progress or self.step)
+                                         memory_budget=self.memory.budget, progress=progress or self.step)
         return pruned
 
     def sparsify(self, pruned: Pruned, pattern) -> None:

@@ -134,6 +134,7 @@ class PruneResult:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # what FLOPs were measured at (batch 1)
     channel_multiple: int = 1  # channel counts of pruned groups are multiples of this
     channel_multiple_why: str | None = None  # how --round-to chose it
+    criterion: str | None = None  # what ranked the channels (when channels were removed)
     recover_command: str | None = None  # without calibration data: the command that measures fidelity and recovers
 
     @property
@@ -167,6 +168,8 @@ class PruneResult:
             "channels": [c.to_dict() for c in self.channels],
             "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},  # FLOPs measured there (batch 1)
         }
+        if self.criterion:
+            out["criterion"] = self.criterion
         if self.channel_multiple_why:
             out["channel_multiple"] = {"multiple": self.channel_multiple, "why": self.channel_multiple_why}
         if self.sparsity is not None:

@@ -62,6 +62,24 @@ def test_the_walk_returns_what_the_whole_model_computes_and_runs_each_node_once(
     assert not any(walk.readers[n] < 0 for n in walk.readers)
 
 
+def test_past_its_budget_the_walk_keeps_activations_on_disk_and_close_removes_them() -> None:
+    model = wide_model()
+    graph = gs.import_onnx(model)
+    x = np.random.default_rng(0).standard_normal((6, 4, 8, 8)).astype(np.float32)
+    feeds = [{"x": x[i:i + 2]} for i in range(0, len(x), 2)]
+    names = [layer.x.name for layer in find_layers(graph)]
+    with ForwardWalk(graph, feeds, budget=None) as memory, ForwardWalk(graph, feeds, budget=0) as disk:
+        for name in names:
+            np.testing.assert_array_equal(np.concatenate(disk.values(name)), np.concatenate(memory.values(name)))
+            disk.release(name)
+            memory.release(name)
+        folder = disk.folder
+        assert folder is not None and folder.is_dir() and memory.folder is None
+        # released tensors no node still reads are deleted as the walk goes
+        assert len(list(folder.iterdir())) < disk.written
+    assert not folder.exists()
+
+
 def test_a_weight_changed_during_the_walk_is_used_by_the_nodes_after() -> None:
     graph = gs.import_onnx(wide_model())
     x = np.random.default_rng(1).standard_normal((1, 4, 8, 8)).astype(np.float32)

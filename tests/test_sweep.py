@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -52,7 +54,7 @@ def test_sweep_three_points_one_analysis(model_path, tmp_path, monkeypatch):
 
     # the reused analysis gives what a fresh prune gives at the same target
     monkeypatch.setattr(pipeline, "analyze_model", real)
-    single = onnxprune.prune(str(model_path), flops=0.7)
+    single = onnxprune.prune(str(model_path), flops=0.7, calib="random", calib_count=8)
     assert single.flops_ratio == pytest.approx(result.points[1].flops_ratio)
     assert single.params_ratio == pytest.approx(result.points[1].params_ratio)
 
@@ -121,3 +123,21 @@ def test_cli_sweep_bad_request_exits_2(model_path, tmp_path, args):
     assert len(lines) == 1 and lines[0].startswith("onnxprune: error:")
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_sweep_after_torch_ran_threads_in_this_process_does_not_hang(model_path, tmp_path):
+    """The sweep's forked workers re-fit with torch's Cholesky; a fork of a process whose OpenMP pool
+    is running used to hang there for ever (the pool worker keeps torch to one thread)."""
+    pytest.importorskip("torch", reason="the hang needs torch's OpenMP pool started in the parent")
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import sys, torch\n"
+        "a = torch.randn(256, 256)\n"
+        "torch.linalg.cholesky(a @ a.T + 256 * torch.eye(256))  # starts the OpenMP pool\n"
+        "import onnxprune\n"
+        "r = onnxprune.sweep(sys.argv[1], flops=[0.9, 0.7], calib='random', calib_count=8, jobs=2)\n"
+        "print(len(r.points))\n")
+    proc = subprocess.run([sys.executable, str(script), str(model_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[-1] == "2"

@@ -39,7 +39,7 @@ from ..progress import Progress, no_progress
 from ..structure.slots import Slot
 from .activations import batch_size_for
 from .obs import damp
-from .walk import ForwardWalk
+from .walk import FRONTIER_BUDGET, ForwardWalk
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +248,12 @@ def _feeds(samples: dict[str, np.ndarray], folds: np.ndarray, batch: int) -> tup
 
 def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray], samples: dict[str, np.ndarray],
                  *, sources: np.ndarray | None = None, method: str = "auto", batch_size: int = 16,
-                 percdamp: float = 0.01, progress: Progress | None = None) -> list[Refit]:
+                 percdamp: float = 0.01, memory_budget: int | None = None,
+                 progress: Progress | None = None) -> list[Refit]:
     """Re-fit, in place in ``pruned``, every layer whose input channels were removed, by ``method``
-    (one of ``METHODS``); ``sources``: the source file of each sample (held-out folds are whole files)."""
+    (one of ``METHODS``); ``sources``: the source file of each sample (held-out folds are whole files);
+    ``memory_budget``: bytes the process may hold (--max-memory), a quarter of it for each walk's
+    activations (else ``FRONTIER_BUDGET`` each), the rest on disk."""
     step = progress or no_progress
     dense_layers = {layer.key: layer for layer in find_layers(dense)}  # the rewrite keeps tensor names
     jobs = []
@@ -273,40 +276,48 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
     folds = folds_of(sources, n)
     feeds, fold_of = _feeds(samples, folds, batch_size_for(dense, batch_size))
     held_out = len(set(fold_of)) == FOLDS
-    dense_walk, pruned_walk = ForwardWalk(dense, feeds), ForwardWalk(pruned, feeds)
-    results = []
-    for layer, ref, cols, target in jobs:
-        step(f"re-fitting {layer.name}")
-        per_fold = [Sums.zeros(len(cols), len(target)) for _ in range(FOLDS)]
-        w_t, bias = target[:, :-1].T.astype(np.float32), target[:, -1].astype(np.float32)
-        # rows per batch: enough for a fit over ``columns`` unknowns, not every pixel of every image
-        limit = min(MAX_ROWS, max(MIN_ROWS, -(-ROWS_PER_COLUMN * ref.columns // len(feeds))))
-        for f, xd_batch, xp_batch in zip(fold_of, dense_walk.values(ref.x.name), pruned_walk.values(layer.x.name),
-                                         strict=True):
-            xd = ref.rows_of(xd_batch, limit).astype(np.float32, copy=False)
-            xp = layer.rows_of(xp_batch, limit).astype(np.float32, copy=False)
-            per_fold[f].add(xp, xd @ w_t + bias)
-        dense_walk.release(ref.x.name)
-        pruned_walk.release(layer.x.name)
-        total = per_fold[0]
-        for s in per_fold[1:]:
-            total = total + s
-        b_node, b_port = _bias(layer)
-        with_bias = b_node is not None
-        keep = np.arange(len(cols) + 1) if with_bias else np.arange(len(cols))
-        start = np.hstack([target[:, cols], target[:, -1:]])
-        if not with_bias:
-            start[:, -1] = 0.0  # no bias to set: the fit leaves it 0, as the layer has it
-        options = _candidates(method)
-        cv = _held_out_errors(per_fold, start, keep, with_bias, options, percdamp) if held_out else {}
-        chosen = min(options, key=lambda o: cv.get(o[0], 0.0)) if cv else options[-1]
-        v = _fit(*chosen, total, start, keep, with_bias, percdamp)
-        before, after = _relative(total, start), _relative(total, v)
-        layer.set_matrix(v[:, :len(cols)])
-        if with_bias:
-            _set_bias(layer, b_node, b_port, v[:, -1])
-        results.append(Refit(layer.name, before, after, chosen[0], cv.get(chosen[0])))
-    return results
+    frontier = FRONTIER_BUDGET if memory_budget is None else max(MIN_ROWS * 2**10, memory_budget // 4)
+    with ForwardWalk(dense, feeds, frontier) as dense_walk, ForwardWalk(pruned, feeds, frontier) as pruned_walk:
+        results = []
+        for layer, ref, cols, target in jobs:
+            step(f"re-fitting {layer.name}")
+            per_fold = [Sums.zeros(len(cols), len(target)) for _ in range(FOLDS)]
+            w_t, bias = target[:, :-1].T.astype(np.float32), target[:, -1].astype(np.float32)
+            # rows per batch: enough for a fit over ``columns`` unknowns, not every pixel of every image
+            limit = min(MAX_ROWS, max(MIN_ROWS, -(-ROWS_PER_COLUMN * ref.columns // len(feeds))))
+            for f, xd_batch, xp_batch in zip(fold_of, dense_walk.values(ref.x.name), pruned_walk.values(layer.x.name),
+                                             strict=True):
+                xd = ref.rows_of(xd_batch, limit).astype(np.float32, copy=False)
+                xp = layer.rows_of(xp_batch, limit).astype(np.float32, copy=False)
+                per_fold[f].add(xp, xd @ w_t + bias)
+            dense_walk.release(ref.x.name)
+            pruned_walk.release(layer.x.name)
+            results.append(_refit(layer, per_fold, held_out, cols, target, method, percdamp))
+        return results
+
+
+def _refit(layer: Layer, per_fold: list[Sums], held_out: bool, cols: np.ndarray, target: np.ndarray, method: str,
+           percdamp: float) -> Refit:
+    """Choose ``layer``'s fit on held-out folds (when every fold has samples), fit it on all of them
+    and set its weights; ``target``: the dense weights and bias [W b] of its kept output channels."""
+    total = per_fold[0]
+    for s in per_fold[1:]:
+        total = total + s
+    b_node, b_port = _bias(layer)
+    with_bias = b_node is not None
+    keep = np.arange(len(cols) + 1) if with_bias else np.arange(len(cols))
+    start = np.hstack([target[:, cols], target[:, -1:]])
+    if not with_bias:
+        start[:, -1] = 0.0  # no bias to set: the fit leaves it 0, as the layer has it
+    options = _candidates(method)
+    cv = _held_out_errors(per_fold, start, keep, with_bias, options, percdamp) if held_out else {}
+    chosen = min(options, key=lambda o: cv.get(o[0], 0.0)) if cv else options[-1]
+    v = _fit(*chosen, total, start, keep, with_bias, percdamp)
+    before, after = _relative(total, start), _relative(total, v)
+    layer.set_matrix(v[:, :len(cols)])
+    if with_bias:
+        _set_bias(layer, b_node, b_port, v[:, -1])
+    return Refit(layer.name, before, after, chosen[0], cv.get(chosen[0]))
 
 
 def _held_out_errors(per_fold: list[Sums], start: np.ndarray, keep: np.ndarray, with_bias: bool,

@@ -9,12 +9,19 @@ a session of the whole model per layer, 2xL passes for the dense and the pruned 
 pass for the whole re-fit.
 
 Memory: the frontier over all calibration samples, typically a few feature maps per sample; a
-tensor is dropped as soon as no node left to run reads it.
+tensor is dropped as soon as no node left to run reads it. Past ``budget`` bytes the batches of
+newly made tensors go to .npy files in a temporary folder and are read back one batch at a time
+(50 PP-OCR images at 736x992 hold several GiB of feature maps; each is written once, read a few
+times); ``close`` removes the folder.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,6 +29,24 @@ import onnx_graphsurgeon as gs
 
 from ..graph.scopes import body_reads
 from ..graph.sessions import make_session
+
+log = logging.getLogger(__name__)
+FRONTIER_BUDGET = 2**30  # bytes of activations a walk keeps in memory before it writes them to disk
+
+
+class Batches(list):
+    """A tensor's value per batch: arrays, or paths of .npy files read back when indexed."""
+
+    def __getitem__(self, b):  # noqa: ANN001, ANN204 - list's own signature
+        item = super().__getitem__(b)
+        return np.load(item) if isinstance(item, Path) else item
+
+    def __iter__(self):  # noqa: ANN204
+        return (self[b] for b in range(len(self)))
+
+    def in_memory(self) -> int:
+        """Bytes held in memory (not on disk)."""
+        return sum(v.nbytes for v in list.__iter__(self) if isinstance(v, np.ndarray))
 
 
 def _order(graph: gs.Graph) -> list[gs.Node]:
@@ -51,8 +76,13 @@ class ForwardWalk:
     has not run yet. Weights may change between calls: a node runs with the weights it has when a
     later ``values`` call first needs it."""
 
-    def __init__(self, graph: gs.Graph, feeds: list[dict[str, np.ndarray]]) -> None:
+    def __init__(self, graph: gs.Graph, feeds: list[dict[str, np.ndarray]], budget: int | None = FRONTIER_BUDGET
+                 ) -> None:
         self.graph = graph
+        self.budget = budget  # None: everything in memory
+        self.held = 0  # bytes of activations in memory
+        self.folder: Path | None = None
+        self.written = 0  # files written to ``folder``
         self.nodes = _order(graph)
         self.producer = {t.name: i for i, node in enumerate(self.nodes) for t in node.outputs}
         self.inputs = {i: self._reads(node) for i, node in enumerate(self.nodes)}
@@ -61,8 +91,9 @@ class ForwardWalk:
             for name in names:
                 self.readers[name] += 1
         self.ran: set[int] = set()
-        self.live: dict[str, list[np.ndarray]] = {t.name: [feed[t.name] for feed in feeds] for t in graph.inputs
-                                                   if t.name in feeds[0]}
+        self.live: dict[str, Batches] = {t.name: Batches(feed[t.name] for feed in feeds) for t in graph.inputs
+                                         if t.name in feeds[0]}
+        self.held = sum(v.in_memory() for v in self.live.values())
         self.kept: set[str] = set()  # asked-for tensors: kept until ``release``
         self.batches = len(feeds)
 
@@ -74,7 +105,7 @@ class ForwardWalk:
             names += sorted(n for n in body_reads(node) if n in tensors and not isinstance(tensors[n], gs.Constant))
         return list(dict.fromkeys(names))
 
-    def values(self, name: str) -> list[np.ndarray]:
+    def values(self, name: str) -> Batches:
         """The value of tensor ``name`` for each batch (kept until ``release(name)``)."""
         if name not in self.live:
             self._run(self._needed(name), name)
@@ -85,7 +116,51 @@ class ForwardWalk:
         """The caller is done with ``name``: drop it unless a node still to run reads it."""
         self.kept.discard(name)
         if not self.readers.get(name):
-            self.live.pop(name, None)
+            self._drop(name)
+
+    def close(self) -> None:
+        """Drop everything and remove the folder of activations written to disk."""
+        self.live.clear()
+        self.held = 0
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def __enter__(self) -> ForwardWalk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _drop(self, name: str) -> None:
+        batches = self.live.pop(name, None)
+        if batches is None:
+            return
+        self.held -= batches.in_memory()
+        for item in list.__iter__(batches):
+            if isinstance(item, Path):
+                item.unlink(missing_ok=True)
+
+    def _keep(self, value: np.ndarray) -> np.ndarray | Path:
+        """``value`` itself while the frontier is within the budget, else the .npy file it went to
+        (in memory after all, with a warning, when the disk refuses it)."""
+        if self.budget is None or self.held + value.nbytes <= self.budget:
+            self.held += value.nbytes
+            return value
+        try:
+            if self.folder is None:
+                self.folder = Path(tempfile.mkdtemp(prefix="onnxprune-walk-"))
+                log.info("calibration activations past %.1f GiB go to %s", self.budget / 2**30, self.folder)
+            self.written += 1
+            path = self.folder / f"{self.written}.npy"
+            np.save(path, value)
+            return path
+        except OSError as e:  # a full disk: keep it in memory, say so once
+            if self.budget is not None:
+                log.warning("could not write calibration activations to disk (%s): keeping them in memory", e)
+                self.budget = None
+            self.held += value.nbytes
+            return value
 
     def _needed(self, name: str) -> list[int]:
         """The nodes not yet run that ``name`` depends on, in run order."""
@@ -123,10 +198,10 @@ class ForwardWalk:
                 n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), [None] * v.ndim))
         model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
         session = make_session(model)
-        results: dict[str, list[np.ndarray]] = {n: [] for n in outputs}
+        results: dict[str, Batches] = {n: Batches() for n in outputs}
         for b in range(self.batches):
             for n, value in zip(outputs, session.run(outputs, {n: self.live[n][b] for n in needs}), strict=True):
-                results[n].append(value)
+                results[n].append(self._keep(value))
         del session
         self.live.update(results)
         self.ran |= inside
@@ -134,7 +209,7 @@ class ForwardWalk:
             for n in self.inputs[i]:
                 self.readers[n] -= 1
                 if not self.readers[n] and n not in self.kept:
-                    self.live.pop(n, None)
+                    self._drop(n)
 
 
 __all__ = ["ForwardWalk"]

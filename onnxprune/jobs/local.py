@@ -136,12 +136,18 @@ def _kill(pool: ProcessPoolExecutor) -> None:
 
 
 def _worker_start(parent: int) -> None:
-    """First thing in each pool worker: close its copies of the parent's output locks, die with
+    """First thing in each pool worker: close its copies of the parent's output locks, keep torch (if
+    the parent imported it) to one thread, die with
     the parent, leave Ctrl-C to the parent (which stops the pool), and let SIGTERM terminate it
     (the parent's handler, if it has one, is inherited by the fork)."""
     from ..outputs import close_inherited_locks
 
     close_inherited_locks()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # one process per core already; and a forked child entering the OpenMP pool the parent
+        # started hangs for ever (GNU OpenMP is not fork-safe): one thread never enters it
+        torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if not _kill_on_parent_death(parent):

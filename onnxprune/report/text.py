@@ -107,8 +107,9 @@ def print_summary(console: Console, result: PruneResult, run: PruneRun | None = 
     if result.input_shapes:
         say(console, measured_at_line(result.input_shapes, lat.batch if lat is not None else None), highlight=False)
     if result.channel_multiple_why:
-        say(console, f"channel counts: multiples of {result.channel_multiple} ({result.channel_multiple_why})",
-            highlight=False)
+        ranked = f"; channels ranked by {result.criterion}" if result.criterion else ""
+        say(console, f"channel counts: multiples of {result.channel_multiple} ({result.channel_multiple_why})"
+                     f"{ranked}", highlight=False)
     search = result.latency_search
     if search is not None:
         c = search.chosen

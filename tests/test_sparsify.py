@@ -514,9 +514,13 @@ def test_reconstruct_brings_channel_pruning_closer_to_dense(mobilenet, photo_cal
     assert not plain.refits and refit.refits
     assert plain.fidelity.samples == refit.fidelity.samples == 8
     summary = f"without {plain.fidelity}; with {refit.fidelity}"
-    # on photos: 0.44x the KL with ImageNet weights, 0.70x with the random ones; on noise it still drops
-    assert refit.fidelity.kl < (0.8 if PHOTOS else 1.0) * plain.fidelity.kl, summary
     assert refit.fidelity.cosine > plain.fidelity.cosine, summary
+    # KL on 64 crops the fit never saw (the 8 held-out samples are too few to judge KL by): 0.39x
+    # with ImageNet weights (6.55 -> 2.54); on noise it still drops
+    test = {"input": crops(64, seed=10)}
+    dense = onnx.load(str(path))
+    before, after = fidelity(dense, plain.model, test), fidelity(dense, refit.model, test)
+    assert after.kl < (0.6 if PHOTOS else 1.0) * before.kl, f"without {before}; with {after}"
     assert np.mean([r.error_after for r in refit.refits]) < np.mean([r.error_before for r in refit.refits])
     test = crops(16, seed=10)
     assert output_error(path, refit.model, test) < output_error(path, plain.model, test)

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,21 @@ def test_past_its_budget_the_walk_keeps_activations_on_disk_and_close_removes_th
         # released tensors no node still reads are deleted as the walk goes
         assert len(list(folder.iterdir())) < disk.written
     assert not folder.exists()
+
+
+def test_a_walk_that_cannot_write_to_disk_keeps_its_activations_in_memory(monkeypatch, caplog) -> None:
+    model = wide_model()
+    graph = gs.import_onnx(model)
+    x = np.random.default_rng(0).standard_normal((4, 4, 8, 8)).astype(np.float32)
+    feeds = [{"x": x[i:i + 2]} for i in range(0, len(x), 2)]
+    name = find_layers(graph)[1].x.name
+    monkeypatch.setattr(tempfile, "tempdir", os.devnull + "/no-folder")  # like a full or missing disk
+    with ForwardWalk(graph, feeds, budget=0) as walk:
+        got = np.concatenate(walk.values(name))
+        assert walk.folder is None and walk.budget is None
+    want = _tap_all(model, [name], x)[name]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert "keeping them in memory" in caplog.text
 
 
 def test_a_weight_changed_during_the_walk_is_used_by_the_nodes_after() -> None:

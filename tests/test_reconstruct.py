@@ -182,3 +182,16 @@ def test_the_cli_takes_how_and_refuses_a_bad_one(wide, tmp_path: Path) -> None:
     assert {r["chosen"] for r in report["reconstruct"]} == {f"ridge(lam={RIDGE_DEFAULT:g})"}
     bad = cli(path, "--flops", "0.5", "--calib", tmp_path / "calib.npy", "--reconstruct", "bogus", cwd=tmp_path)
     assert "reconstruct" in assert_one_line_error(bad, 2)
+
+
+def test_large_images_go_through_calibration_a_few_at_a_time() -> None:
+    from onnxprune.calib.activations import PIXELS_PER_BATCH, batch_size_for, fitting_batch
+
+    graph = gs.import_onnx(wide_model())
+    graph.inputs[0].shape = ["N", *graph.inputs[0].shape[1:]]  # a free batch dim
+    small = {"x": np.zeros((64, 3, 224, 224), np.float32)}
+    large = {"x": np.zeros((50, 3, 736, 992), np.float32)}
+    assert batch_size_for(graph, 16, small) == 16
+    assert batch_size_for(graph, 16, large) == 1  # 16 of them held several GiB of activations
+    assert fitting_batch(large, 32, 2 * PIXELS_PER_BATCH) == 2
+    assert fitting_batch({"x": np.zeros((4, 10), np.float32)}, 32) == 32  # no spatial dims

@@ -49,13 +49,26 @@ def batched(samples: dict[str, np.ndarray], batch_size: int) -> list[dict[str, n
     return [{k: v[i:i + batch_size] for k, v in samples.items()} for i in range(0, n, batch_size)]
 
 
-def batch_size_for(graph: gs.Graph, default: int = 16) -> int:
-    """Calibration batch size the model accepts: its static batch (often 1) or ``default``."""
+PIXELS_PER_BATCH = 16 * 224 * 224  # a batch of calibration images holds at most this many pixels
+
+
+def batch_size_for(graph: gs.Graph, default: int = 16, samples: dict[str, np.ndarray] | None = None,
+                   pixels: int = PIXELS_PER_BATCH) -> int:
+    """Calibration batch size the model accepts: its static batch (often 1), else ``default``, fewer
+    for large ``samples`` (at most ``pixels`` pixels a batch, at least one sample: onnxruntime's
+    activations for 16 images at 736x992 take several GiB)."""
     for tensor in graph.inputs:
         dims = tensor.shape or []
         if dims and isinstance(dims[0], int) and dims[0] > 0:
             return dims[0]
-    return default
+    return fitting_batch(samples, default, pixels) if samples else default
+
+
+def fitting_batch(samples: dict[str, np.ndarray], default: int, pixels: int = PIXELS_PER_BATCH) -> int:
+    """At most ``default`` samples, fewer when they are large: at most ``pixels`` pixels (the dims
+    after batch and channel) a batch, at least one sample."""
+    per_sample = max(int(np.prod(x.shape[2:])) if x.ndim > 2 else 1 for x in samples.values())
+    return max(1, min(default, pixels // max(per_sample, 1)))
 
 
 @dataclass

@@ -112,7 +112,7 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
             report.dense.append((layer.name, why))
         else:
             layers.append(layer)
-    feeds = batched(samples, batch_size_for(graph, batch_size)) if samples is not None else None
+    feeds = batched(samples, batch_size_for(graph, batch_size, samples)) if samples is not None else None
     patterns, kept = {}, {}
     if allocate == "measured" and layers:
         patterns, kept = _allocate(graph, layers, pattern, method, feeds, memory_budget, sequential, step)

@@ -100,7 +100,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     if criterion not in CALIBRATED:
         raise UsageError(f"unknown calibrated criterion {criterion!r}; choose one of {', '.join(CALIBRATED)}")
     layers = find_layers(analysis.graph)
-    feeds = batched(samples, batch_size_for(analysis.graph, batch_size))
+    feeds = batched(samples, batch_size_for(analysis.graph, batch_size, samples))
     per_channel: dict[Slot, np.ndarray] = {}
     for chunk in chunks(layers, SCORING_BUDGET, fill=True):
         hessians = layer_hessians(analysis.graph, chunk, feeds)

@@ -82,6 +82,7 @@ def is_constant(tensor: gs.Tensor) -> bool:
 
 
 CALIBRATED = ("act", "obs")
+ACT_PIXELS = 4 * 224 * 224  # act captures every layer's input at once: batches of 4 images at 224
 
 
 def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criterion: str = "act",
@@ -93,7 +94,7 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     dampened layer Hessian. A group no layer reads (it only feeds outputs) falls back to L2.
     """
     from ..calib.activations import batch_size_for, batched
-    from ..calib.hessian import SCORING_BUDGET, chunks, layer_hessians
+    from ..calib.hessian import SCORING_BUDGET, chunks, layer_hessian_diagonals, layer_hessians
     from ..calib.obs import damp
     from ..graph.layers import find_layers
 
@@ -102,16 +103,18 @@ def calibrated_scores(analysis: Analysis, samples: dict[str, np.ndarray], criter
     layers = find_layers(analysis.graph)
     feeds = batched(samples, batch_size_for(analysis.graph, batch_size, samples))
     per_channel: dict[Slot, np.ndarray] = {}
-    for chunk in chunks(layers, SCORING_BUDGET, fill=True):
+    if criterion == "act":  # the diagonals only: every layer in one pass, smaller batches (all inputs at once)
+        feeds = batched(samples, batch_size_for(analysis.graph, batch_size, samples, pixels=ACT_PIXELS))
+        diagonals = layer_hessian_diagonals(analysis.graph, layers, feeds)
+        for lay in layers:
+            col = (lay.matrix().astype(np.float64) ** 2 * diagonals[lay.key][None, :]).sum(0)
+            per_channel[Slot(lay.weight.name, lay.axes[1])] = lay.per_channel(col)
+    for chunk in chunks(layers, SCORING_BUDGET, fill=True) if criterion == "obs" else []:
         hessians = layer_hessians(analysis.graph, chunk, feeds)
         for lay in chunk:
             w = lay.matrix().astype(np.float64)
-            h = hessians[lay.key]
-            if criterion == "act":
-                col = (w**2 * np.diag(h)[None, :]).sum(0)
-            else:
-                damped, _ = damp(h)
-                col = (w**2 / np.diag(np.linalg.inv(damped))[None, :]).sum(0)
+            damped, _ = damp(hessians[lay.key])
+            col = (w**2 / np.diag(np.linalg.inv(damped))[None, :]).sum(0)
             per_channel[Slot(lay.weight.name, lay.axes[1])] = lay.per_channel(col)
     fallback = magnitude_scores(analysis, "l2")
     scores = []

@@ -8,13 +8,11 @@ batch of the requested tensors, never all activations of all layers.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph.layers import MAX_ROWS, Layer, subsample
 from ..graph.sessions import graph_session, make_session, weight_bytes
 
 SHARE_FROM = 1 << 30  # from this many bytes of weights, calibration sessions share the graph's arrays
@@ -71,47 +69,3 @@ def fitting_batch(samples: dict[str, np.ndarray], default: int, pixels: int = PI
     return max(1, min(default, pixels // max(per_sample, 1)))
 
 
-@dataclass
-class PairedStatistics:
-    """Sums over calibration rows for one layer pair: X_p^T X_p, X_p^T X and, when asked, X^T X,
-    where X are the dense layer's input rows and X_p the pruned layer's (``Layer.rows_of``)."""
-
-    pp: np.ndarray
-    pd: np.ndarray
-    dd: np.ndarray | None
-    rows: int
-
-
-def paired_statistics(dense: gs.Graph, pruned: gs.Graph | None, pairs: list[tuple[Layer, Layer, np.ndarray | None]],
-                      feeds: list[dict[str, np.ndarray]], *, ones: bool = False, dense_gram: bool = False
-                      ) -> list[PairedStatistics]:
-    """Statistics for fitting pruned layers to dense outputs, one pass over ``feeds``.
-
-    ``pairs`` holds (dense layer, pruned layer, kept columns). With ``pruned`` given, X_p is what the
-    pruned model feeds its layer (so a fit also corrects the drift of earlier layers); with None,
-    X_p is X's kept columns and the pruned model is not run. ``ones`` appends a ones column to both
-    (a bias). Both sides take the same row subset: ``subsample`` is seeded and the row counts match.
-    """
-    dense_iter = layer_inputs(dense, sorted({ref.x.name for ref, _, _ in pairs}), feeds)
-    pruned_names = sorted({layer.x.name for _, layer, _ in pairs})
-    pruned_iter = layer_inputs(pruned, pruned_names, feeds) if pruned is not None else None
-    stats: list[PairedStatistics | None] = [None] * len(pairs)
-    for dense_vals in dense_iter:
-        pruned_vals = next(pruned_iter) if pruned_iter is not None else None
-        for i, (ref, layer, cols) in enumerate(pairs):
-            xd = subsample(ref.rows_of(dense_vals[ref.x.name]), MAX_ROWS).astype(np.float32, copy=False)
-            xp = (subsample(layer.rows_of(pruned_vals[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
-                  if pruned_vals is not None else xd[:, cols])
-            if ones:
-                column = np.ones((len(xd), 1), np.float32)
-                xd, xp = np.hstack([xd, column]), np.hstack([xp, column])
-            if stats[i] is None:
-                stats[i] = PairedStatistics(np.zeros((xp.shape[1],) * 2), np.zeros((xp.shape[1], xd.shape[1])),
-                                            np.zeros((xd.shape[1],) * 2) if dense_gram else None, 0)
-            s = stats[i]
-            s.pp += xp.T @ xp  # float32 BLAS, float64 sums
-            s.pd += xp.T @ xd
-            if s.dd is not None:
-                s.dd += xd.T @ xd
-            s.rows += len(xp)
-    return stats

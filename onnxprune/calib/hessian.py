@@ -28,7 +28,7 @@ def hessian(rows: np.ndarray) -> np.ndarray:
 
 def from_sums(gram: np.ndarray, rows: int) -> np.ndarray:
     """2 X^T X / rows from a sum X^T X over ``rows`` rows (or a cross term X_p^T X, as
-    ``activations.paired_statistics`` accumulates them)."""
+    ``reconstruct.Sums`` and sparsify's sequential re-fit accumulate them)."""
     return 2.0 * gram / max(rows, 1)
 
 

@@ -17,14 +17,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, UsageError
-from ..graph.layers import Layer, find_layers
+from ..graph.layers import MAX_ROWS, Layer, find_layers, subsample
 from ..graph.load import reshare_constants, unshare_constants
 from ..graph.scopes import subgraph_reads
 from ..progress import Progress, no_progress
 from . import allocate as alloc
-from .activations import batch_size_for, batched, paired_statistics
+from .activations import batch_size_for, batched
 from .hessian import SPARSIFY_BUDGET, chunks, from_sums, hessian_bytes, layer_hessians
 from .obs import Pattern, damp, magnitude_mask, obs_prune, reconstruction_error, wanda_mask
+from .walk import ForwardWalk
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +117,11 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
     patterns, kept = {}, {}
     if allocate == "measured" and layers:
         patterns, kept = _allocate(graph, layers, pattern, method, feeds, memory_budget, sequential, step)
-    dense_graph = graph.copy() if sequential and feeds is not None else None
-    dense = {lay.key: lay for lay in find_layers(dense_graph)} if dense_graph is not None else {}
-    for chunk in chunks(layers, memory_budget, size=1 if sequential else None):
-        if sequential and feeds is not None:
-            # Calibrate on the pruned model's own inputs X_p, but aim at the dense outputs: first
-            # re-fit W to  min ||X_p W'^T - X W^T||  (correcting the drift of earlier layers),
-            # then prune W' with H = 2 X_p^T X_p.
-            layer = chunk[0]
-            step(f"calibrating {layer.name} on the pruned model")
-            h, w_fit = _refit_to_dense(dense[layer.key], dense_graph, layer, graph, feeds)
-            report.layers.append(_prune_layer(layer, patterns.get(layer.key, pattern), method, h, start=w_fit))
-            continue
+    if sequential and feeds is not None:
+        _sequential(graph, layers, patterns, pattern, method, feeds, report, step)
+        reshare_constants(graph, shared, {layer.weight.name for layer in layers})
+        return report
+    for chunk in chunks(layers, memory_budget):
         missing = [layer for layer in chunk if layer.key not in kept]
         hessians = {**kept, **(layer_hessians(graph, missing, feeds) if missing else {})} if feeds is not None else {}
         for layer in chunk:
@@ -139,11 +133,34 @@ def sparsify_graph(graph: gs.Graph, pattern: Pattern, *, method: str = "obs",
     return report
 
 
-def _refit_to_dense(ref: Layer, dense_graph: gs.Graph, layer: Layer, graph: gs.Graph, feeds,
+def _sequential(graph: gs.Graph, layers: list[Layer], patterns: dict[str, Pattern], pattern: Pattern, method: str,
+                feeds: list[dict[str, np.ndarray]], report: SparsifyReport, step: Progress) -> None:
+    """Calibrate each layer on the pruned model's own inputs X_p, but aim at the dense outputs:
+    first re-fit W to min ||X_p W'^T - X W^T|| (correcting the drift of earlier layers), then prune
+    W' with H = 2 X_p^T X_p. Both models run once in all: the walks hand each layer's inputs on."""
+    dense_graph = graph.copy()
+    dense = {lay.key: lay for lay in find_layers(dense_graph)}
+    with ForwardWalk(dense_graph, feeds) as dense_walk, ForwardWalk(graph, feeds) as pruned_walk:
+        for layer in layers:
+            step(f"calibrating {layer.name} on the pruned model")
+            h, w_fit = _refit_to_dense(dense[layer.key], layer, dense_walk, pruned_walk)
+            report.layers.append(_prune_layer(layer, patterns.get(layer.key, pattern), method, h, start=w_fit))
+
+
+def _refit_to_dense(ref: Layer, layer: Layer, dense_walk: ForwardWalk, pruned_walk: ForwardWalk,
                     percdamp: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """(H of the pruned model's inputs, W' fitted to reproduce the dense layer's outputs)."""
-    stats = paired_statistics(dense_graph, graph, [(ref, layer, None)], feeds)[0]
-    hpp, cross = from_sums(stats.pp, stats.rows), from_sums(stats.pd, stats.rows)
+    pp, pd, rows = 0.0, 0.0, 0
+    for xd_batch, xp_batch in zip(dense_walk.values(ref.x.name), pruned_walk.values(layer.x.name), strict=True):
+        # the same seeded row subset on both sides (same row counts)
+        xd = subsample(ref.rows_of(xd_batch), MAX_ROWS).astype(np.float32, copy=False)
+        xp = subsample(layer.rows_of(xp_batch), MAX_ROWS).astype(np.float32, copy=False)
+        pp = pp + (xp.T @ xp).astype(np.float64)
+        pd = pd + (xp.T @ xd).astype(np.float64)
+        rows += len(xp)
+    dense_walk.release(ref.x.name)
+    pruned_walk.release(layer.x.name)
+    hpp, cross = from_sums(pp, rows), from_sums(pd, rows)
     damped, _ = damp(hpp, percdamp)
     w_fit = np.linalg.solve(damped, cross @ ref.matrix().astype(np.float64).T).T
     return hpp, w_fit

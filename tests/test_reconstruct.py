@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -89,6 +90,7 @@ def test_a_walk_that_cannot_write_to_disk_keeps_its_activations_in_memory(monkey
     feeds = [{"x": x[i:i + 2]} for i in range(0, len(x), 2)]
     name = find_layers(graph)[1].x.name
     monkeypatch.setattr(tempfile, "tempdir", os.devnull + "/no-folder")  # like a full or missing disk
+    caplog.set_level(logging.WARNING, logger="onnxprune.calib.walk")  # whatever level an earlier CLI run left
     with ForwardWalk(graph, feeds, budget=0) as walk:
         got = np.concatenate(walk.values(name))
         assert walk.folder is None and walk.budget is None

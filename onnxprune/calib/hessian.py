@@ -10,6 +10,8 @@ criteria (``score.py``) take their Hessians from here; ``obs.py`` solves with th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -57,30 +59,31 @@ def chunks(layers: list[Layer], budget: float, *, size: int | None = None, fill:
 
 def layer_hessians(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """H = 2 X^T X / rows for each layer, by ``Layer.key``, one pass over the calibration batches."""
-    names = sorted({layer.x.name for layer in layers})
-    sums = {layer.key: np.zeros((layer.columns, layer.columns)) for layer in layers}
-    counts = dict.fromkeys(sums, 0)
-    for values in layer_inputs(graph, names, feeds):
-        for layer in layers:
-            rows = subsample(layer.rows_of(values[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
-            sums[layer.key] += 2.0 * (rows.T @ rows)  # float32 BLAS, float64 sum
-            counts[layer.key] += rows.shape[0]
-    return {name: h / max(counts[name], 1) for name, h in sums.items()}
+    return _layer_means(graph, layers, feeds, lambda rows: rows.T @ rows, lambda c: (c, c))  # float32 BLAS
 
 
 def layer_hessian_diagonals(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]]
                             ) -> dict[str, np.ndarray]:
     """diag(H) = 2 E[x^2] per column for each layer, by ``Layer.key``: what the act criterion reads,
     for every layer in one pass (a vector a layer, where the matrices need a pass per chunk)."""
+    return _layer_means(graph, layers, feeds, lambda rows: np.einsum("ij,ij->j", rows, rows, dtype=np.float64),
+                        lambda c: (c,))
+
+
+def _layer_means(graph: gs.Graph, layers: list[Layer], feeds: list[dict[str, np.ndarray]],
+                 term: Callable[[np.ndarray], np.ndarray], shape: Callable[[int], tuple[int, ...]]
+                 ) -> dict[str, np.ndarray]:
+    """2 * sum of ``term(rows)`` / rows over each layer's input rows (sampled, float32; summed in
+    float64 arrays of ``shape(columns)``), one pass over the calibration batches."""
     names = sorted({layer.x.name for layer in layers})
-    sums = {layer.key: np.zeros(layer.columns) for layer in layers}
+    sums = {layer.key: np.zeros(shape(layer.columns)) for layer in layers}
     counts = dict.fromkeys(sums, 0)
     for values in layer_inputs(graph, names, feeds):
         for layer in layers:
             rows = subsample(layer.rows_of(values[layer.x.name]), MAX_ROWS).astype(np.float32, copy=False)
-            sums[layer.key] += 2.0 * np.einsum("ij,ij->j", rows, rows, dtype=np.float64)
+            sums[layer.key] += 2.0 * term(rows)
             counts[layer.key] += rows.shape[0]
-    return {name: d / max(counts[name], 1) for name, d in sums.items()}
+    return {name: total / max(counts[name], 1) for name, total in sums.items()}
 
 
 __all__ = ["SCORING_BUDGET", "SPARSIFY_BUDGET", "chunks", "from_sums", "hessian", "hessian_bytes",

@@ -276,7 +276,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
     folds = folds_of(sources, n)
     feeds, fold_of = _feeds(samples, folds, batch_size_for(dense, batch_size, samples))
     held_out = len(set(fold_of)) == FOLDS
-    frontier = FRONTIER_BUDGET if memory_budget is None else max(MIN_ROWS * 2**10, memory_budget // 4)
+    frontier = FRONTIER_BUDGET if memory_budget is None else max(2**20, memory_budget // 4)  # at least 1 MiB
     with ForwardWalk(dense, feeds, frontier) as dense_walk, ForwardWalk(pruned, feeds, frontier) as pruned_walk:
         results = []
         for layer, ref, cols, target in jobs:

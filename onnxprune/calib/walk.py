@@ -80,7 +80,6 @@ class ForwardWalk:
                  ) -> None:
         self.graph = graph
         self.budget = budget  # None: everything in memory
-        self.held = 0  # bytes of activations in memory
         self.folder: Path | None = None
         self.written = 0  # files written to ``folder``
         self.nodes = _order(graph)
@@ -93,7 +92,7 @@ class ForwardWalk:
         self.ran: set[int] = set()
         self.live: dict[str, Batches] = {t.name: Batches(feed[t.name] for feed in feeds) for t in graph.inputs
                                          if t.name in feeds[0]}
-        self.held = sum(v.in_memory() for v in self.live.values())
+        self.held = sum(v.in_memory() for v in self.live.values())  # bytes of activations in memory
         self.kept: set[str] = set()  # asked-for tensors: kept until ``release``
         self.batches = len(feeds)
 
@@ -147,6 +146,7 @@ class ForwardWalk:
         if self.budget is None or self.held + value.nbytes <= self.budget:
             self.held += value.nbytes
             return value
+        path = None
         try:
             if self.folder is None:
                 self.folder = Path(tempfile.mkdtemp(prefix="onnxprune-walk-"))
@@ -155,10 +155,11 @@ class ForwardWalk:
             path = self.folder / f"{self.written}.npy"
             np.save(path, value)
             return path
-        except OSError as e:  # a full disk: keep it in memory, say so once
-            if self.budget is not None:
-                log.warning("could not write calibration activations to disk (%s): keeping them in memory", e)
-                self.budget = None
+        except OSError as e:  # a full disk: keep this and what follows in memory, say so once
+            if path is not None:
+                path.unlink(missing_ok=True)  # a partly written file
+            log.warning("could not write calibration activations to disk (%s): keeping them in memory", e)
+            self.budget = None
             self.held += value.nbytes
             return value
 

@@ -103,7 +103,7 @@ def _obs_copies(w: np.ndarray, hinv: np.ndarray, sparsities: list[float], blocks
                 prune1[k] = score[k] <= np.partition(score[k], n - 1)[n - 1]
         prune1 = prune1.reshape(g * rows, i2 - i1)
         for i in range(i2 - i1):
-            obs_column(w1, err1, hinv1, d, prune1[:, i], i)
+            obs_column(w1, err1, hinv1, d, np.where(prune1[:, i], 0.0, w1[:, i]), i)
         big[:, i1:i2] = w1
         mask[:, i1:i2] = ~prune1
         big[:, i2:] -= err1 @ hinv[i1:i2, i2:]

@@ -48,11 +48,11 @@ def inverse_cholesky(h: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(hinv).T
 
 
-def obs_column(w1: np.ndarray, err1: np.ndarray, hinv1: np.ndarray, d: np.ndarray, drop: np.ndarray, i: int) -> None:
-    """One OBS step inside a block, in place: zero column ``i`` of ``w1`` where ``drop``, spread the
-    error over the later columns through the inverse Hessian's Cholesky factor ``hinv1`` (diagonal
-    ``d``), and record it in ``err1`` for the update of the columns after the block."""
-    q = np.where(drop, 0.0, w1[:, i])
+def obs_column(w1: np.ndarray, err1: np.ndarray, hinv1: np.ndarray, d: np.ndarray, q: np.ndarray, i: int) -> None:
+    """One OBS step inside a block, in place: set column ``i`` of ``w1`` to ``q`` (pruned: zeros
+    where dropped; rounded: on the grid), spread the error over the later columns through the
+    inverse Hessian's Cholesky factor ``hinv1`` (diagonal ``d``), and record it in ``err1`` for
+    the update of the columns after the block."""
     err = (w1[:, i] - q) / d[i]
     w1[:, i:] -= np.outer(err, hinv1[i, i:])
     w1[:, i] = q
@@ -88,11 +88,37 @@ def obs_prune(w: np.ndarray, h: np.ndarray, pattern: Pattern, *, blocksize: int 
                 group = w1[:, i:i + pattern.m] ** 2 / d[None, i:i + pattern.m] ** 2
                 lowest = np.argpartition(group, pattern.n - 1, axis=1)[:, :pattern.n]
                 np.put_along_axis(prune1[:, i:i + pattern.m], lowest, True, axis=1)
-            obs_column(w1, err1, hinv1, d, prune1[:, i], i)
+            obs_column(w1, err1, hinv1, d, np.where(prune1[:, i], 0.0, w1[:, i]), i)
         w[:, i1:i2] = w1
         mask[:, i1:i2] = ~prune1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return w, mask
+
+
+def obs_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, qmin: int, qmax: int, *, blocksize: int = 128,
+              percdamp: float = 0.01) -> np.ndarray:
+    """Round ``w`` [rows, cols] to the grid ``scale`` (one step per row) within [qmin, qmax] given
+    its Hessian, column by column, each column's rounding error compensated on the columns after
+    it (GPTQ, Frantar et al. 2022: OBS with a grid instead of zeros). Returns the integer levels."""
+    w = w.astype(np.float64, copy=True)
+    h, dead = damp(h, percdamp)
+    w[:, dead] = 0.0
+    hinv = inverse_cholesky(h)
+    step = np.where(scale > 0, scale, 1.0)[:, None]
+    cols = w.shape[1]
+    levels = np.empty(w.shape, np.int64)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        w1 = w[:, i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = np.diag(hinv1)
+        for i in range(i2 - i1):
+            level = np.clip(np.rint(w1[:, i] / step[:, 0]), qmin, qmax)
+            levels[:, i1 + i] = level
+            obs_column(w1, err1, hinv1, d, level * step[:, 0], i)
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return levels
 
 
 def magnitude_mask(w: np.ndarray, pattern: Pattern, score: np.ndarray | None = None) -> np.ndarray:

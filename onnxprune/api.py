@@ -105,7 +105,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     if target.structured:
         multiples, why = pipe.multiples(pattern.m if target.pattern else None)
     run = pipe.run(flops=target.flops, params=target.params, latency=target.latency, multiples=multiples,
-                   pattern=pattern, distill=steps is not None, release=True)
+                   pattern=pattern, distill=steps is not None, quantize=target.quantize, release=True)
     plan = run.plan
     result = PruneResult(
         model=run.model, dense=pipe.dense, pruned=run.costs, plan=pipe.kept_indices(run.pruned),
@@ -119,6 +119,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         channel_multiple=plan.round_to if plan else 1,
         channel_multiple_why=_multiple_note(plan, multiples, why) if plan else None,
         criterion=solver.resolved_criterion(calib) if plan else None,
+        quantization=run.quantization, float_model=run.float_model, float_fidelity=run.float_fidelity,
         recover_command=None if calib.given else recover_command_for(  # no data: fidelity unknown, say how to fix
             model, (target, calib, solver, bench, shapes)),
     )

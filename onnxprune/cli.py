@@ -161,6 +161,7 @@ def _prune_parser() -> argparse.ArgumentParser:
     add_arguments(p.add_argument_group("recovery without labels (needs --calib and PyTorch: "
                                        "pip install onnxprune[recover])"), SolverOptions, ("distill", "distill_lr"))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
+    add_arguments(p.add_argument_group("INT8 (--quantize int8)"), SolverOptions, ("keep_fp32", "rounding"))
     add_arguments(p.add_argument_group("memory"), SolverOptions, ("max_memory",))
     latency = p.add_argument_group("latency (--latency target and --bench)")
     latency.add_argument("--bench", action="store_true",
@@ -423,10 +424,12 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
             if args.bench:
                 progress(f"timing the dense and the pruned model on {args.backend}, alternating")
                 dense, _ = load_model(args.model)  # with unique node names, as prune read it
-                latency = tuple(measure([dense, result.model], runs=30, min_seconds=2.0, warmup_s=0.5,
-                                        threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
-                                        shapes=result.input_shapes))
+                stages = [dense, *([result.float_model] if result.float_model is not None else []), result.model]
+                timed = measure(stages, runs=30, min_seconds=2.0, warmup_s=0.5, threads=args.threads,
+                                backend=args.backend, batch=args.batch, fp16=args.fp16, shapes=result.input_shapes)
+                latency = (timed[0], timed[-1])
             run = PruneRun(file_bytes=(file_size(args.model), file_size(staged)), latency=latency,
+                           stage_latency=timed if latency is not None and len(timed) == 3 else None,
                            backend=args.backend, output=str(dst), command=io.command)
             if args.report:
                 progress(f"writing the JSON report to {args.report}")

@@ -194,6 +194,10 @@ class TargetOptions(_Options):
                                  flag="--pattern", metavar="N:M")
     latency: float | None = option(None, "remove channels until the measured latency on --backend is at most this "
                                          "fraction of the dense model's", flag="--latency", metavar="R", type=fraction)
+    quantize: str | None = option(None, "last, quantize to INT8: a QDQ model onnxruntime and TensorRT run in "
+                                        "INT8 (per-channel weights rounded by OBS, activation calibration chosen on "
+                                        "held-out data; needs --calib); alone it quantizes the dense model",
+                                  flag="--quantize", choices=lambda: ("int8",))
 
     @property
     def structured(self) -> bool:
@@ -209,8 +213,10 @@ class TargetOptions(_Options):
             raise UsageError("give one structured target: --flops, --params or --latency, not both")
         if self.sparsity is not None and self.pattern is not None:
             raise UsageError("give one weight-sparsity target: --sparsity or --pattern, not both")
-        if not self.structured and not self.weight_sparsity:
-            raise UsageError("give a target: --flops R, --params R, --latency R, --sparsity S or --pattern N:M")
+        if not self.structured and not self.weight_sparsity and not self.quantize:
+            raise UsageError("give a target: --flops R, --params R, --latency R, --sparsity S, --pattern N:M or "
+                             "--quantize int8")
+        self.check_choices()
         for name in ("flops", "params", "latency"):
             check_fraction(name, getattr(self, name))
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
@@ -299,6 +305,14 @@ class SolverOptions(_Options):
                                         const=True)
     distill_lr: float | None = option(None, "Adam learning rate of --distill (default 1e-4)", flag="--distill-lr",
                                       metavar="LR", type=float)
+    keep_fp32: list[str] | str | None = option(
+        None, "--quantize: layers (node names) that stay FP32, or auto: of the layers whose INT8 output error is "
+              "largest, those whose FP32 lowers the held-out loss by 10%% or more (default: none)",
+        flag="--keep-fp32", metavar="auto|NODE", nargs="+")
+    rounding: str = option("obs", "--quantize: how weights are rounded to INT8: obs (default, kept where it lowers "
+                                  "the held-out loss; fitted to the float "
+                                  "layer's output on the quantized inputs, errors compensated column by column) or "
+                                  "nearest (onnxruntime's)", flag="--rounding", choices=lambda: ("obs", "nearest"))
     max_memory: float | None = option(None, "stay within GB GiB of memory: the shape capture, verification and "
                                             "calibration work in smaller steps to fit, and a model that cannot fit "
                                             "is refused before any work, naming the stage", flag="--max-memory",
@@ -368,6 +382,17 @@ class SolverOptions(_Options):
                                  "or --calib random for a mechanics-only run")
             if self.criterion is not None and CRITERIA[self.criterion].needs_data:
                 raise UsageError(f"--criterion {self.criterion} needs calibration data: give --calib PATH")
+        if target is not None and not target.quantize:
+            for flag, on in (("--keep-fp32", self.keep_fp32 is not None), ("--rounding", self.rounding != "obs")):
+                if on:
+                    raise UsageError(f"{flag} applies to --quantize int8")
+        if target is not None and target.quantize and calib is not None and not calib.given:
+            raise UsageError("--quantize int8 needs calibration data (activation ranges and the weights' rounding): "
+                             "give --calib PATH (images, .npy, .npz), or --calib random for a mechanics-only run")
+        if isinstance(self.keep_fp32, str):
+            self.keep_fp32 = [self.keep_fp32]
+        if self.keep_fp32 is not None and "auto" in self.keep_fp32 and len(self.keep_fp32) > 1:
+            raise UsageError("--keep-fp32: give auto or node names, not both")
         if steps is not None:
             resolve_lr(self.distill_lr)
             require_torch()

@@ -59,6 +59,7 @@ from .structure.rewrite import Plan, apply_plan
 if TYPE_CHECKING:  # types only: the stages import heavier libraries when they run
     from .calib.distill import Distillation
     from .calib.fidelity import Fidelity
+    from .calib.int8 import Quantization
     from .calib.obs import Pattern
     from .ranking.latency import LatencySearch
 
@@ -210,6 +211,9 @@ class Outcome:
     costs: Costs
     fidelity: Fidelity | None
     distillation: Distillation | None = None
+    quantization: Quantization | None = None  # --quantize: what was done; ``model`` is then the INT8 one
+    float_model: onnx.ModelProto | None = None  # --quantize: the model before INT8 ...
+    float_fidelity: Fidelity | None = None  # ... and its fidelity
 
 
 class Pipeline:
@@ -352,14 +356,25 @@ class Pipeline:
                              lr=self.solver.distill_lr, keep_zeros=keep_zeros, task=self.calib_options.task,
                              memory_budget=self.memory.budget, progress=self.step)
 
+    def quantize(self, model: onnx.ModelProto):
+        """(``model`` as a QDQ INT8 model, Quantization): activation ranges and the weights' rounding
+        from the calibration samples, choices by the held-out ones (calib/int8.py)."""
+        from .calib.int8 import quantize_int8
+
+        self.step("quantizing to INT8")
+        return quantize_int8(model, self.calib, self.held_out, rounding=self.solver.rounding,
+                             keep_fp32=self.solver.keep_fp32, task=self.calib_options.task,
+                             memory_budget=self.memory.budget, progress=self.step)
+
     # --- the sequence --------------------------------------------------------------------------------
 
     def run(self, *, flops: float | None = None, params: float | None = None, latency: float | None = None,
             multiples: list[int] | None = None, pattern: Pattern | None = None, distill: bool = False,
-            release: bool = False) -> Outcome:
+            quantize: str | None = None, release: bool = False) -> Outcome:
         """Prune once, in the one order every run takes: plan (when a FLOPs, params or latency target
         is given; ``multiples`` as in ``plan``) -> apply -> sparsify (to ``pattern``, an obs.Pattern)
-        -> to_model -> distill (with ``distill``; sparsity masks kept) -> verify -> fidelity.
+        -> to_model -> distill (with ``distill``; sparsity masks kept) -> verify -> fidelity ->
+        quantize ("int8") -> verify -> fidelity.
         The candidate's graph is dropped once the model holds its weights (never two copies through
         verification); ``release`` also hands the freed memory back to the system at once
         (``to_model``), which one prune wants and a sweep's worker leaves to its next points."""
@@ -375,7 +390,13 @@ class Pipeline:
         if distill:
             model, distilled = self.distill(model, keep_zeros=pattern is not None)
         costs = self.verify(model)
-        return Outcome(plan, search, pruned, model, costs, self.fidelity(model), distilled)
+        outcome = Outcome(plan, search, pruned, model, costs, self.fidelity(model), distilled)
+        if quantize:
+            quantized, outcome.quantization = self.quantize(model)
+            self.verify(quantized)  # the FLOPs and params counted are the float model's
+            outcome.float_model, outcome.float_fidelity = model, outcome.fidelity
+            outcome.model, outcome.fidelity = quantized, self.fidelity(quantized)
+        return outcome
 
     # --- checking and measuring ----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .outputs import write_atomic
 if TYPE_CHECKING:  # types only: stage modules import heavier libraries
     from .calib.distill import Distillation
     from .calib.fidelity import Fidelity
+    from .calib.int8 import Quantization
     from .calib.reconstruct import Refit
     from .calib.sparsify import SparsifyReport
     from .ranking.latency import LatencySearch
@@ -136,6 +137,26 @@ class PruneResult:
     channel_multiple_why: str | None = None  # how --round-to chose it
     criterion: str | None = None  # what ranked the channels (when channels were removed)
     recover_command: str | None = None  # without calibration data: the command that measures fidelity and recovers
+    quantization: Quantization | None = None  # --quantize: what was done; ``model`` is the INT8 one
+    float_model: onnx.ModelProto | None = None  # --quantize: the model before INT8 (FLOPs and params are its)
+    float_fidelity: Fidelity | None = None  # ... and its fidelity
+
+    def stages(self, latency: Sequence[Latency] | None = None) -> list[StageRow]:
+        """What each stage of a --quantize run cost: the float model (channels, re-fit, sparsity,
+        distillation as asked), then INT8; ``latency``: dense, float and INT8, timed alternating.
+        Empty without --quantize."""
+        if self.quantization is None:
+            return []
+        done = [what for what, on in (("channels", bool(self.channels) and self.groups_pruned),
+                                      ("re-fit", bool(self.refits)),
+                                      ("sparsity", self.sparsity is not None),
+                                      ("distillation", self.distillation is not None)) if on]
+        ms = [lat.median_ms for lat in latency] if latency else [None] * 3
+        return [StageRow("dense FP32", None, ms[0], 1.0),
+                StageRow("FP32: " + (", ".join(done) or "unchanged"), self.float_fidelity, ms[1],
+                         ms[0] / ms[1] if ms[1] else None),
+                StageRow("INT8: " + self.quantization.summary(), self.fidelity, ms[2],
+                         ms[0] / ms[2] if ms[2] else None)]
 
     @property
     def fidelity_measured(self) -> bool:
@@ -190,7 +211,25 @@ class PruneResult:
             out["held_out"] = self.held_out
         if self.latency_search is not None:
             out["latency_target"] = self.latency_search.to_dict()
+        if self.quantization is not None:
+            out["quantization"] = self.quantization.to_dict()
+            out["stages"] = [row.to_dict() for row in self.stages()]
         return out
+
+
+@dataclass
+class StageRow:
+    """One stage of a --quantize run: its model's fidelity to the dense one (None: the dense model),
+    median latency and speedup over the dense FP32 model (None: not timed)."""
+
+    stage: str
+    fidelity: Fidelity | None
+    latency_ms: float | None = None
+    speedup: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+                "latency_ms": self.latency_ms, "speedup": self.speedup}
 
 
 @dataclass
@@ -201,6 +240,7 @@ class PruneRun:
 
     file_bytes: tuple[int, int] | None = None  # (dense, pruned): each model file with its external data
     latency: tuple[Latency, Latency] | None = None  # (dense, pruned), timed alternating in one process
+    stage_latency: list[Latency] | None = None  # --quantize: dense, float, INT8 (the same timing run)
     backend: str = "ort-cpu"  # what ``latency`` was timed on
     output: str | None = None  # the pruned model's path
     command: Sequence[str] | str | None = None  # the command line (None: made through the Python API)

@@ -39,7 +39,7 @@ from ..progress import Progress, no_progress
 from ..structure.slots import Slot
 from .activations import batch_size_for
 from .obs import damp
-from .walk import FRONTIER_BUDGET, ForwardWalk
+from .walk import ForwardWalk, frontier_for
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
     """Re-fit, in place in ``pruned``, every layer whose input channels were removed, by ``method``
     (one of ``METHODS``); ``sources``: the source file of each sample (held-out folds are whole files);
     ``memory_budget``: bytes the process may hold (--max-memory), a quarter of it for each walk's
-    activations (else ``FRONTIER_BUDGET`` each), the rest on disk."""
+    activations (``walk.frontier_for``), the rest on disk."""
     step = progress or no_progress
     dense_layers = {layer.key: layer for layer in find_layers(dense)}  # the rewrite keeps tensor names
     jobs = []
@@ -276,7 +276,7 @@ def refit_layers(dense: gs.Graph, pruned: gs.Graph, kept: dict[Slot, np.ndarray]
     folds = folds_of(sources, n)
     feeds, fold_of = _feeds(samples, folds, batch_size_for(dense, batch_size, samples))
     held_out = len(set(fold_of)) == FOLDS
-    frontier = FRONTIER_BUDGET if memory_budget is None else max(2**20, memory_budget // 4)  # at least 1 MiB
+    frontier = frontier_for(memory_budget)
     with ForwardWalk(dense, feeds, frontier) as dense_walk, ForwardWalk(pruned, feeds, frontier) as pruned_walk:
         results = []
         for layer, ref, cols, target in jobs:

@@ -69,6 +69,12 @@ def _order(graph: gs.Graph) -> list[gs.Node]:
     return order
 
 
+def frontier_for(memory_budget: int | None) -> int:
+    """Bytes of activations one walk keeps in memory: a quarter of --max-memory (at least 1 MiB),
+    else ``FRONTIER_BUDGET``; the rest goes to disk."""
+    return FRONTIER_BUDGET if memory_budget is None else max(2**20, memory_budget // 4)
+
+
 class ForwardWalk:
     """A graph run forward over ``feeds`` (calibration batches) up to the tensors asked for so far.
 

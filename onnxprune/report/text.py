@@ -17,7 +17,7 @@ from ..graph.load import model_file_bytes
 from ..graph.shapes import spelled
 from ..outputs import write_atomic
 from ..ranking.granularity import backend_multiple
-from ..results import NOT_MEASURED, BenchResult, PruneResult, PruneRun, latency_pair
+from ..results import NOT_MEASURED, BenchResult, PruneResult, PruneRun, StageRow, latency_pair
 from ..structure.analyze import Analysis, measured_at
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ def summary_dict(result: PruneResult, run: PruneRun | None = None) -> dict[str, 
     latency = latency_pair(result, run)
     if latency is not None:
         out["latency_ms"] = latency.to_dict()
+    if run.stage_latency:
+        out["stages"] = [row.to_dict() for row in result.stages(run.stage_latency)]
     if run.output is not None:
         out["output"] = run.output
     if run.command is not None:
@@ -142,6 +144,9 @@ def print_summary(console: Console, result: PruneResult, run: PruneRun | None = 
                       f"mean layer output error {before:.4f} -> {after:.4f}{on_held}")
     if result.distillation is not None:
         say(console, distill_line(result.distillation), highlight=False)
+    if result.quantization is not None:
+        say(console, result.quantization.describe(), highlight=False)
+        print_stages(console, result.stages(run.stage_latency if run else None))
     f = result.fidelity
     if f is not None:
         say(console, f"fidelity on {f.samples} held-out samples: {f.describe()}", highlight=False)
@@ -156,6 +161,22 @@ def print_summary(console: Console, result: PruneResult, run: PruneRun | None = 
                       f" because of {', '.join(frozen.reasons)}")
     if f is None:  # last, where it is seen: the model's accuracy is unknown
         print_not_measured(console, result.recover_command)
+
+
+def print_stages(console: Console, rows: list[StageRow]) -> None:
+    """Each stage's fidelity to the dense model (held-out) and, when timed, its latency."""
+    from ..calib.fidelity import LABELS
+
+    timed = any(r.latency_ms is not None for r in rows)
+    table = Table(title="what each stage cost")
+    for col in ("stage", "fidelity (held-out)", *(("latency", "vs dense FP32") if timed else ())):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for r in rows:
+        f = (f"{r.fidelity.headline()}, {LABELS.get(r.fidelity.loss_name, r.fidelity.loss_name)} "
+             f"{r.fidelity.loss:.4g}" if r.fidelity else "-")
+        times = (f"{r.latency_ms:.2f} ms", f"{r.speedup:.2f}x") if r.latency_ms else ("-", "-")
+        table.add_row(name_cell(r.stage), f, *(times if timed else ()))
+    console.print(table)
 
 
 def print_not_measured(console: Console, recover_command: str | None) -> None:

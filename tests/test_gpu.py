@@ -98,6 +98,16 @@ def test_tensorrt_11_gets_fp16_from_a_float16_model(fp16: bool, sparse: bool | N
         assert old.flags == (["FP16"] if fp16 else []) + flags
 
 
+@pytest.mark.parametrize("fp16", [False, True])
+def test_a_qdq_model_is_explicit_int8_with_the_flag_before_tensorrt_11_and_without_it_from_11(fp16: bool) -> None:
+    new = builder_settings(EngineOptions(fp16=fp16), STATIC, carries_24=False, tensorrt_major=11, quantized=True)
+    assert "INT8" not in new.flags and new.int8_qdq and new.precision.startswith("INT8 (explicit QDQ) + ")
+    for major in (8, 10):
+        old = builder_settings(EngineOptions(fp16=fp16), STATIC, carries_24=False, tensorrt_major=major, quantized=True)
+        assert old.flags == (["FP16"] if fp16 else []) + ["INT8"]
+        assert old.precision == "INT8 (explicit QDQ) + " + ("FP16" if fp16 else "FP32")
+
+
 def test_sparse_without_fp16_is_refused() -> None:
     with pytest.raises(UsageError, match="sparse weights need FP16"):
         builder_settings(EngineOptions(fp16=False, sparse=True), STATIC, carries_24=True)

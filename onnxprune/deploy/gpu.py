@@ -162,6 +162,7 @@ class BuilderSettings:
     profiling_verbosity: str
     input_shapes: dict[str, Shape]
     convert_fp16: bool = False
+    int8_qdq: bool = False  # the model carries QuantizeLinear/DequantizeLinear: explicit INT8
 
     @property
     def sparse(self) -> bool:
@@ -169,10 +170,13 @@ class BuilderSettings:
 
     @property
     def precision(self) -> str:
-        """FP16 (the builder flag), FP16 (a float16 model, strongly typed) or FP32."""
+        """FP16 (the builder flag), FP16 (a float16 model, strongly typed) or FP32; INT8 (explicit
+        QDQ) before it for a quantized model (the rest of it in that float precision)."""
         if self.convert_fp16:
-            return "FP16 (model converted to float16)"
-        return "FP16" if "FP16" in self.flags else "FP32"
+            floats = "FP16 (model converted to float16)"
+        else:
+            floats = "FP16" if "FP16" in self.flags else "FP32"
+        return f"INT8 (explicit QDQ) + {floats}" if self.int8_qdq else floats
 
 
 # The first TensorRT major that builds only strongly typed networks: no BuilderFlag.FP16/INT8.
@@ -180,10 +184,12 @@ STRONGLY_TYPED_MAJOR = 11
 
 
 def builder_settings(options: EngineOptions, inputs: list[InputSpec], carries_24: bool, *,
-                     tensorrt_major: int = 10) -> BuilderSettings:
+                     tensorrt_major: int = 10, quantized: bool = False) -> BuilderSettings:
     """Turn ``options`` into builder settings for a model with these inputs; ``carries_24`` says
     whether an eligible layer already has 2:4 weights (it decides sparse=None); ``tensorrt_major``
-    decides how FP16 is had (the flag before 11, a float16 model from 11 on)."""
+    decides how FP16 is had (the flag before 11, a float16 model from 11 on). A ``quantized`` (QDQ)
+    model is explicit INT8: TensorRT 8-10 need BuilderFlag.INT8 to honour its Q/DQ nodes; 11, strongly
+    typed, runs them as typed, with no flag."""
     if options.workspace_mb <= 0:
         raise UsageError(f"workspace must be positive, got {options.workspace_mb} MB")
     if options.batch < 1:
@@ -209,9 +215,11 @@ def builder_settings(options: EngineOptions, inputs: list[InputSpec], carries_24
         run_at[spec.name] = shapes[1] if shapes is not None else tuple(int(d) for d in spec.shape)
     convert = options.fp16 and tensorrt_major >= STRONGLY_TYPED_MAJOR
     flags = (["FP16"] if options.fp16 and not convert else []) + (["SPARSE_WEIGHTS"] if sparse else [])
+    if quantized and tensorrt_major < STRONGLY_TYPED_MAJOR:
+        flags.append("INT8")
     return BuilderSettings(flags=flags, memory_pool_limits={"WORKSPACE": options.workspace_mb << 20},
                            profile=profile, profiling_verbosity="DETAILED", input_shapes=run_at,
-                           convert_fp16=convert)
+                           convert_fp16=convert, int8_qdq=quantized)
 
 
 def _profile_shapes(spec: InputSpec, options: EngineOptions) -> tuple[Shape, Shape, Shape] | None:
@@ -342,7 +350,7 @@ def build_engine(onnx_path: str | os.PathLike, options: EngineOptions | None = N
     proto, _ = read_model(path)
     settings = builder_settings(options, input_specs(proto),
                                 carries_24(sparse_eligibility(proto)) if options.sparse is None else False,
-                                tensorrt_major=tensorrt_major(trt))
+                                tensorrt_major=tensorrt_major(trt), quantized=is_quantized(proto))
     logger = _capturing_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
@@ -372,6 +380,11 @@ def build_engine(onnx_path: str | os.PathLike, options: EngineOptions | None = N
     return EngineReport(engine=engine, settings=settings, layers=_layer_information(trt, logger, engine),
                         eligible_sparse=eligible, ran_sparse=picked, build_s=build_s,
                         tensorrt_version=trt.__version__, path=Path(save_engine) if save_engine else None)
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether the model carries Q/DQ nodes (a QDQ INT8 model, e.g. from ``--quantize int8``)."""
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node)
 
 
 def tensorrt_major(trt: Any) -> int:

@@ -87,7 +87,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     """
     check_model_arg(model)
     target, calib, solver, bench, shapes = from_kwargs(check_option_types(options), *OPTION_CLASSES)
-    target.validate()
+    target.validate(solver.quantize)
     calib.validate()
     solver.validate(target, calib)
     bench.validate()
@@ -105,7 +105,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     if target.structured:
         multiples, why = pipe.multiples(pattern.m if target.pattern else None)
     run = pipe.run(flops=target.flops, params=target.params, latency=target.latency, multiples=multiples,
-                   pattern=pattern, distill=steps is not None, quantize=target.quantize, release=True)
+                   pattern=pattern, distill=steps is not None, quantize=solver.quantize, release=True)
     plan = run.plan
     result = PruneResult(
         model=run.model, dense=pipe.dense, pruned=run.costs, plan=pipe.kept_indices(run.pruned),

@@ -161,7 +161,7 @@ def _prune_parser() -> argparse.ArgumentParser:
     add_arguments(p.add_argument_group("recovery without labels (needs --calib and PyTorch: "
                                        "pip install onnxprune[recover])"), SolverOptions, ("distill", "distill_lr"))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
-    add_arguments(p.add_argument_group("INT8 (--quantize int8)"), SolverOptions, ("keep_fp32", "rounding"))
+    add_arguments(p.add_argument_group("INT8"), SolverOptions, ("quantize", "keep_fp32", "rounding"))
     add_arguments(p.add_argument_group("memory"), SolverOptions, ("max_memory",))
     latency = p.add_argument_group("latency (--latency target and --bench)")
     latency.add_argument("--bench", action="store_true",
@@ -245,6 +245,8 @@ def _sweep_parser() -> argparse.ArgumentParser:
     add_arguments(calib, CalibOptions)
     add_arguments(calib, SolverOptions, ("reconstruct",))
     add_arguments(p.add_argument_group("ranking"), SolverOptions, ("scope", "criterion", "round_to"))
+    add_arguments(p.add_argument_group("INT8 (each point quantized; the table and plot show the FP32 score too)"),
+                  SolverOptions, ("quantize", "keep_fp32", "rounding"))
     add_arguments(p.add_argument_group("memory"), SolverOptions, ("max_memory",))
     latency = p.add_argument_group("latency")
     latency.add_argument("--bench", action="store_true", help="time the dense and every pruned model, alternating")
@@ -563,6 +565,9 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
         figures = FIGURES[result.task]  # the task's headline and one more (the summary JSON has them all)
         for name in figures:
             table.add_column(LABELS[name], justify="right")
+        int8 = any(p.precision == "int8" for p in result.points)
+        if int8:
+            table.add_column(f"{LABELS[figures[0]]} FP32 (before INT8)", justify="right")
     if result.failed:
         table.add_column("error")
     for p in result.points:
@@ -571,6 +576,8 @@ def _run_sweep(args: argparse.Namespace, io: _Io) -> None:
             row += [f"{p.latency_ms:.2f}", f"{1 / p.latency_ratio:.2f}x" if p.latency_ratio else "-"]
         if fid:
             row += [format_metric(n, p.metrics[n]) if p.metrics else "-" for n in figures]
+            if int8:
+                row.append(format_metric(figures[0], p.float_score) if p.float_score is not None else "-")
         table.add_row(*row, *([""] if result.failed else []))
     for target, error in result.failed.items():  # failed after a retry: a row with its error
         table.add_row(f"{target:g}", *["-"] * (len(table.columns) - 2), name_cell(error))

@@ -194,10 +194,6 @@ class TargetOptions(_Options):
                                  flag="--pattern", metavar="N:M")
     latency: float | None = option(None, "remove channels until the measured latency on --backend is at most this "
                                          "fraction of the dense model's", flag="--latency", metavar="R", type=fraction)
-    quantize: str | None = option(None, "last, quantize to INT8: a QDQ model onnxruntime and TensorRT run in "
-                                        "INT8 (per-channel weights rounded by OBS, activation calibration chosen on "
-                                        "held-out data; needs --calib); alone it quantizes the dense model",
-                                  flag="--quantize", choices=lambda: ("int8",))
 
     @property
     def structured(self) -> bool:
@@ -208,12 +204,13 @@ class TargetOptions(_Options):
     def weight_sparsity(self) -> bool:
         return self.sparsity is not None or self.pattern is not None
 
-    def validate(self) -> None:
+    def validate(self, quantize: str | None = None) -> None:
+        """``quantize``: --quantize's value (INT8 alone is a target too)."""
         if sum(x is not None for x in (self.flops, self.params, self.latency)) > 1:
             raise UsageError("give one structured target: --flops, --params or --latency, not both")
         if self.sparsity is not None and self.pattern is not None:
             raise UsageError("give one weight-sparsity target: --sparsity or --pattern, not both")
-        if not self.structured and not self.weight_sparsity and not self.quantize:
+        if not self.structured and not self.weight_sparsity and not quantize:
             raise UsageError("give a target: --flops R, --params R, --latency R, --sparsity S, --pattern N:M or "
                              "--quantize int8")
         self.check_choices()
@@ -305,6 +302,10 @@ class SolverOptions(_Options):
                                         const=True)
     distill_lr: float | None = option(None, "Adam learning rate of --distill (default 1e-4)", flag="--distill-lr",
                                       metavar="LR", type=float)
+    quantize: str | None = option(None, "last, quantize to INT8: a QDQ model onnxruntime and TensorRT run in "
+                                        "INT8 (per-channel weights rounded by OBS, activation calibration chosen on "
+                                        "held-out data; needs --calib); alone it quantizes the dense model",
+                                  flag="--quantize", choices=lambda: ("int8",))
     keep_fp32: list[str] | str | None = option(
         None, "--quantize: layers (node names) that stay FP32, or auto: of the layers whose INT8 output error is "
               "largest, those whose FP32 lowers the held-out loss by 10%% or more (default: none)",
@@ -382,11 +383,11 @@ class SolverOptions(_Options):
                                  "or --calib random for a mechanics-only run")
             if self.criterion is not None and CRITERIA[self.criterion].needs_data:
                 raise UsageError(f"--criterion {self.criterion} needs calibration data: give --calib PATH")
-        if target is not None and not target.quantize:
+        if not self.quantize:
             for flag, on in (("--keep-fp32", self.keep_fp32 is not None), ("--rounding", self.rounding != "obs")):
                 if on:
                     raise UsageError(f"{flag} applies to --quantize int8")
-        if target is not None and target.quantize and calib is not None and not calib.given:
+        if self.quantize and calib is not None and not calib.given:
             raise UsageError("--quantize int8 needs calibration data (activation ranges and the weights' rounding): "
                              "give --calib PATH (images, .npy, .npz), or --calib random for a mechanics-only run")
         if isinstance(self.keep_fp32, str):

@@ -64,6 +64,7 @@ if TYPE_CHECKING:  # types only: the stages import heavier libraries when they r
     from .ranking.latency import LatencySearch
 
 log = logging.getLogger(__name__)
+TIMING_SAMPLES = 8  # calibration samples that quantize a latency-search candidate for timing
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
@@ -243,6 +244,7 @@ class Pipeline:
         self.outputs = [t.name for t in self.analysis.graph.outputs]
         self._scores: dict[str, list[np.ndarray]] = {}
         self._terms: dict[str, list[CostTerm]] = {}
+        self.int8_candidates = False  # --latency with --quantize int8: candidates are timed in INT8 (``build``)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -305,8 +307,17 @@ class Pipeline:
     # --- building a candidate ------------------------------------------------------------------------
 
     def build(self, plan: Plan) -> onnx.ModelProto:
-        """The rewritten model of ``plan``, nothing else (latency-search candidates)."""
-        return to_model(apply_plan(self.analysis, plan)[0], self.skeleton)
+        """The rewritten model of ``plan``, nothing else (latency-search candidates); with
+        ``int8_candidates`` (--latency with --quantize int8) quantized as onnxruntime quantizes it
+        (nearest rounding, MinMax on a few calibration samples: what the INT8 model will run like,
+        in seconds, not the OBS rounding that only changes the weights' values)."""
+        model = to_model(apply_plan(self.analysis, plan)[0], self.skeleton)
+        if self.int8_candidates and self.calib is not None:
+            from .calib.int8 import onnxruntime_int8
+
+            few = CalibrationSet({k: v[:TIMING_SAMPLES] for k, v in self.calib.samples.items()}, "timing samples")
+            model = onnxruntime_int8(model, few)
+        return model
 
     def apply(self, plan: Plan | None, progress: Progress | None = None) -> Pruned:
         """Rewrite the graph by ``plan`` (None: an unchanged copy) and, with ``solver.reconstruct``,
@@ -379,6 +390,7 @@ class Pipeline:
         verification); ``release`` also hands the freed memory back to the system at once
         (``to_model``), which one prune wants and a sweep's worker leaves to its next points."""
         plan, search = None, None
+        self.int8_candidates = quantize == "int8"
         if flops is not None or params is not None or latency is not None:
             plan, search = self.plan(flops=flops, params=params, latency=latency, multiples=multiples)
         pruned = self.apply(plan)

@@ -285,7 +285,7 @@ def latency_pair(result: PruneResult, run: PruneRun | None = None) -> LatencyPai
 
 
 SWEEP_COLUMNS = ("target", "flops_ratio", "params_ratio", "latency_ms", "latency_ratio", "score", "top1_agreement",
-                 "cosine", "kl", "groups_pruned", "ratio", "round_to")
+                 "cosine", "kl", "groups_pruned", "ratio", "round_to", "precision", "float_score")
 
 
 @dataclass
@@ -309,6 +309,9 @@ class SweepPoint:
     task: str | None = None  # what fidelity measured (fidelity.TASKS)
     score: float | None = None
     metrics: dict[str, float] | None = None
+    precision: str = "fp32"  # int8 (--quantize): the model, its fidelity and latency are the INT8 model's ...
+    float_score: float | None = None  # ... and this is the float model's score before INT8
+    float_metrics: dict[str, float] | None = None
     model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from .results import SweepPoint, SweepResult, recover_command_for
 log = logging.getLogger(__name__)
 
 
-SOLVER = ("scope", "criterion", "round_to", "reconstruct", "max_memory")  # the solver options a sweep takes
+# the solver options a sweep takes
+SOLVER = ("scope", "criterion", "round_to", "reconstruct", "max_memory", "quantize", "keep_fp32", "rounding")
 OPTION_CLASSES = (CalibOptions, SolverOptions, BenchOptions, ShapeOptions, JobOptions)
 
 

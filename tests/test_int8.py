@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,11 @@ def test_keep_fp32_keeps_a_named_layer_float_and_refuses_an_unknown_name(mobilen
     calib, held, _ = sets(12)
     graph = gs.import_onnx(model)
     name = next(n.name for n in graph.nodes if n.op == "Gemm")
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     q, report = quantize_int8(model, calib, held, rounding="nearest", keep_fp32=[name])
+    # onnxruntime.quantization calls logging.basicConfig(level=INFO) on import: the caller's logging stays
+    assert (root.level, root.handlers) == (level, handlers)
     gemm = next(n for n in gs.import_onnx(q).nodes if n.name == name)
     assert isinstance(gemm.inputs[1], gs.Constant) and gemm.inputs[1].values.dtype == np.float32
     assert report.kept_fp32 == [(name, "asked")]
@@ -142,6 +147,14 @@ def test_cli_quantize_writes_the_int8_model_and_the_stages(mobilenet10, tmp_path
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["stages"]) == 3 and report["quantization"]["precision"] == "int8"
+
+
+def test_sweep_with_quantize_has_int8_points_and_the_float_score(mobilenet10, tmp_path):
+    calib, held, _ = sets(16)
+    result = onnxprune.sweep(mobilenet10, flops=[0.8], calib=calib, holdout=held, quantize="int8", jobs=1)
+    (point,) = result.points
+    assert point.precision == "int8" and point.score is not None and point.float_score is not None
+    assert point.to_dict()["precision"] == "int8"
 
 
 def test_cli_quantize_without_calibration_data_is_one_usage_line(mobilenet10, tmp_path):

@@ -94,8 +94,22 @@ class Quantization:
                 "kept_fp32": [{"node": n, "why": w} for n, w in self.kept_fp32]}
 
 
+def ort_quantization():
+    """``onnxruntime.quantization``, imported without its side effect on the caller's logging: one of
+    its modules runs ``logging.basicConfig(level=INFO)`` on import, which would add a handler to the
+    root logger and turn on INFO logs of every library in the process."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    import onnxruntime.quantization
+    import onnxruntime.quantization.shape_inference  # noqa: F401 - quant_pre_process lives there
+
+    root.setLevel(level)
+    root.handlers[:] = handlers
+    return onnxruntime.quantization
+
+
 def _reader(feeds: list[dict[str, np.ndarray]]):
-    from onnxruntime.quantization import CalibrationDataReader
+    CalibrationDataReader = ort_quantization().CalibrationDataReader  # noqa: N806 - the class's name
 
     class Reader(CalibrationDataReader):
         """The feeds, a range at a time (``CalibStridedMinMax``: ranges are merged after each batch,
@@ -117,8 +131,7 @@ def _reader(feeds: list[dict[str, np.ndarray]]):
 
 
 def _method(name: str):
-    from onnxruntime.quantization import CalibrationMethod
-
+    CalibrationMethod = ort_quantization().CalibrationMethod  # noqa: N806 - the class's name
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
             "percentile": CalibrationMethod.Percentile}[name]
 
@@ -133,8 +146,7 @@ class _Quantizer:
         self.model = folder / "model.onnx"
         save_model(model, self.model)
         self.feeds, self.folder = feeds, folder
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
+        quant_pre_process = ort_quantization().shape_inference.quant_pre_process
         pre = folder / "model.pre.onnx"
         try:  # onnxruntime's recommended pre-processing: shape inference and graph optimisation
             with _quiet_ort():
@@ -145,15 +157,14 @@ class _Quantizer:
                      first_line(exc))
 
     def qdq(self, method: str, exclude: list[str] = ()) -> onnx.ModelProto:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
+        q = ort_quantization()
         out = self.folder / "model.int8.onnx"
         with _quiet_ort():
-            quantize_static(self.model, out, _reader(self.feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=_method(method), nodes_to_exclude=list(exclude) or None,
-                            calibration_cache_path=self.folder / f"{method}.ranges",
-                            extra_options={"CalibStridedMinMax": 1})
+            q.quantize_static(self.model, out, _reader(self.feeds), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              calibrate_method=_method(method), nodes_to_exclude=list(exclude) or None,
+                              calibration_cache_path=self.folder / f"{method}.ranges",
+                              extra_options={"CalibStridedMinMax": 1})
         return onnx.load(str(out))
 
 

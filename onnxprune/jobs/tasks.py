@@ -117,8 +117,9 @@ def analyse(unit: Unit) -> Shared:
 def sweep_point(pipe: Pipeline, metric: str, target: float, multiples: list[int] | None = None
                 ) -> tuple[SweepPoint, onnx.ModelProto]:
     """Prune at one target (``Pipeline.run``: plan .. verify .. fidelity) and tabulate it: the costs
-    measured on the pruned model and, with calibration data, its fidelity."""
-    run = pipe.run(**{metric: target}, multiples=multiples)
+    measured on the pruned model and, with calibration data, its fidelity; with the solver's
+    --quantize, the INT8 model's fidelity, and the float model's score beside it."""
+    run = pipe.run(**{metric: target}, multiples=multiples, quantize=pipe.solver.quantize)
     costs, plan, quality = run.costs, run.plan, run.fidelity
     point = SweepPoint(target=float(target),
                        flops_ratio=costs.flops / pipe.dense.flops if pipe.dense.flops else 1.0,
@@ -128,6 +129,10 @@ def sweep_point(pipe: Pipeline, metric: str, target: float, multiples: list[int]
     if quality is not None:
         point.top1_agreement, point.cosine, point.kl = quality.top1_agreement, quality.cosine, quality.kl
         point.task, point.score, point.metrics = quality.task, quality.score, dict(quality.metrics)
+    if run.quantization is not None:
+        point.precision = "int8"
+        if run.float_fidelity is not None:
+            point.float_score, point.float_metrics = run.float_fidelity.score, dict(run.float_fidelity.metrics)
     return point, run.model
 
 

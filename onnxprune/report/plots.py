@@ -23,12 +23,16 @@ def sweep_figure(result: SweepResult):
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(x, [p.params_ratio for p in pts] + [1.0], "o-", label="params ratio")
     if all(p.latency_ratio is not None for p in pts):
-        ax.plot(x, [p.latency_ratio for p in pts] + [1.0], "s-", label="latency ratio (onnxruntime CPU)")
+        int8 = " INT8" if pts[0].precision == "int8" else ""
+        ax.plot(x, [p.latency_ratio for p in pts] + [1.0], "s-", label=f"latency ratio{int8} (onnxruntime CPU)")
     task = result.task if pts and all(p.metrics for p in pts) else None
     if task is not None:
         from ..calib.fidelity import FIGURES, LABELS, SCORE
 
-        ax.plot(x, [p.score for p in pts] + [1.0], "^-", label=LABELS[SCORE[task]])
+        int8 = all(p.precision == "int8" for p in pts)
+        ax.plot(x, [p.score for p in pts] + [1.0], "^-", label=LABELS[SCORE[task]] + (" (INT8)" if int8 else ""))
+        if int8 and all(p.float_score is not None for p in pts):
+            ax.plot(x, [p.float_score for p in pts] + [1.0], "v:", label=LABELS[SCORE[task]] + " (FP32, before INT8)")
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
     ax.set_xlabel("FLOPs ratio (pruned / dense)")
     ax.set_ylabel("ratio to dense")

@@ -120,6 +120,7 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
         channel_multiple_why=_multiple_note(plan, multiples, why) if plan else None,
         criterion=solver.resolved_criterion(calib) if plan else None,
         quantization=run.quantization, float_model=run.float_model, float_fidelity=run.float_fidelity,
+        alternative=run.alternative, alternative_fidelity=run.alternative_fidelity,
         recover_command=None if calib.given else recover_command_for(  # no data: fidelity unknown, say how to fix
             model, (target, calib, solver, bench, shapes)),
     )

@@ -426,12 +426,12 @@ def _run_prune(args: argparse.Namespace, io: _Io) -> None:
             if args.bench:
                 progress(f"timing the dense and the pruned model on {args.backend}, alternating")
                 dense, _ = load_model(args.model)  # with unique node names, as prune read it
-                stages = [dense, *([result.float_model] if result.float_model is not None else []), result.model]
-                timed = measure(stages, runs=30, min_seconds=2.0, warmup_s=0.5, threads=args.threads,
-                                backend=args.backend, batch=args.batch, fp16=args.fp16, shapes=result.input_shapes)
+                timed = measure([dense, *result.stage_models()], runs=30, min_seconds=2.0, warmup_s=0.5,
+                                threads=args.threads, backend=args.backend, batch=args.batch, fp16=args.fp16,
+                                shapes=result.input_shapes)
                 latency = (timed[0], timed[-1])
             run = PruneRun(file_bytes=(file_size(args.model), file_size(staged)), latency=latency,
-                           stage_latency=timed if latency is not None and len(timed) == 3 else None,
+                           stage_latency=timed if latency is not None and len(timed) > 2 else None,
                            backend=args.backend, output=str(dst), command=io.command)
             if args.report:
                 progress(f"writing the JSON report to {args.report}")

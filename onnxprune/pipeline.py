@@ -215,6 +215,8 @@ class Outcome:
     quantization: Quantization | None = None  # --quantize: what was done; ``model`` is then the INT8 one
     float_model: onnx.ModelProto | None = None  # --quantize: the model before INT8 ...
     float_fidelity: Fidelity | None = None  # ... and its fidelity
+    alternative: onnx.ModelProto | None = None  # --quantize: the dense model quantized by onnxruntime alone ...
+    alternative_fidelity: Fidelity | None = None  # ... and its fidelity: what INT8 alone gives
 
 
 class Pipeline:
@@ -404,6 +406,11 @@ class Pipeline:
         costs = self.verify(model)
         outcome = Outcome(plan, search, pruned, model, costs, self.fidelity(model), distilled)
         if quantize:
+            from .calib.int8 import onnxruntime_int8
+
+            self.step("quantizing the dense model with onnxruntime alone, for comparison")
+            outcome.alternative = onnxruntime_int8(self.model, self.calib)
+            outcome.alternative_fidelity = self.fidelity(outcome.alternative)
             quantized, outcome.quantization = self.quantize(model)
             self.verify(quantized)  # the FLOPs and params counted are the float model's
             outcome.float_model, outcome.float_fidelity = model, outcome.fidelity

@@ -140,23 +140,32 @@ class PruneResult:
     quantization: Quantization | None = None  # --quantize: what was done; ``model`` is the INT8 one
     float_model: onnx.ModelProto | None = None  # --quantize: the model before INT8 (FLOPs and params are its)
     float_fidelity: Fidelity | None = None  # ... and its fidelity
+    alternative: onnx.ModelProto | None = None  # --quantize: the dense model quantized by onnxruntime alone
+    alternative_fidelity: Fidelity | None = None  # ... and its fidelity
+
+    def stage_models(self) -> list[onnx.ModelProto]:
+        """--quantize: the models of ``stages`` after the dense one (onnxruntime's INT8 of it, the
+        float model, the INT8 model), in the order ``stages`` takes their latency; else the model."""
+        if self.quantization is None:
+            return [self.model]
+        return [self.alternative, self.float_model, self.model]
 
     def stages(self, latency: Sequence[Latency] | None = None) -> list[StageRow]:
-        """What each stage of a --quantize run cost: the float model (channels, re-fit, sparsity,
-        distillation as asked), then INT8; ``latency``: dense, float and INT8, timed alternating.
-        Empty without --quantize."""
+        """What each stage of a --quantize run cost, beside what onnxruntime's quantization alone
+        makes of the dense model: the float model (channels, re-fit, sparsity, distillation as
+        asked), then INT8; ``latency``: dense then ``stage_models``, timed alternating. Empty
+        without --quantize."""
         if self.quantization is None:
             return []
         done = [what for what, on in (("channels", bool(self.channels) and self.groups_pruned),
                                       ("re-fit", bool(self.refits)),
                                       ("sparsity", self.sparsity is not None),
                                       ("distillation", self.distillation is not None)) if on]
-        ms = [lat.median_ms for lat in latency] if latency else [None] * 3
-        return [StageRow("dense FP32", None, ms[0], 1.0),
-                StageRow("FP32: " + (", ".join(done) or "unchanged"), self.float_fidelity, ms[1],
-                         ms[0] / ms[1] if ms[1] else None),
-                StageRow("INT8: " + self.quantization.summary(), self.fidelity, ms[2],
-                         ms[0] / ms[2] if ms[2] else None)]
+        ms = [lat.median_ms for lat in latency] if latency else [None] * 4
+        rows = [("dense FP32", None), ("dense INT8 by onnxruntime alone (MinMax, nearest)", self.alternative_fidelity),
+                ("FP32: " + (", ".join(done) or "unchanged"), self.float_fidelity),
+                ("INT8: " + self.quantization.summary(), self.fidelity)]
+        return [StageRow(name, f, t, ms[0] / t if t else None) for (name, f), t in zip(rows, ms, strict=True)]
 
     @property
     def fidelity_measured(self) -> bool:
@@ -240,7 +249,7 @@ class PruneRun:
 
     file_bytes: tuple[int, int] | None = None  # (dense, pruned): each model file with its external data
     latency: tuple[Latency, Latency] | None = None  # (dense, pruned), timed alternating in one process
-    stage_latency: list[Latency] | None = None  # --quantize: dense, float, INT8 (the same timing run)
+    stage_latency: list[Latency] | None = None  # --quantize: dense, then PruneResult.stage_models (one run)
     backend: str = "ort-cpu"  # what ``latency`` was timed on
     output: str | None = None  # the pruned model's path
     command: Sequence[str] | str | None = None  # the command line (None: made through the Python API)

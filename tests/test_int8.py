@@ -131,22 +131,28 @@ def test_prune_with_quantize_reports_each_stage(mobilenet10):
     assert any(t.data_type == onnx.TensorProto.INT8 for t in result.model.graph.initializer)
     assert not any(t.data_type == onnx.TensorProto.INT8 for t in result.float_model.graph.initializer)
     stages = result.to_dict()["stages"]
-    assert [s["stage"].split(":")[0] for s in stages] == ["dense FP32", "FP32", "INT8"]
-    assert stages[1]["fidelity"]["score"] == result.float_fidelity.score
-    assert stages[2]["fidelity"]["score"] == result.fidelity.score
+    assert [s["stage"].split(":")[0] for s in stages] == ["dense FP32", "dense INT8 by onnxruntime alone (MinMax, "
+                                                          "nearest)", "FP32", "INT8"]
+    assert stages[1]["fidelity"]["score"] == result.alternative_fidelity.score
+    assert any(n.op_type == "DequantizeLinear" for n in result.alternative.graph.node)
+    assert stages[2]["fidelity"]["score"] == result.float_fidelity.score
+    assert stages[3]["fidelity"]["score"] == result.fidelity.score
     assert set(result.to_dict()["quantization"]["rounding_losses"]) == {"nearest", "obs"}
 
 
 def test_cli_quantize_writes_the_int8_model_and_the_stages(mobilenet10, tmp_path):
     np.save(tmp_path / "calib.npy", crops(16, seed=0))
     proc = cli(mobilenet10, "--flops", "0.8", "--calib", "calib.npy", "--quantize", "int8", "-o", "m.int8.onnx",
-               "--report", "r.json", cwd=tmp_path)
+               "--report", "r.json", "--html", "r.html", "--bench", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "what each stage cost" in proc.stdout and "INT8" in proc.stdout
     model = onnx.load(str(tmp_path / "m.int8.onnx"))
     assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
     report = json.loads((tmp_path / "r.json").read_text())
-    assert len(report["stages"]) == 3 and report["quantization"]["precision"] == "int8"
+    assert len(report["stages"]) == 4 and report["quantization"]["precision"] == "int8"
+    assert all(s["latency_ms"] > 0 for s in report["stages"])  # --bench timed each stage's model
+    page = (tmp_path / "r.html").read_text()
+    assert 'id="stages"' in page and "onnxruntime alone" in page
 
 
 def test_sweep_with_quantize_has_int8_points_and_the_float_score(mobilenet10, tmp_path):

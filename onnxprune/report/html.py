@@ -313,6 +313,21 @@ def _reconstruct_section(refits: list[Refit]) -> str:
     return _section("Reconstruction", body, "reconstruct")
 
 
+def _stages_section(result: PruneResult, run: PruneRun) -> str:
+    """--quantize: each stage's fidelity and (with --bench) latency, beside onnxruntime's INT8 alone."""
+    if result.quantization is None:
+        return ""
+    rows = []
+    for r in result.stages(run.stage_latency):
+        f = r.fidelity
+        rows.append((r.stage, f.headline() if f else "-", f"{f.loss_name} {f.loss:.4g}" if f else "-",
+                     f"{r.latency_ms:.2f} ms" if r.latency_ms else "-", f"{r.speedup:.2f}x" if r.speedup else "-"))
+    body = _table(("stage", "fidelity (held-out)", "loss", "latency", "vs dense FP32"), rows, "stages-table",
+                  text_columns=(0,))
+    body += _note(result.quantization.describe())
+    return _section("What each stage cost", body, "stages")
+
+
 def prune_html(result: PruneResult, run: PruneRun | None = None) -> str:
     """The report of one prune: its ``PruneResult``, and what the run recorded besides (``PruneRun``:
     file sizes, ``--bench`` latency, output path, command line)."""
@@ -328,6 +343,7 @@ def prune_html(result: PruneResult, run: PruneRun | None = None) -> str:
         _sparsity_section(result.sparsity),
         _reconstruct_section(result.refits),
         _distill_section(result.distillation),
+        _stages_section(result, run),
         _provenance_section(run.command),
     ]
     return _page("onnxprune report", sections)

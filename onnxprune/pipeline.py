@@ -237,6 +237,10 @@ class Pipeline:
         self.memory = plan_memory(model, self.solver.max_memory, kept=kept, calibrated=self.calib_options.given)
         self._model: onnx.ModelProto | None = None
         self.skeleton, weights, self.external = load_split(model)
+        if self.solver.quantize:  # before any work
+            from .calib.int8 import refuse_quantized
+
+            refuse_quantized(self.skeleton)
         self.shapes = resolve_shapes(self.skeleton, given, batch=self.bench.batch, budget=self.memory.budget)
         self.calib, self.held_out = load_calibration_split(self.skeleton, self.calib_options, given)
         self.analysis = analyze_model(self.skeleton, progress, self.shapes, given, weights,

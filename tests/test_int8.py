@@ -171,6 +171,15 @@ def test_cli_quantize_without_calibration_data_is_one_usage_line(mobilenet10, tm
     assert not list(tmp_path.glob("*.onnx"))
 
 
+def test_cli_quantize_refuses_a_model_that_is_already_quantized_before_any_work(mobilenet10, tmp_path):
+    calib, _, _ = sets(4)
+    onnx.save(onnxruntime_int8(onnx.load(str(mobilenet10)), calib), str(tmp_path / "q.onnx"))
+    np.save(tmp_path / "calib.npy", crops(8, seed=0))
+    proc = cli("q.onnx", "--quantize", "int8", "--calib", "calib.npy", cwd=tmp_path)
+    assert "already quantized" in assert_one_line_error(proc, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npy", "q.onnx"]
+
+
 def test_a_model_quantized_by_onnxruntime_prunes_and_equals_its_masked_self(mobilenet10):
     calib, _, new = sets(8)
     qdq = onnxruntime_int8(onnx.load(str(mobilenet10)), calib)

@@ -184,6 +184,13 @@ def _quiet_ort():
         root.setLevel(level)
 
 
+def refuse_quantized(model: onnx.ModelProto) -> None:
+    """A usage error for a model that is already QDQ: quantizing it again is not what anyone means."""
+    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in model.graph.node):
+        raise UsageError("--quantize int8: the model is already quantized (it has QuantizeLinear/DequantizeLinear "
+                         "nodes); prune it without --quantize")
+
+
 def onnxruntime_int8(model: onnx.ModelProto, calib: CalibrationSet) -> onnx.ModelProto:
     """What onnxruntime's quantization alone makes of ``model``, the free alternative to compare
     with: ``quant_pre_process`` then ``quantize_static`` (QDQ, per-channel int8 weights, uint8
@@ -208,10 +215,8 @@ def quantize_int8(model: onnx.ModelProto, calib: CalibrationSet, held_out: Calib
     if rounding not in ROUNDINGS:
         raise UsageError(f"unknown rounding {rounding!r}; choose {' or '.join(ROUNDINGS)}")
     step = progress or no_progress
+    refuse_quantized(model)
     graph = gs.import_onnx(model)
-    if any(node.op in ("QuantizeLinear", "DequantizeLinear") for node in graph.nodes):
-        raise UsageError("--quantize int8: the model is already quantized (it has QuantizeLinear/DequantizeLinear "
-                         "nodes); prune it without --quantize")
     for i, node in enumerate(graph.nodes):  # layers are found again in the QDQ model by name
         node.name = node.name or f"onnxprune_node_{i}"
     model = gs.export_onnx(graph)
@@ -366,5 +371,5 @@ def round_weights(graph: gs.Graph, qgraph: gs.Graph, feeds: list[dict[str, np.nd
     return len(targets)
 
 
-__all__ = ["ACTIVATION_METHODS", "ROUNDINGS", "Quantization", "onnxruntime_int8", "output_errors", "quantize_int8",
-           "round_weights"]
+__all__ = ["ACTIVATION_METHODS", "ROUNDINGS", "Quantization", "onnxruntime_int8", "ort_quantization", "output_errors",
+           "quantize_int8", "refuse_quantized", "round_weights"]

@@ -83,6 +83,13 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     model's outputs on augmented calibration samples, early-stopping on the held-out part; masks
     of weight sparsity stay fixed. ``distill_lr``: Adam's learning rate (distill.py).
 
+    ``quantize="int8"`` (needs ``calib``; alone, without a target, it quantizes the dense model)
+    makes the result a QDQ INT8 model (calib/int8.py: onnxruntime's QDQ insertion and activation
+    calibration chosen on the held-out data, weights rounded by OBS where that helps; ``keep_fp32``
+    "auto" or node names, ``rounding`` "obs" or "nearest"). ``PruneResult.float_model`` is then the
+    model before INT8, ``alternative`` the dense model quantized by onnxruntime alone, and
+    ``stages()`` what each cost.
+
     Every keyword is an option field of options.py (its help text is the CLI's).
     """
     check_model_arg(model)

@@ -213,7 +213,6 @@ class TargetOptions(_Options):
         if not self.structured and not self.weight_sparsity and not quantize:
             raise UsageError("give a target: --flops R, --params R, --latency R, --sparsity S, --pattern N:M or "
                              "--quantize int8")
-        self.check_choices()
         for name in ("flops", "params", "latency"):
             check_fraction(name, getattr(self, name))
         if self.sparsity is not None and not 0 <= self.sparsity < 1:

@@ -8,6 +8,7 @@
     model, how = p.distill(model)            # label-free recovery (optional)
     costs = p.verify(model)                  # onnx.checker + onnxruntime, then costs measured on it
     quality = p.fidelity(model)              # held-out calibration samples (when given)
+    int8, how = p.quantize(model)            # --quantize int8: QDQ model (then verify, fidelity again)
     latencies = p.measure([p.model, model])  # on the backend, alternating
 
 ``Pipeline.run`` is that sequence, ``plan`` .. ``fidelity``, written once: ``prune`` (api.py) runs

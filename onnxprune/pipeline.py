@@ -251,6 +251,7 @@ class Pipeline:
         self.outputs = [t.name for t in self.analysis.graph.outputs]
         self._scores: dict[str, list[np.ndarray]] = {}
         self._terms: dict[str, list[CostTerm]] = {}
+        self._alternative = None  # (model, fidelity): ``alternative``
         self.int8_candidates = False  # --latency with --quantize int8: candidates are timed in INT8 (``build``)
 
     @property
@@ -384,6 +385,17 @@ class Pipeline:
                              keep_fp32=self.solver.keep_fp32, task=self.calib_options.task,
                              memory_budget=self.memory.budget, progress=self.step)
 
+    def alternative(self):
+        """(the dense model quantized by onnxruntime alone, its fidelity): the free alternative an
+        INT8 run is compared with; made once per Pipeline (a sweep's points share it)."""
+        if self._alternative is None:
+            from .calib.int8 import onnxruntime_int8
+
+            self.step("quantizing the dense model with onnxruntime alone, for comparison")
+            model = onnxruntime_int8(self.model, self.calib)
+            self._alternative = (model, self.fidelity(model))
+        return self._alternative
+
     # --- the sequence --------------------------------------------------------------------------------
 
     def run(self, *, flops: float | None = None, params: float | None = None, latency: float | None = None,
@@ -411,11 +423,7 @@ class Pipeline:
         costs = self.verify(model)
         outcome = Outcome(plan, search, pruned, model, costs, self.fidelity(model), distilled)
         if quantize:
-            from .calib.int8 import onnxruntime_int8
-
-            self.step("quantizing the dense model with onnxruntime alone, for comparison")
-            outcome.alternative = onnxruntime_int8(self.model, self.calib)
-            outcome.alternative_fidelity = self.fidelity(outcome.alternative)
+            outcome.alternative, outcome.alternative_fidelity = self.alternative()
             quantized, outcome.quantization = self.quantize(model)
             self.verify(quantized)  # the FLOPs and params counted are the float model's
             outcome.float_model, outcome.float_fidelity = model, outcome.fidelity

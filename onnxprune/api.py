@@ -86,7 +86,9 @@ def prune(model: str | os.PathLike | onnx.ModelProto, *, progress: Progress | No
     ``quantize="int8"`` (needs ``calib``; alone, without a target, it quantizes the dense model)
     makes the result a QDQ INT8 model (calib/int8.py: onnxruntime's QDQ insertion and activation
     calibration chosen on the held-out data, weights rounded by OBS where that helps; ``keep_fp32``
-    "auto" or node names, ``rounding`` "obs" or "nearest"). ``PruneResult.float_model`` is then the
+    "auto" (the default: the first layers and the worst-quantized ones stay FP32 where that is
+    faster on the backend or clearly more accurate), "none" or node names; ``rounding`` "obs" or
+    "nearest"). ``PruneResult.float_model`` is then the
     model before INT8, ``alternative`` the dense model quantized by onnxruntime alone, and
     ``stages()`` what each cost.
 

@@ -381,8 +381,11 @@ class Pipeline:
         from .calib.int8 import quantize_int8
 
         self.step("quantizing to INT8")
+        # layers kept FP32 for speed are timed on onnxruntime backends; TensorRT would build two
+        # engines per layer tried, so there the held-out loss alone decides
+        timer = self.latency_ratio if self.bench.backend in ("ort-cpu", "ort-cuda") else None
         return quantize_int8(model, self.calib, self.held_out, rounding=self.solver.rounding,
-                             keep_fp32=self.solver.keep_fp32, task=self.calib_options.task,
+                             keep_fp32=self.solver.keep_fp32, task=self.calib_options.task, timer=timer,
                              memory_budget=self.memory.budget, progress=self.step)
 
     def alternative(self):
@@ -460,6 +463,14 @@ class Pipeline:
         b = self.bench
         return measure(models, runs=runs, min_seconds=min_seconds, warmup_s=warmup_s, threads=b.threads,
                        backend=b.backend, batch=b.batch, fp16=b.fp16, shapes=self.shapes)
+
+    def latency_ratio(self, model: onnx.ModelProto, reference: onnx.ModelProto) -> float:
+        """``model``'s median latency over ``reference``'s, timed alternating on the backend."""
+        from .deploy.runners import latency_ratio
+
+        b = self.bench
+        return latency_ratio(model, reference, threads=b.threads, backend=b.backend, batch=b.batch, fp16=b.fp16,
+                             shapes=self.shapes)
 
     # --- describing a plan ---------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 - obs_round on an identity Hessian is nearest rounding; on a real Hessian its output error is lower.
 - quantize_int8 writes a QDQ model (int8 weights, checker, onnxruntime) close to the float model;
   OBS rounding's error on samples the fit never saw is below nearest rounding's; a layer named in
-  keep_fp32 stays float; an unknown name is refused.
+  keep_fp32 stays float; an unknown name is refused; auto keeps the first layer in FP32 when the
+  timer says that is faster, and nothing when it says every FP32 layer is slower; none keeps nothing.
 - The pipeline: prune(..., quantize="int8") reports the quantization and its stages; the CLI writes
   the model and the JSON's stages; --quantize without --calib is one usage line.
 - A model quantized by onnxruntime prunes, and computes what the QDQ model with the removed
@@ -89,7 +90,7 @@ def test_obs_rounding_beats_nearest_on_samples_the_fit_never_saw(tmp_path):
     calib, held, new = sets(64)
     errors = {}
     for rounding in ("nearest", "obs"):
-        q, report = quantize_int8(model, calib, held, rounding=rounding)
+        q, report = quantize_int8(model, calib, held, rounding=rounding, keep_fp32="none")
         assert report.rounding == rounding
         want, got = ort_run(model, new)[0], ort_run(q, new)[0]
         errors[rounding] = float(np.linalg.norm(got - want) / np.linalg.norm(want))
@@ -113,10 +114,33 @@ def test_keep_fp32_keeps_a_named_layer_float_and_refuses_an_unknown_name(mobilen
         quantize_int8(model, calib, held, keep_fp32=["no such node"])
 
 
+def float_layers(model: onnx.ModelProto) -> set[str]:
+    """Conv and Gemm nodes whose weight is a float initializer (not read through a DequantizeLinear)."""
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    return {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm") and n.input[1] in floats}
+
+
+def test_keep_fp32_auto_keeps_the_first_layer_when_that_is_faster_and_nothing_when_slower(mobilenet10):
+    model = onnx.load(str(mobilenet10))
+    calib, held, _ = sets(12)
+    first = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    # a timer is any callable (trial, current) -> latency ratio; these two stand for a backend where
+    # every FP32 layer is 10% faster, and one where it is 50% slower
+    q, report = quantize_int8(model, calib, held, rounding="nearest", timer=lambda a, b: 0.9)
+    kept = dict(report.kept_fp32)
+    assert "the first layer" in kept.get(first, ""), report.kept_fp32
+    assert "latency x0.90" in kept[first]
+    assert first in float_layers(q) and float_layers(q) == set(kept)
+    q, report = quantize_int8(model, calib, held, rounding="nearest", timer=lambda a, b: 1.5)
+    assert report.kept_fp32 == [] and not float_layers(q)
+    q, report = quantize_int8(model, calib, held, rounding="nearest", keep_fp32="none")
+    assert report.kept_fp32 == [] and not float_layers(q)
+
+
 def test_output_errors_name_every_quantized_layer(mobilenet10):
     model = onnx.load(str(mobilenet10))
     calib, held, _ = sets(8)
-    q, _ = quantize_int8(model, calib, held, rounding="nearest")
+    q, _ = quantize_int8(model, calib, held, rounding="nearest", keep_fp32="none")
     errors = output_errors(gs.import_onnx(model), gs.import_onnx(q), [{"input": calib.samples["input"][:4]}])
     convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
     assert len(errors) >= len(convs) // 2 and set(errors) <= {n.name for n in model.graph.node}
@@ -167,6 +191,9 @@ def test_cli_quantize_without_calibration_data_is_one_usage_line(mobilenet10, tm
     assert "--quantize int8 needs calibration data" in assert_one_line_error(proc, 2)
     proc = cli(mobilenet10, "--flops", "0.8", "--keep-fp32", "auto", cwd=tmp_path)
     assert "--keep-fp32 applies to --quantize int8" in assert_one_line_error(proc, 2)
+    np.save(tmp_path / "calib.npy", crops(4, seed=0))
+    proc = cli(mobilenet10, "--calib", "calib.npy", "--quantize", "int8", "--keep-fp32", "none", "x", cwd=tmp_path)
+    assert "--keep-fp32: give none or node names, not both" in assert_one_line_error(proc, 2)
     assert not list(tmp_path.glob("*.onnx"))
 
 

@@ -24,6 +24,8 @@ from ..graph.sessions import make_session
 from .timing import Latency, Runner, time_runners
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt")
+RATIO_RUNS = 30  # latency_ratio: each model timed at least this many times, alternating,
+RATIO_SECONDS = 1.5  # and for at least this long in all
 
 
 def bench_feed(model: onnx.ModelProto, batch: int = 1, seed: int = 0,
@@ -75,6 +77,13 @@ def make_runners(models: list[onnx.ModelProto], feeds: list[dict[str, np.ndarray
 
     paths = engine_paths or [None] * len(models)
     return [tensorrt_runner(m, f, fp16=fp16, save_engine=p) for m, f, p in zip(models, feeds, paths, strict=True)]
+
+
+def latency_ratio(model: onnx.ModelProto, reference: onnx.ModelProto, **options) -> float:
+    """``model``'s median latency over ``reference``'s, timed alternating (``measure``'s options) at
+    least ``RATIO_RUNS`` times each and ``RATIO_SECONDS`` in all."""
+    a, b = measure([model, reference], runs=RATIO_RUNS, min_seconds=RATIO_SECONDS, **options)
+    return a.median_ms / b.median_ms
 
 
 def measure(models: list[onnx.ModelProto], feed: dict[str, np.ndarray] | None = None, *, runs: int = 20,
